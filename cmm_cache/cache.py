@@ -292,3 +292,536 @@ def write_cache(
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+# =========================================================================== streaming, resumable writing
+#
+# `extract` never writes the final file until everything is encoded:
+#
+#   <final>.partial/            work folder, one per cache
+#       request.json            fingerprint of the request (dataset manifest, backbone + weights,
+#                               preprocessing, row lists, chunk size); a different request refuses to mix
+#       text.npz                text features of every template set (written once)
+#       <split>.<chunk>.npz     features [m, V, d] float16 + ok flags + errors of one chunk of rows,
+#                               each written to a temp name and renamed: a chunk file is complete or absent
+#   <final>.tmp-<pid>           the HDF5 file being assembled from the chunks (streamed, flat memory)
+#   <final>                     renamed into place only when complete; the work folder is then removed
+#   <final>.lock                fcntl lock held by the one writer (released by the OS when it dies)
+#
+# A killed run resumes by skipping the chunk files already present.
+
+PARTIAL_SUFFIX = ".partial"
+LOCK_SUFFIX = ".lock"
+
+
+def partial_dir(final: Path) -> Path:
+    return final.with_name(final.name + PARTIAL_SUFFIX)
+
+
+def lock_path(final: Path) -> Path:
+    return final.with_name(final.name + LOCK_SUFFIX)
+
+
+class CacheLock:
+    """An exclusive OS-level lock (fcntl.flock) on ``<final>.lock``.
+
+    A second writer fails at once with a clear message; the lock of a process
+    that died is released by the kernel, so it never blocks forever.
+    """
+
+    def __init__(self, final: str | os.PathLike):
+        self.final = Path(final)
+        self.path = lock_path(self.final)
+        self.fd: int | None = None
+
+    def acquire(self) -> "CacheLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+            except OSError:
+                holder = ""
+            os.close(fd)
+            raise CmmError(
+                f"Another extraction is writing {self.final} right now" + (f" ({holder})." if holder else "."),
+                "Wait for it to finish (it holds " + str(self.path) + "), or stop it; "
+                "a second writer is refused so the cache cannot be corrupted.",
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            import fcntl
+
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self.fd)
+                self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+def _atomic_savez(path: Path, **arrays) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}.npz")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class PartialStore:
+    """The work folder of one extraction in progress (see the comment above)."""
+
+    def __init__(self, final: str | os.PathLike):
+        self.final = Path(final)
+        self.dir = partial_dir(self.final)
+
+    # -- request
+    def request(self) -> dict | None:
+        try:
+            return json.loads((self.dir / "request.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def start(self, request: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(self.dir / "request.json", json.dumps(request, sort_keys=True, indent=1))
+
+    def clear(self) -> None:
+        import shutil
+
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+
+    # -- chunks
+    def chunk_path(self, split: str, chunk: int) -> Path:
+        return self.dir / f"{split}.{chunk:06d}.npz"
+
+    def has_chunk(self, split: str, chunk: int) -> bool:
+        return self.chunk_path(split, chunk).is_file()
+
+    def save_chunk(self, split: str, chunk: int, features: np.ndarray, ok: np.ndarray, errors: Sequence[str]) -> None:
+        _atomic_savez(
+            self.chunk_path(split, chunk),
+            features=np.asarray(features, dtype=FEATURE_DTYPE),
+            ok=np.asarray(ok, dtype=bool),
+            errors=np.asarray(json.dumps(list(errors))),
+        )
+
+    def load_chunk(self, split: str, chunk: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        p = self.chunk_path(split, chunk)
+        try:
+            with np.load(p) as z:
+                return z["features"], z["ok"], json.loads(str(z["errors"]))
+        except Exception as e:
+            p.unlink(missing_ok=True)
+            raise CmmError(
+                f"Chunk {p.name} of the unfinished extraction is unreadable ({e}); it was removed.",
+                "Run the same command again: the missing chunk is encoded again.",
+            ) from e
+
+    # -- text
+    def save_text(self, text: Mapping[str, np.ndarray]) -> None:
+        _atomic_savez(self.dir / "text.npz", **{f"set_{i}": np.asarray(v, dtype=TEXT_DTYPE) for i, v in enumerate(text.values())},
+                      names=np.asarray(json.dumps(list(text.keys()))))
+
+    def load_text(self) -> dict[str, np.ndarray] | None:
+        p = self.dir / "text.npz"
+        if not p.is_file():
+            return None
+        try:
+            with np.load(p) as z:
+                names = json.loads(str(z["names"]))
+                return {n: z[f"set_{i}"] for i, n in enumerate(names)}
+        except Exception:
+            p.unlink(missing_ok=True)
+            return None
+
+
+@dataclass
+class SplitPlan:
+    """What one split of the cache holds: manifest rows, labels, views, chunking."""
+
+    name: str
+    rows: np.ndarray  # manifest rows, in cache order
+    labels: np.ndarray
+    views: list[str]
+    chunk_rows: int
+
+    @property
+    def n(self) -> int:
+        return int(len(self.rows))
+
+    @property
+    def num_chunks(self) -> int:
+        return (self.n + self.chunk_rows - 1) // self.chunk_rows
+
+    def chunk_range(self, c: int) -> tuple[int, int]:
+        return c * self.chunk_rows, min(self.n, (c + 1) * self.chunk_rows)
+
+
+def _chunks_for_rows(n: int) -> int:
+    return max(1, min(n, 1024))
+
+
+def assemble_cache(
+    final: str | os.PathLike,
+    store: PartialStore,
+    *,
+    dataset: str,
+    backbone: str,
+    provenance: dict,
+    classnames: Sequence[str],
+    text: Mapping[str, tuple[np.ndarray, Sequence[str]]],
+    default_templates: str,
+    splits: Sequence[SplitPlan],
+    embed_dim: int,
+    fewshot: Mapping[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None,
+    wnids: Sequence[str] | None = None,
+    imagenet_index: Sequence[int] | None = None,
+    paths: Mapping[str, Sequence[str]] | None = None,
+) -> tuple[Path, list[dict]]:
+    """Stream the chunk files of `store` into one schema-conformant HDF5 file, renamed into place at the end.
+
+    Rows whose image failed (only present with --skip-bad) are dropped; the
+    few-shot positions are remapped to the kept rows and the skipped files are
+    listed in the provenance. Returns (final path, skipped list).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(final.name + f".tmp-{os.getpid()}")
+    skipped: list[dict] = []
+    keep: dict[str, np.ndarray] = {}
+    # First pass over the small ok/errors arrays only, to size every dataset.
+    for sp in splits:
+        mask = np.ones(sp.n, dtype=bool)
+        for c in range(sp.num_chunks):
+            a, b = sp.chunk_range(c)
+            with np.load(store.chunk_path(sp.name, c)) as z:
+                ok = z["ok"]
+                errs = json.loads(str(z["errors"]))
+            if len(ok) != b - a:
+                raise CmmError(f"Chunk {sp.name}.{c} of {store.dir} has {len(ok)} rows, expected {b - a}.", "Re-run with --force.")
+            mask[a:b] = ok
+            for i in np.flatnonzero(~ok):
+                skipped.append({
+                    "split": sp.name,
+                    "row": int(sp.rows[a + i]),
+                    "path": str(paths[sp.name][int(sp.rows[a + i])]) if paths and sp.name in paths else None,
+                    "error": errs[i] if i < len(errs) else None,
+                })
+        keep[sp.name] = mask
+    prov = dict(provenance)
+    prov["skipped"] = skipped
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["schema"] = SCHEMA
+            f.attrs["dataset"] = dataset
+            f.attrs["backbone"] = backbone
+            f.attrs["provenance"] = json.dumps(prov, sort_keys=True)
+            f.attrs["default_templates"] = default_templates
+            f.create_dataset("classes/names", data=string_array(classnames), **DSET_KW)
+            if wnids is not None:
+                f.create_dataset("classes/wnids", data=string_array(wnids), **DSET_KW)
+            if imagenet_index is not None:
+                f.create_dataset("classes/imagenet_index", data=np.asarray(imagenet_index, dtype=INDEX_DTYPE), **DSET_KW)
+            for name, (feats, templates) in text.items():
+                d = f.create_dataset(f"text/{name}/features", data=np.asarray(feats, dtype=TEXT_DTYPE), **DSET_KW)
+                d.attrs["templates"] = json.dumps(list(templates))
+            for sp in splits:
+                mask = keep[sp.name]
+                n_keep = int(mask.sum())
+                V = len(sp.views)
+                d = f.create_dataset(
+                    f"splits/{sp.name}/features",
+                    shape=(n_keep, V, embed_dim),
+                    maxshape=(None, V, embed_dim),
+                    chunks=(_chunks_for_rows(n_keep), V, embed_dim),
+                    dtype=FEATURE_DTYPE,
+                    **DSET_KW,
+                )
+                d.attrs["views"] = json.dumps(list(sp.views))
+                o = 0
+                for c in range(sp.num_chunks):
+                    a, b = sp.chunk_range(c)
+                    feats, ok, _ = store.load_chunk(sp.name, c)
+                    if feats.shape[1:] != (V, embed_dim):
+                        raise CmmError(f"Chunk {sp.name}.{c} has shape {feats.shape}, expected [*, {V}, {embed_dim}].", "Re-run with --force.")
+                    feats = feats[ok]
+                    d[o : o + len(feats)] = feats
+                    o += len(feats)
+                for key, arr in (("labels", sp.labels[mask]), ("index", sp.rows[mask])):
+                    f.create_dataset(
+                        f"splits/{sp.name}/{key}",
+                        data=np.asarray(arr, dtype=INDEX_DTYPE),
+                        maxshape=(None,),
+                        chunks=(max(1, min(n_keep, 65536)),),
+                        **DSET_KW,
+                    )
+            remap = {}
+            for sp in splits:
+                m = np.full(sp.n, -1, dtype=np.int64)
+                m[keep[sp.name]] = np.arange(int(keep[sp.name].sum()))
+                remap[sp.name] = m
+            for (k, seed), (tr, va) in sorted((fewshot or {}).items()):
+                g = f"fewshot/{fewshot_group_name(k, seed)}"
+                for part, pos in (("train", tr), ("val", va)):
+                    pos = np.asarray(pos, dtype=np.int64)
+                    if part in remap:
+                        pos = remap[part][pos]
+                        pos = pos[pos >= 0]
+                    f.create_dataset(
+                        f"{g}/{part}", data=pos.astype(INDEX_DTYPE), maxshape=(None,), chunks=(max(1, min(len(pos), 65536)),), **DSET_KW
+                    )
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return final, skipped
+
+
+# =========================================================================== inspection: ls, info, verify
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cache_summary(path: str | os.PathLike) -> dict:
+    """Small facts about one cache file (for `cache ls`); never raises: damage shows as `error`."""
+    path = Path(path)
+    row = {"path": str(path), "size_bytes": path.stat().st_size if path.exists() else 0}
+    row["size"] = _human_bytes(row["size_bytes"])
+    try:
+        c = open_cache(path)
+        with _open(path) as f:
+            sizes = {s: int(f[f"splits/{s}/features"].shape[0]) for s in c.split_names}
+        row.update(
+            dataset=c.dataset,
+            backbone=c.backbone,
+            classes=c.num_classes,
+            embed_dim=c.embed_dim,
+            splits=sizes,
+            fewshot=[f"{k}x{s}" for k, s in c.fewshot_groups],
+            created=c.provenance.get("created"),
+        )
+    except CmmError as e:
+        row["error"] = e.message
+    return row
+
+
+def list_caches(cache_root: str | os.PathLike | None = None) -> list[dict]:
+    """Every `<cache-dir>/<dataset>/<backbone>.h5`, plus unfinished extractions (`.partial`)."""
+    from .paths import cache_dir
+
+    root = cache_dir(cache_root)
+    rows = []
+    if not root.is_dir():
+        return rows
+    for p in sorted(root.glob("*/*.h5")):
+        rows.append(cache_summary(p))
+    for p in sorted(root.glob("*/*.h5" + PARTIAL_SUFFIX)):
+        if p.is_dir():
+            n = len(list(p.glob("*.*.npz")))
+            rows.append({"path": str(p), "dataset": p.parent.name, "backbone": p.name[: -len(".h5" + PARTIAL_SUFFIX)],
+                         "unfinished": True, "chunks_done": n,
+                         "size_bytes": sum(q.stat().st_size for q in p.iterdir() if q.is_file())})
+            rows[-1]["size"] = _human_bytes(rows[-1]["size_bytes"])
+    return rows
+
+
+def _node_info(f: h5py.File) -> list[dict]:
+    nodes = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            nodes.append({
+                "node": name,
+                "shape": list(obj.shape),
+                "dtype": str(obj.dtype),
+                "checksum": bool(obj.fletcher32),
+                "attrs": {k: _str(v) for k, v in obj.attrs.items()},
+            })
+
+    f.visititems(visit)
+    return nodes
+
+
+def cache_info(path: str | os.PathLike) -> dict:
+    """Attributes, provenance and every node (shape, dtype, checksum) of a cache file."""
+    path = Path(path)
+    with _open(path) as f:
+        attrs = {k: _str(v) for k, v in f.attrs.items() if k != "provenance"}
+        try:
+            prov = json.loads(_str(f.attrs.get("provenance", "{}")))
+        except json.JSONDecodeError:
+            prov = {"error": "provenance is not JSON"}
+        nodes = _node_info(f)
+    return {"path": str(path), "size_bytes": path.stat().st_size, "attrs": attrs, "provenance": prov, "nodes": nodes}
+
+
+def verify_cache(path: str | os.PathLike) -> list[str]:
+    """Read every dataset (checksums verified by HDF5) and check the schema; return the problems found (empty = sound)."""
+    path = Path(path)
+    problems: list[str] = []
+    if not path.is_file():
+        return [f"no file at {path}"]
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        return [f"not readable as HDF5: {e}"]
+    with f:
+        def need_attr(name):
+            if name not in f.attrs:
+                problems.append(f"attribute '{name}' missing")
+                return None
+            return _str(f.attrs[name])
+
+        schema = need_attr("schema")
+        if schema is not None and schema != SCHEMA:
+            problems.append(f"attribute schema is '{schema}', expected '{SCHEMA}'")
+        for a in ("dataset", "backbone", "default_templates"):
+            need_attr(a)
+        prov = need_attr("provenance")
+        if prov is not None:
+            try:
+                json.loads(prov)
+            except json.JSONDecodeError:
+                problems.append("attribute provenance is not valid JSON")
+
+        data: dict[str, np.ndarray] = {}
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                if not obj.fletcher32:
+                    problems.append(f"{name}: stored without a checksum")
+                try:
+                    data[name] = obj[...]
+                except OSError as e:
+                    problems.append(f"{name}: damaged data ({e})")
+
+        f.visititems(visit)
+
+        def arr(name):
+            return data.get(name)
+
+        names = arr("classes/names")
+        C = None
+        if "classes/names" not in f:
+            problems.append("classes/names missing")
+        elif names is not None:
+            C = len(names)
+        if "classes/wnids" in f and arr("classes/wnids") is not None and C is not None and len(arr("classes/wnids")) != C:
+            problems.append("classes/wnids length differs from classes/names")
+        inet = arr("classes/imagenet_index")
+        if inet is not None and C is not None:
+            if len(inet) != C:
+                problems.append("classes/imagenet_index length differs from classes/names")
+            if len(inet) and (inet.min() < 0 or inet.max() >= 1000):
+                problems.append("classes/imagenet_index outside 0..999")
+        d = None
+        if "text" not in f or not len(f["text"]):
+            problems.append("no text/<set>/features")
+        else:
+            for s in f["text"]:
+                key = f"text/{s}/features"
+                if key not in f:
+                    problems.append(f"{key} missing")
+                    continue
+                ds_ = f[key]
+                if ds_.dtype != np.float32 or ds_.ndim != 2:
+                    problems.append(f"{key}: expected float32 [C, d], got {ds_.dtype} {ds_.shape}")
+                    continue
+                if C is not None and ds_.shape[0] != C:
+                    problems.append(f"{key}: {ds_.shape[0]} rows for {C} classes")
+                d = d or ds_.shape[1]
+                if ds_.shape[1] != d:
+                    problems.append(f"{key}: dimension {ds_.shape[1]} differs from {d}")
+                if "templates" not in ds_.attrs:
+                    problems.append(f"{key}: attribute templates missing")
+                t = arr(key)
+                if t is not None and not np.all(np.isfinite(t)):
+                    problems.append(f"{key}: non-finite values")
+            dt = _str(f.attrs.get("default_templates", ""))
+            if dt and dt not in f["text"]:
+                problems.append(f"default_templates '{dt}' has no text/{dt}/features")
+        n_split = {}
+        for s in (f["splits"] if "splits" in f else []):
+            base = f"splits/{s}"
+            missing = [k for k in ("features", "labels", "index") if k not in f[base]]
+            if missing:
+                problems.append(f"{base}: missing {', '.join(missing)}")
+                continue
+            fe, la, ix = f[f"{base}/features"], f[f"{base}/labels"], f[f"{base}/index"]
+            if fe.ndim != 3 or fe.dtype != np.float16:
+                problems.append(f"{base}/features: expected float16 [n, V, d], got {fe.dtype} {fe.shape}")
+                continue
+            if d is not None and fe.shape[2] != d:
+                problems.append(f"{base}/features: dimension {fe.shape[2]} differs from the text features' {d}")
+            try:
+                views = json.loads(_str(fe.attrs.get("views", "")))
+                if len(views) != fe.shape[1]:
+                    problems.append(f"{base}/features: {fe.shape[1]} views but attribute views lists {len(views)}")
+            except json.JSONDecodeError:
+                problems.append(f"{base}/features: attribute views missing or not JSON")
+            n = fe.shape[0]
+            n_split[s] = n
+            if la.shape != (n,) or ix.shape != (n,):
+                problems.append(f"{base}: labels/index shapes {la.shape}/{ix.shape} do not match {n} rows")
+            lab = arr(f"{base}/labels")
+            if lab is not None and C is not None and len(lab) and (lab.min() < 0 or lab.max() >= C):
+                problems.append(f"{base}/labels: class ids outside 0..{C - 1}")
+            idx = arr(f"{base}/index")
+            if idx is not None and len(idx) and idx.min() < 0:
+                problems.append(f"{base}/index: negative manifest rows")
+            feat = arr(f"{base}/features")
+            if feat is not None and not np.all(np.isfinite(feat)):
+                problems.append(f"{base}/features: non-finite values")
+        for g in (f["fewshot"] if "fewshot" in f else []):
+            if not FEWSHOT_RE.match(g):
+                problems.append(f"fewshot/{g}: name does not match shot_<K>-seed_<S>")
+            for part in ("train", "val"):
+                key = f"fewshot/{g}/{part}"
+                if key not in f:
+                    problems.append(f"{key} missing")
+                    continue
+                pos = arr(key)
+                if pos is None:
+                    continue
+                if part not in n_split:
+                    if len(pos):
+                        problems.append(f"{key}: points into splits/{part}, which does not exist")
+                    continue
+                if len(pos) and (pos.min() < 0 or pos.max() >= n_split[part]):
+                    problems.append(f"{key}: row positions outside 0..{n_split[part] - 1}")
+    return problems

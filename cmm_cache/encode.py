@@ -1,0 +1,272 @@
+"""Running the CLIP encoders: images through a DataLoader with worker processes, text per template set.
+
+- Images are decoded and preprocessed (open_clip's own transform for the
+  backbone) in DataLoader worker processes, so decoding overlaps the encoder.
+- A train image is encoded twice: as is ("center") and mirrored ("hflip",
+  p = 1.0: the decoded image is mirrored, then the same transform applies).
+- A file that cannot be decoded is never a crash inside a worker: the worker
+  reports the path and error, and the caller decides (stop, or skip).
+- On CUDA, batches are pinned, copied asynchronously, and encoded under
+  autocast float16; on the CPU everything is float32.
+- Features are raw (un-normalized) ``encode_image`` outputs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+VIEWS_TRAIN = ["center", "hflip"]
+VIEWS_EVAL = ["center"]
+
+
+def views_for_split(split: str) -> list[str]:
+    return list(VIEWS_TRAIN) if split == "train" else list(VIEWS_EVAL)
+
+
+def default_num_workers() -> int:
+    """Decoding workers: enough to keep the encoder fed, never more than the cores (capped at 8)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, n))
+
+
+def load_image(path: str, flip: bool = False):
+    """Decode one image fully (a truncated file fails here, not later) as RGB; mirrored when `flip`."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im.load()
+        img = im.convert("RGB")
+    return ImageOps.mirror(img) if flip else img
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image to encode: its key (caller's bookkeeping), path and number of views (1, or 2 with hflip)."""
+
+    key: int
+    path: str
+    views: int = 1
+
+
+class _ImageDataset:
+    """Map-style dataset for torch's DataLoader: item -> (key, tensor [V,3,H,W] or None, error or None)."""
+
+    def __init__(self, items: Sequence[ImageItem], transform):
+        self.items = list(items)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int):
+        import torch
+
+        it = self.items[k]
+        try:
+            img = load_image(it.path)
+            views = [self.transform(img)]
+            if it.views >= 2:
+                from PIL import ImageOps
+
+                views.append(self.transform(ImageOps.mirror(img)))
+            return it.key, torch.stack(views), None
+        except Exception as e:  # corrupt, truncated, unreadable: report, never crash the worker
+            return it.key, None, f"{type(e).__name__}: {e}"
+
+
+def _collate(batch):
+    import torch
+
+    keys = [b[0] for b in batch]
+    good = [b[1] for b in batch if b[1] is not None]
+    counts = [0 if b[1] is None else b[1].shape[0] for b in batch]
+    errors = [b[2] for b in batch]
+    images = torch.cat(good, 0) if good else None
+    return keys, images, counts, errors
+
+
+@dataclass
+class EncodedBatch:
+    keys: list[int]
+    features: list[np.ndarray | None]  # per item: float16 [V, d], None when the image failed
+    errors: list[str | None]
+
+
+def autocast_context(device: str):
+    import contextlib
+
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def encode_image_batch(model, images, device: str):
+    """Raw image features float32 [B, d] of a preprocessed batch (already on `device`)."""
+    import torch
+
+    with torch.inference_mode(), autocast_context(device):
+        return model.encode_image(images).float()
+
+
+def iter_encoded(
+    backbone,
+    items: Sequence[ImageItem],
+    batches: Sequence[Sequence[int]],
+    *,
+    num_workers: int | None = None,
+    prefetch_factor: int = 4,
+) -> Iterator[EncodedBatch]:
+    """Encode `items` in the given batches (lists of positions into `items`), in order.
+
+    Batches are fixed by the caller so the same batch composition (hence the
+    same numbers) comes out of an interrupted-and-resumed run.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    if not batches:
+        return
+    device = backbone.device
+    cuda = str(device).startswith("cuda")
+    workers = default_num_workers() if num_workers is None else max(0, int(num_workers))
+    loader = DataLoader(
+        _ImageDataset(items, backbone.preprocess),
+        batch_sampler=[list(b) for b in batches],
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=cuda,
+        prefetch_factor=prefetch_factor if workers > 0 else None,
+        persistent_workers=False,
+    )
+    model = backbone.model
+    for keys, images, counts, errors in loader:
+        feats_out: list[np.ndarray | None] = [None] * len(keys)
+        if images is not None:
+            x = images.to(device, non_blocking=cuda)
+            f = encode_image_batch(model, x, device).cpu().numpy().astype(np.float16)
+            o = 0
+            for i, c in enumerate(counts):
+                if c:
+                    feats_out[i] = f[o : o + c]
+                    o += c
+        yield EncodedBatch(keys=list(keys), features=feats_out, errors=list(errors))
+
+
+def encode_text(backbone, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    """Class text features float32 [C, d]: encode every template, average, L2-normalize (DESIGN.md; paper eq. 2).
+
+    The mean is taken over the raw template embeddings, then normalized.
+    """
+    import torch
+
+    templates = list(templates)
+    if not templates:
+        raise ValueError("no templates")
+    prompts = [t.replace("{}", c) if "{}" in t else f"{t} {c}" for c in classnames for t in templates]
+    model, device = backbone.model, backbone.device
+    out = []
+    with torch.inference_mode(), autocast_context(device):
+        for i in range(0, len(prompts), batch_size):
+            tok = backbone.tokenizer(prompts[i : i + batch_size]).to(device)
+            out.append(model.encode_text(tok).float().cpu())
+    feats = torch.cat(out, 0).reshape(len(classnames), len(templates), -1).mean(1)
+    feats = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return feats.numpy().astype(np.float32)
+
+
+def configure_cpu_threads(num_workers: int) -> int:
+    """Leave the decoding workers their cores: torch intra-op threads = cores - workers (at least 1)."""
+    import torch
+
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, n - max(0, num_workers) // 2) if num_workers else n
+    torch.set_num_threads(threads)
+    return threads
+
+
+# --------------------------------------------------------------------------- torchrun
+
+
+@dataclass
+class DistContext:
+    """This process's place under torchrun (rank 0 of 1 without it)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, device: str) -> str:
+        """Each rank takes its own GPU (cuda:LOCAL_RANK) when the device is CUDA."""
+        if self.active and device == "cuda":
+            return f"cuda:{self.local_rank}"
+        return device
+
+    def barrier(self) -> None:
+        if self.active:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def broadcast(self, obj):
+        """Rank 0's `obj` on every rank."""
+        if not self.active:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather_errors(self, err):
+        """Every rank's error (None when fine), on every rank."""
+        if not self.active:
+            return [err]
+        import torch.distributed as dist
+
+        out = [None] * self.world
+        dist.all_gather_object(out, err)
+        return out
+
+    def close(self) -> None:
+        if self.initialized_here:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self.initialized_here = False
+
+
+def init_distributed(device: str) -> DistContext:
+    """Join the torchrun process group when WORLD_SIZE > 1: gloo on CPU, nccl on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return DistContext()
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    ctx = DistContext(rank=rank, world=world, local_rank=local_rank)
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=60))
+        ctx.initialized_here = True
+    return ctx

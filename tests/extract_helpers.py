@@ -1,0 +1,87 @@
+"""A small synthetic image dataset for the extraction tests (PNG files in a temp folder).
+
+Built directly on `cmm_cache.datasets.Dataset` (only its data fields are used),
+with a deterministic few-shot draw, so these tests do not depend on the
+manifest layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from cmm_cache.datasets import Dataset, SplitList
+
+CLASSES = ["red square", "green stripe", "blue dot"]
+TEMPLATES = {
+    "simple": ["a photo of a {}."],
+    "ensemble": ["a photo of a {}.", "a drawing of a {}.", "a close-up photo of the {}."],
+}
+
+
+class TinyDataset(Dataset):
+    def fewshot(self, shots, seed):
+        rng = np.random.default_rng(1000 * int(seed) + int(shots))
+        out = []
+        for split, k in (("train", int(shots)), ("val", min(int(shots), 4))):
+            labels = self.splits[split].labels
+            rows = []
+            for c in range(len(self.classnames)):
+                pool = np.flatnonzero(labels == c)
+                rows.extend(rng.choice(pool, size=min(k, len(pool)), replace=False).tolist())
+            out.append(np.asarray(rows, dtype=np.int64))
+        return out[0], out[1]
+
+    def verify(self, rows=None):
+        return None
+
+
+def write_images(root: Path, per_class=(6, 3, 4), seed=0, fmt="png") -> dict[str, list[tuple[str, int]]]:
+    """Write images under root/<split>/<class>/NNN.png; returns split -> [(path, label)]."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split, n in zip(("train", "val", "test"), per_class):
+        rows = []
+        for c in range(len(CLASSES)):
+            d = root / split / f"c{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                h, w = int(rng.integers(36, 60)), int(rng.integers(36, 60))
+                arr = rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8)
+                arr[..., c] = np.clip(arr[..., c].astype(int) + 120, 0, 255).astype(np.uint8)
+                arr[:, : w // 3] //= 3  # asymmetric, so the mirrored view differs
+                p = d / f"{i:03d}.{fmt}"
+                Image.fromarray(arr).save(p)
+                rows.append((str(p), c))
+        out[split] = rows
+    return out
+
+
+def make_dataset(root: Path, per_class=(6, 3, 4), shift=False, seed=0) -> TinyDataset:
+    root = Path(root)
+    listing = root / "listing.json"
+    if listing.exists():
+        rows = json.loads(listing.read_text())
+    else:
+        rows = write_images(root, per_class=per_class, seed=seed)
+        listing.write_text(json.dumps(rows))
+    if shift:
+        rows = {"test": rows["test"]}
+    splits = {s: SplitList(paths=[p for p, _ in r], labels=np.asarray([l for _, l in r], dtype=np.int64)) for s, r in rows.items()}
+    sha = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+    return TinyDataset(
+        name="tinyset-shift" if shift else "tinyset",
+        classnames=list(CLASSES),
+        templates={k: list(v) for k, v in TEMPLATES.items()},
+        default_templates="ensemble",
+        splits=splits,
+        manifest_sha256=sha,
+        imagenet_index=[5, 17, 999] if shift else None,
+        wnids=["n01", "n02", "n03"] if shift else None,
+        root=root,
+    )
