@@ -1,0 +1,240 @@
+"""The dataset registry: every manifest validates and its shipped data matches the protocol."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cmm_cache import manifests as mf
+from cmm_cache.errors import CmmError
+from cmm_cache.fewshot import load_published, val_shots
+
+PAPER = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft",
+         "sun397", "dtd", "eurosat", "ucf101", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
+ALL = mf.list_datasets()
+PROTOCOL = Path(os.environ.get("CMM_PROTOCOL_DIR", "/work/shared/protocol"))
+REPO = Path(__file__).resolve().parents[1]
+# CoOp's class counts (paper Table / CoOp DATASETS.md).
+NUM_CLASSES = {"imagenet": 1000, "caltech101": 100, "oxford_pets": 37, "stanford_cars": 196, "oxford_flowers": 102,
+               "food101": 101, "fgvc_aircraft": 100, "sun397": 397, "dtd": 47, "eurosat": 10, "ucf101": 101,
+               "imagenetv2": 1000, "imagenet_sketch": 1000, "imagenet_a": 200, "imagenet_r": 200, "tiny": 5}
+
+
+def _gz(m, rel):
+    return json.loads(gzip.decompress(mf.data_file(m, rel).read_bytes()))
+
+
+def test_registry_holds_the_paper_datasets_and_tiny():
+    assert sorted(ALL) == sorted(PAPER + ["tiny"])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_manifest_validates(name):
+    m = mf.get_manifest(name)
+    assert mf.validate_manifest(m) == []
+    assert m["name"] == name and mf.resolve_name(name) == name
+    assert len(m["classnames"]) == m["num_classes"] == NUM_CLASSES[name]
+    assert set(m["templates"]) == {"coop", "clip"} and m["default_templates"] == "coop"
+    assert all(t.count("{}") == 1 for ts in m["templates"].values() for t in ts)
+    assert m["license"] and m["source"]["homepage"]
+    if name != "tiny":
+        assert m["attribution"] and m["layout"].startswith(m["folder"] + "/")
+        # CoOp prompts class names with underscores replaced by spaces.
+        assert not any("_" in c for c in m["classnames"])
+        assert m.get("download") or m.get("download_note"), "say where a user gets the data"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_aliases_resolve(name):
+    m = mf.get_manifest(name)
+    for a in m.get("aliases", []):
+        assert mf.resolve_name(a) == name
+        assert mf.resolve_name(a.upper().replace("_", "-")) == name
+
+
+def test_common_aliases():
+    assert mf.resolve_name("DTD") == "dtd"
+    assert mf.resolve_name("imagenet-sketch") == "imagenet_sketch"
+    assert mf.resolve_name("ImageNet-A") == "imagenet_a"
+    assert mf.resolve_name("flowers102") == "oxford_flowers"
+    assert mf.resolve_name("nope") is None
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(CmmError) as e:
+        mf.get_manifest("imagenet-z")
+    for n in ("dtd", "imagenet_sketch", "tiny"):
+        assert n in e.value.message
+
+
+SHIPPED = [n for n in ALL if mf.get_manifest(n)["split_source"]["type"] == "shipped"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_split_sizes_and_classes(name):
+    m = mf.get_manifest(name)
+    sp = _gz(m, m["split_source"]["file"])
+    assert set(sp) == {"train", "val", "test"}
+    for s, n in m["split_sizes"].items():
+        assert len(sp[s]["paths"]) == len(sp[s]["labels"]) == n
+        assert len(set(sp[s]["paths"])) == n
+        assert sorted(set(sp[s]["labels"])) == list(range(m["num_classes"]))  # every class in every split
+    assert not set(sp["train"]["paths"]) & set(sp["val"]["paths"])
+    assert not set(sp["train"]["paths"]) & set(sp["test"]["paths"])
+
+
+def _fewshot_labels(m):
+    """(train labels by position, val labels by position, train paths, val paths) for the published indices."""
+    src = m["split_source"]
+    if src["type"] == "shipped":
+        sp = _gz(m, src["file"])
+        return (np.asarray(sp["train"]["labels"]), np.asarray(sp["val"]["labels"]), sp["train"]["paths"], sp["val"]["paths"])
+    if src["type"] == "imagenet":
+        with np.load(mf.data_file(m, src["pool"])) as z:
+            tl, vl = z["train_class"].astype(int), z["val_class"].astype(int)
+            tp = [f"{c}/{n}" for c, n in zip(z["train_class"], z["train_number"])]
+            vp = [f"{c}/{n}" for c, n in zip(z["val_class"], z["val_number"])]
+        return tl, vl, tp, vp
+    pool = _gz(m, src["pool"])
+    out = []
+    for part in ("train", "val"):
+        size = m["split_sizes"][part]
+        lab = np.full(size, -1)
+        paths = [None] * size
+        for i, p, l in zip(pool[part]["index"], pool[part]["paths"], pool[part]["labels"]):
+            lab[i], paths[i] = l, p
+        out += [lab, paths]
+    return out[0], out[2], out[1], out[3]
+
+
+FEWSHOT = [n for n in ALL if mf.get_manifest(n).get("fewshot")]
+
+
+@pytest.mark.parametrize("name", FEWSHOT)
+def test_published_fewshot_protocol(name):
+    """K per class in train, min(K, 4) per class in val, disjoint, for every shipped shot/seed."""
+    m = mf.get_manifest(name)
+    groups = load_published(mf.data_file(m, m["fewshot"]["file"]))
+    assert sorted(f"shot_{k}-seed_{s}" for k, s in groups) == sorted(m["fewshot"]["groups"])
+    expected = {(k, s) for k in (1, 2, 4, 8) for s in range(1, 6)} if name == "imagenet" else \
+        {(k, s) for k in (1, 2, 4, 8, 16) for s in (1, 2, 3)}
+    assert set(groups) == expected
+    tl, vl, tp, vp = _fewshot_labels(m)
+    C = m["num_classes"]
+    for (k, s), (tr, va) in groups.items():
+        assert tr.dtype == np.int64 and va.dtype == np.int64
+        assert len(np.unique(tr)) == len(tr) and len(np.unique(va)) == len(va)
+        assert np.all(np.bincount(tl[tr], minlength=C) == k), (k, s)
+        assert np.all(np.bincount(vl[va], minlength=C) == val_shots(k)), (k, s)
+        assert not {tp[i] for i in tr} & {vp[i] for i in va}, (k, s)
+
+
+@pytest.mark.parametrize("key", ["a", "r"])
+def test_imagenet_a_r_subsets(key):
+    name = f"imagenet_{key}"
+    m, inet = mf.get_manifest(name), mf.get_manifest("imagenet")
+    assert len(m["wnids"]) == 200 and len(set(m["wnids"])) == 200
+    assert set(m["wnids"]) <= set(inet["wnids"])
+    assert [inet["wnids"][i] for i in m["imagenet_index"]] == m["wnids"]
+    assert [inet["classnames"][i] for i in m["imagenet_index"]] == m["classnames"]
+    assert m["imagenet_index"] == sorted(m["imagenet_index"])
+    if PROTOCOL.is_dir():
+        assert m["wnids"] == (PROTOCOL / f"classnames/imagenet_{key}_wnids.txt").read_text().split()
+
+
+@pytest.mark.parametrize("name", ["imagenetv2", "imagenet_sketch"])
+def test_full_shift_sets(name):
+    m, inet = mf.get_manifest(name), mf.get_manifest("imagenet")
+    assert m["imagenet_index"] == list(range(1000)) and m["wnids"] == inet["wnids"]
+    assert m["templates"] == inet["templates"] and len(m["templates"]["coop"]) == 7 and len(m["templates"]["clip"]) == 80
+
+
+def test_imagenet_names_and_wnids():
+    m = mf.get_manifest("imagenet")
+    assert len(set(m["wnids"])) == 1000 and m["wnids"][0] == "n01440764" and m["classnames"][0] == "tench"
+    assert m["templates"]["coop"][0] == "itap of a {}."
+
+
+def test_user_manifest_accepted_and_bad_one_rejected(tmp_path):
+    m = mf.public(mf.get_manifest("tiny"))
+    m["name"] = "mine"
+    f = tmp_path / "mine.json"
+    f.write_text(json.dumps(m))
+    assert mf.load_manifest_file(f)["name"] == "mine"
+    m["templates"] = {"coop": ["no placeholder"]}
+    f.write_text(json.dumps(m))
+    with pytest.raises(CmmError, match="placeholder|\\{\\}"):
+        mf.load_manifest_file(f)
+    del m["classnames"]
+    f.write_text(json.dumps(m))
+    with pytest.raises(CmmError, match="classnames"):
+        mf.load_manifest_file(f)
+
+
+def test_manifest_hash_tracks_content():
+    a, b = mf.get_manifest("dtd"), mf.get_manifest("dtd")
+    assert mf.manifest_sha256(a) == mf.manifest_sha256(b)
+    b["templates"]["coop"] = ["a photo of {}."]
+    assert mf.manifest_sha256(a) != mf.manifest_sha256(b)
+    assert mf.manifest_sha256(a) != mf.manifest_sha256(mf.get_manifest("eurosat"))
+
+
+def test_data_manifests_stay_small():
+    total = sum(p.stat().st_size for p in mf.manifests_dir().rglob("*") if p.is_file())
+    assert total < 4_000_000, total
+    lic = mf.manifests_dir() / "LICENSES"
+    assert (lic / "ATTRIBUTION.md").is_file() and (lic / "CoOp_LICENSE").is_file()
+
+
+@pytest.mark.skipif(not PROTOCOL.is_dir(), reason="needs the protocol folder")
+def test_shipped_data_matches_protocol_files():
+    """The compact split lists are the CoOp split files, entry for entry."""
+    m = mf.get_manifest("dtd")
+    sp = _gz(m, m["split_source"]["file"])
+    orig = json.loads((PROTOCOL / "coop_splits/split_zhou_DescribableTextures.json").read_text())
+    for s in ("train", "val", "test"):
+        assert sp[s]["paths"] == [r[0] for r in orig[s]] and sp[s]["labels"] == [r[1] for r in orig[s]]
+    assert m["classnames"] == sorted({r[2] for r in orig["train"]})
+    d = json.loads((PROTOCOL / "fewshot_indices/dtd/shot_16-seed_2.json").read_text())
+    tr, va = load_published(mf.data_file(m, m["fewshot"]["file"]))[(16, 2)]
+    assert tr.tolist() == d["train"]["indices"] and va.tolist() == d["val"]["indices"]
+
+
+@pytest.mark.skipif(not PROTOCOL.is_dir(), reason="needs the protocol folder")
+def test_build_script_reproduces_the_shipped_data(tmp_path):
+    out = tmp_path / "dm"
+    out.mkdir()
+    (out / "__init__.py").write_text("")
+    subprocess.run([sys.executable, str(REPO / "tools/build_manifests.py"), "--protocol", str(PROTOCOL), "--out", str(out)],
+                   check=True, capture_output=True)
+    shipped = mf.manifests_dir()
+    built = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    have = sorted(p.relative_to(shipped) for p in shipped.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    assert built == have
+    for rel in built:
+        assert (out / rel).read_bytes() == (shipped / rel).read_bytes(), rel
+
+
+def test_cli_datasets_json_and_table(monkeypatch):
+    from cmm_cache.cli.main import main
+
+    r = CliRunner().invoke(main, ["datasets", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert sorted(d["name"] for d in out["datasets"]) == sorted(ALL)
+    food = next(d for d in out["datasets"] if d["name"] == "food101")
+    assert food["split_file_needed"] == "split_zhou_Food101.json" and not food["split_file_shipped"]
+    r = CliRunner().invoke(main, ["datasets"])
+    assert r.exit_code == 0 and "registered datasets" in r.output and "dtd" in r.output
+    r = CliRunner().invoke(main, ["datasets", "imagenet-r", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["name"] == "imagenet_r"
+    r = CliRunner().invoke(main, ["datasets", "nope"])
+    assert r.exit_code == 2 and "Registered" in r.output
