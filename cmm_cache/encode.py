@@ -27,10 +27,16 @@ def views_for_split(split: str) -> list[str]:
     return list(VIEWS_TRAIN) if split == "train" else list(VIEWS_EVAL)
 
 
-def default_num_workers() -> int:
-    """Decoding workers: enough to keep the encoder fed, never more than the cores (capped at 8)."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, n))
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_num_workers(device: str = "cpu") -> int:
+    """Decoding workers: min(8, cores) to feed a GPU; on the CPU half the cores (the encoder needs the rest)."""
+    n = _cores()
+    if str(device).startswith("cuda"):
+        return max(1, min(8, n))
+    return max(1, min(8, n // 2))
 
 
 def load_image(path: str, flip: bool = False):
@@ -134,7 +140,7 @@ def iter_encoded(
         return
     device = backbone.device
     cuda = str(device).startswith("cuda")
-    workers = default_num_workers() if num_workers is None else max(0, int(num_workers))
+    workers = default_num_workers(device) if num_workers is None else max(0, int(num_workers))
     loader = DataLoader(
         _ImageDataset(items, backbone.preprocess),
         batch_sampler=[list(b) for b in batches],
@@ -180,12 +186,11 @@ def encode_text(backbone, classnames: Sequence[str], templates: Sequence[str], b
     return feats.numpy().astype(np.float32)
 
 
-def configure_cpu_threads(num_workers: int) -> int:
-    """Leave the decoding workers their cores: torch intra-op threads = cores - workers (at least 1)."""
+def configure_cpu_threads(num_workers: int, processes: int = 1) -> int:
+    """On the CPU, leave the decoding workers their cores: torch threads = cores/processes - workers (at least 1)."""
     import torch
 
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, n - max(0, num_workers) // 2) if num_workers else n
+    threads = max(1, _cores() // max(1, processes) - max(0, int(num_workers)))
     torch.set_num_threads(threads)
     return threads
 

@@ -150,6 +150,7 @@ def extract(
     fail_after_chunks: int | None = None,
     dataset_name: str | None = None,
     record_last: bool = True,
+    loaded_backbone=None,
 ) -> ExtractResult:
     """Encode `dataset` (a name/path for :func:`load_dataset`, or a Dataset) with `backbone` into its cache file.
 
@@ -176,7 +177,7 @@ def extract(
         else:
             ds = dataset
             ds_name = dataset_name or ds.name
-        spec = resolve_backbone(backbone, pretrained)  # fails fast on a bad name, before any work
+        spec = loaded_backbone.spec if loaded_backbone is not None else resolve_backbone(backbone, pretrained)
         bb_name = str(backbone)
         final = Path(out) if out else cache_path(ds_name, bb_name, cache_root)
         shots = sorted({int(k) for k in shots})
@@ -188,12 +189,13 @@ def extract(
             except NotImplementedError:
                 pass
 
-        workers = default_num_workers() if num_workers is None else int(num_workers)
-        if dist.active:
-            workers = max(1, workers // int(os.environ.get("LOCAL_WORLD_SIZE", dist.world)))
-        if not dev.startswith("cuda"):
-            configure_cpu_threads(workers)
-        bb = load_backbone(spec, device=dev)
+        workers = default_num_workers(dev) if num_workers is None else int(num_workers)
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world)) if dist.active else 1
+        if dist.active and num_workers is None:
+            workers = max(1, workers // local_world)
+        if not dev.startswith("cuda") and loaded_backbone is None:
+            configure_cpu_threads(workers, local_world)
+        bb = loaded_backbone if loaded_backbone is not None else load_backbone(spec, device=dev)
         request = request_fingerprint(ds, bb, plans, fewshot, chunk_rows)
         store = PartialStore(final)
 

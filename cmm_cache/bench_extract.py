@@ -1,0 +1,141 @@
+"""`cmm-cache bench extract`: end-to-end extraction throughput against the encoder's bare forward.
+
+End-to-end = the real :func:`cmm_cache.extract.extract` over an image folder
+(decoding in DataLoader workers, encoding, chunk files, final HDF5), model
+loading excluded. Bare forward = the same model on the same images already
+decoded into tensors, at the same batch size and thread count. The design
+target is end-to-end >= 90 % of bare forward.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import Dataset, SplitList
+from .errors import CmmError
+
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class _FolderDataset(Dataset):
+    """Every image of a class-per-folder tree as a test split (no few-shot subsets)."""
+
+    @property
+    def is_shift(self) -> bool:  # test split only
+        return True
+
+    def fewshot(self, shots, seed):  # pragma: no cover - never called for a test-only dataset
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+
+    def verify(self, rows=None):
+        return None
+
+
+def folder_dataset(data_dir: str | Path, limit: int | None = None) -> Dataset:
+    root = Path(data_dir)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise CmmError(f"No class sub-folders in {root}.", "Point --data at a folder with one sub-folder of images per class.")
+    paths, labels = [], []
+    for c, name in enumerate(classes):
+        for p in sorted((root / name).iterdir()):
+            if p.suffix.lower() in IMAGE_EXT:
+                paths.append(str(p))
+                labels.append(c)
+    if limit:
+        paths, labels = paths[:limit], labels[:limit]
+    if not paths:
+        raise CmmError(f"No images under {root}.")
+    sha = hashlib.sha256("\n".join(paths).encode()).hexdigest()
+    return _FolderDataset(
+        name=root.name,
+        classnames=[c.replace("_", " ") for c in classes],
+        templates={"simple": ["a photo of a {}."]},
+        default_templates="simple",
+        splits={"test": SplitList(paths=paths, labels=np.asarray(labels, dtype=np.int64))},
+        manifest_sha256=sha,
+        root=root,
+    )
+
+
+def bench_extract(
+    data_dir,
+    backbone: str = "rn50-arch",
+    *,
+    pretrained=None,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    limit: int | None = None,
+    device: str = "auto",
+    log=None,
+) -> dict:
+    import torch
+
+    from .backbones import load_backbone, resolve_device
+    from .encode import configure_cpu_threads, default_num_workers, encode_image_batch, load_image
+    from .extract import extract
+
+    log = log or (lambda *a, **k: None)
+    ds = folder_dataset(data_dir, limit)
+    paths = ds.splits["test"].paths
+    n = len(paths)
+    dev = resolve_device(device)
+    workers = default_num_workers(dev) if num_workers is None else int(num_workers)
+    threads = configure_cpu_threads(workers) if not dev.startswith("cuda") else torch.get_num_threads()
+    bb = load_backbone(backbone, pretrained, device=dev)
+    h, w = bb.image_size
+
+    # warm-up (one-time kernel selection etc. belongs to neither figure)
+    with torch.inference_mode():
+        encode_image_batch(bb.model, torch.zeros(batch_size, 3, h, w, device=dev), dev)
+    if dev.startswith("cuda"):
+        torch.cuda.synchronize()
+
+    # bare forward: the same images, decoded beforehand, same batch size
+    log(f"decoding {n} images for the bare-forward baseline ...")
+    tensors = [bb.preprocess(load_image(p)) for p in paths]
+    batches = [torch.stack(tensors[i : i + batch_size]) for i in range(0, n, batch_size)]
+    if dev.startswith("cuda"):
+        batches = [b.to(dev) for b in batches]
+        torch.cuda.synchronize()
+    log("bare forward ...")
+    t = time.perf_counter()
+    for b in batches:
+        encode_image_batch(bb.model, b, dev).cpu()
+    if dev.startswith("cuda"):
+        torch.cuda.synchronize()
+    bare_s = time.perf_counter() - t
+    del batches, tensors
+
+    log("end-to-end extract ...")
+    with tempfile.TemporaryDirectory(prefix="cmm-bench-") as tmp:
+        t = time.perf_counter()
+        r = extract(
+            ds, backbone, out=Path(tmp) / "bench.h5", device=dev, batch_size=batch_size, num_workers=workers,
+            loaded_backbone=bb, record_last=False, force=True,
+        )
+        e2e_s = time.perf_counter() - t
+    e2e = n / e2e_s
+    bare = n / bare_s
+    return {
+        "data": str(data_dir),
+        "images": n,
+        "backbone": backbone,
+        "model": bb.spec.model,
+        "device": dev,
+        "batch_size": batch_size,
+        "workers": workers,
+        "torch_threads": threads,
+        "end_to_end_seconds": round(e2e_s, 3),
+        "end_to_end_images_per_s": round(e2e, 3),
+        "encode_phase_images_per_s": r.images_per_s,
+        "bare_forward_seconds": round(bare_s, 3),
+        "bare_forward_images_per_s": round(bare, 3),
+        "ratio": round(e2e / bare, 4),
+        "target_ratio": 0.9,
+    }
