@@ -59,6 +59,7 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
                  "test": "test", "testing": "test"}
 TINY_VERSION = 1
 DOWNLOAD_BASE_ENV = "CMM_DOWNLOAD_BASE"
+ARCHIVE_EXTS = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 _FIRST_MISSING = 5
 
 
@@ -877,7 +878,10 @@ def download_dataset(manifest, data_root, *, console=None) -> Path:
                 h = hashlib.sha256(got.read_bytes()).hexdigest()
                 if h != a["sha256"]:
                     raise CmmError(f"Checksum mismatch for {url}: got {h}, expected {a['sha256']}.")
-            if not (zipfile.is_zipfile(got) or tarfile.is_tarfile(got)):
+            is_archive = zipfile.is_zipfile(got) or tarfile.is_tarfile(got)
+            if not is_archive and fname.lower().endswith(ARCHIVE_EXTS):
+                raise CmmError(f"{url} is not a readable archive (damaged or incomplete download).", "Run again, or fetch it by hand.")
+            if not is_archive:
                 os.replace(got, staging / fname)  # a plain file (e.g. a label .mat)
                 continue
             ex = work / f"ex{i}"
