@@ -85,10 +85,14 @@ def register(main, bench):
         from rich.table import Table
 
         t = Table(title="registered datasets" + (f" (data root {root})" if root else ""), show_lines=False)
-        for col in ("name", "aliases", "kind", "classes", "train/val/test", "few-shot (published)", "templates", "split file", "download"):
-            t.add_column(col)
+        wide = console.width >= 140  # narrow terminals get the essential columns only, names never wrapped
+        cols = ["name", "aliases", "kind", "classes", "train/val/test", "few-shot (published)", "templates", "split file", "download"]
+        if not wide:
+            cols = ["name", "classes", "train/val/test", "few-shot (published)", "split file"]
         if root:
-            t.add_column("present")
+            cols.append("present")
+        for col in cols:
+            t.add_column(col, no_wrap=col in ("name", "classes"), overflow="fold")
         for r in rows:
             s = r["split_sizes"]
             sizes = "/".join(str(s.get(k, "-")) for k in ("train", "val", "test")) if "train" in s else (
@@ -97,11 +101,12 @@ def register(main, bench):
             split = {"shipped": "shipped", "class_folders": "listed from disk", "imagenet": "pool shipped + disk",
                      "fgvc_variant_files": "official lists (archive)", "synthetic": "generated"}.get(
                 r["split_source"], f"[yellow]needs {r['split_file_needed']}[/]")
-            cells = [r["name"], ", ".join(r["aliases"]), r["kind"], str(r["classes"]), sizes, fs,
-                     ", ".join(f"{k}:{n}" for k, n in r["templates"].items()), split, "yes" if r["download"] else "-"]
-            if root:
-                cells.append("yes" if r["present"] else ("-" if r["present"] is None else "[red]no[/]"))
-            t.add_row(*cells)
+            cell = {"name": r["name"], "aliases": ", ".join(r["aliases"]), "kind": r["kind"], "classes": str(r["classes"]),
+                    "train/val/test": sizes, "few-shot (published)": fs,
+                    "templates": ", ".join(f"{k}:{n}" for k, n in r["templates"].items()), "split file": split,
+                    "download": "yes" if r["download"] else "-",
+                    "present": "yes" if r["present"] else ("-" if r["present"] is None else "[red]no[/]")}
+            t.add_row(*[cell[c] for c in cols])
         console.print(t)
         console.print("Also accepted as --dataset: an image folder, a CSV (path,label[,split]) or a manifest .json. "
                       "`cmm-cache datasets NAME` shows one manifest.")
