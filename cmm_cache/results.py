@@ -1,0 +1,218 @@
+"""Runs as artifacts: fit one (shots, seed) of a cache, write its folder, read it back, merge.
+
+A run folder (written to a temporary sibling, then renamed, so a folder at the
+final path is always complete)::
+
+    result.json        DESIGN.md "Results" fields (+ cache path, classes count)
+    weights.npz        W (absent for the no-map ablation), T, T0 (so a shift eval
+                       needs only the run and the shift cache)
+    classes.json       class names and WordNet ids of the run's class space
+    provenance.json    the cache's provenance (model identity for shift checks)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import shutil
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import __version__
+from .cache import Cache
+from .errors import CmmError
+from .evaluate import Model, evaluate, select_alpha, split_features
+from .fit import FitConfig, fit, train_samples
+
+RESULT_FIELDS = ["dataset", "backbone", "shots", "seed", "alpha", "val_acc", "test_acc", "zero_shot_test_acc",
+                 "cmm_only_test_acc", "fit_seconds", "iterations"]
+
+
+def versions() -> dict:
+    import h5py
+
+    return {"cmm-cache": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "h5py": h5py.__version__, "python": platform.python_version()}
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """auto -> cuda if available else cpu; refuse a CUDA device that is not there."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise CmmError(f"Unknown device '{device}'.", "Use auto, cpu, cuda or cuda:N.") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CmmError(f"Device '{device}' asked for, but CUDA is not available here.", "Use --device cpu or auto.")
+    return dev
+
+
+def run_name(shots: int, seed: int) -> str:
+    return f"shot_{int(shots)}-seed_{int(seed)}"
+
+
+def default_run_dir(runs_root: Path, dataset: str, backbone: str, shots: int, seed: int) -> Path:
+    from .paths import safe_name
+
+    return Path(runs_root) / safe_name(dataset) / safe_name(backbone) / run_name(shots, seed)
+
+
+# ----------------------------------------------------------------------------
+# Fit one run
+
+
+def fit_run(cache: Cache, shots: int, seed: int, cfg: FitConfig, templates: str | None = None,
+            progress: Callable[[int, float | None], None] | None = None) -> tuple[dict, dict]:
+    """Train on the (shots, seed) subset of `cache`, choose alpha on its val subset,
+    evaluate on test. Returns (result dict, arrays {W, T, T0})."""
+    dev = torch.device(cfg.device)
+    train_rows, val_rows = cache.fewshot(shots, seed)
+    train = cache.split("train")
+    x, y = train_samples(train.features[train_rows], train.labels[train_rows], dev)
+    T0 = torch.from_numpy(cache.text(templates)).to(dev)
+    if x.shape[1] != T0.shape[1]:
+        raise CmmError(f"{cache.path}: image features are {x.shape[1]}-d but text features {T0.shape[1]}-d.",
+                       "The cache is inconsistent; re-extract it.")
+    cfg.seed = int(seed)
+    r = fit(x, y, T0, cfg, progress=progress, log_every=max(cfg.iterations // 100, 1))
+    model = Model(r.W, r.T, T0, cfg.normalize_T_in_s, cfg.fusion, cfg.cmm_only)
+
+    # Alpha from the val subset only; test is read after alpha is fixed.
+    x_val, y_val = split_features(cache.split("val"), val_rows, dev)
+    alpha, val_acc = select_alpha(model, x_val, y_val, fixed=cfg.alpha)
+    x_te, y_te = split_features(cache.split("test"), None, dev)
+    acc = evaluate(model, x_te, y_te, alpha)
+
+    result = {
+        "dataset": cache.dataset, "backbone": cache.backbone, "shots": int(shots), "seed": int(seed),
+        "alpha": alpha, "val_acc": val_acc, "test_acc": acc["acc"],
+        "zero_shot_test_acc": acc["zero_shot_acc"], "cmm_only_test_acc": acc["cmm_only_acc"],
+        "fit_seconds": round(r.seconds, 3), "iterations": r.iterations,
+        "config": {**cfg.to_dict(), "templates": templates or cache.default_templates},
+        "cache_provenance_sha256": cache.provenance_sha256,
+        "versions": versions(),
+        "cache": str(Path(cache.path).resolve()),
+        "num_classes": cache.num_classes, "num_train_samples": int(len(x)),
+        "final_loss": r.losses[-1][1] if r.losses else None,
+    }
+    arrays = {"T": r.T.cpu().numpy(), "T0": T0.cpu().numpy()}
+    if r.W is not None:
+        arrays["W"] = r.W.cpu().numpy()
+    return result, arrays
+
+
+# ----------------------------------------------------------------------------
+# The run folder
+
+
+def write_run(run_dir: str | os.PathLike, result: dict, arrays: dict, cache: Cache) -> Path:
+    """Write a run folder atomically; an existing run at that path is replaced."""
+    run_dir = Path(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir.with_name(f".{run_dir.name}.tmp-{os.getpid()}")
+    old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        np.savez(tmp / "weights.npz", **arrays)
+        (tmp / "classes.json").write_text(json.dumps({"names": cache.classnames, "wnids": cache.wnids}))
+        (tmp / "provenance.json").write_text(json.dumps(cache.provenance, indent=2, sort_keys=True))
+        (tmp / "result.json").write_text(json.dumps(result, indent=2, default=str))
+        if run_dir.exists():  # replace: move the old one aside, then swap in the new one
+            os.replace(run_dir, old)
+        os.replace(tmp, run_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return run_dir
+
+
+@dataclass
+class Run:
+    path: Path
+    result: dict
+    model: Model
+    classnames: list[str]
+    wnids: list[str] | None
+    provenance: dict
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    run_dir = Path(run_dir)
+    if not (run_dir / "result.json").is_file():
+        raise CmmError(f"No run at {run_dir} (result.json missing).",
+                       "Fit one first with `cmm-cache fit`, or pass --run PATH to an existing run folder.")
+    try:
+        result = json.loads((run_dir / "result.json").read_text())
+        classes = json.loads((run_dir / "classes.json").read_text())
+        provenance = json.loads((run_dir / "provenance.json").read_text())
+        with np.load(run_dir / "weights.npz") as z:
+            arr = {k: torch.from_numpy(z[k]) for k in z.files}
+    except (OSError, ValueError, KeyError) as e:
+        raise CmmError(f"The run at {run_dir} is incomplete or damaged ({e}).", "Fit it again.") from e
+    cfg = result.get("config", {})
+    model = Model(arr.get("W"), arr["T"], arr["T0"], bool(cfg.get("normalize_T_in_s", False)),
+                  cfg.get("fusion", "prob"), bool(cfg.get("cmm_only", False)))
+    return Run(run_dir, result, model, classes["names"], classes.get("wnids"), provenance)
+
+
+# ----------------------------------------------------------------------------
+# Many runs: summary table, merge, CSV
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """Mean ± std (sample std, 0 for one run) per (dataset, backbone, shots)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["dataset"], r["backbone"], int(r["shots"])), []).append(r)
+    rows = []
+    for (ds, bb, k), rs in sorted(groups.items()):
+        row = {"dataset": ds, "backbone": bb, "shots": k, "runs": len(rs), "seeds": sorted(int(r["seed"]) for r in rs)}
+        for f in ("test_acc", "zero_shot_test_acc", "cmm_only_test_acc", "val_acc"):
+            vals = [float(r[f]) for r in rs if r.get(f) is not None]
+            row[f + "_mean"] = round(statistics.fmean(vals), 3) if vals else None
+            row[f + "_std"] = round(statistics.stdev(vals), 3) if len(vals) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def read_results(run_dirs) -> list[dict]:
+    """result.json of each run folder (a folder holding run folders is searched)."""
+    out = []
+    for d in run_dirs:
+        d = Path(d)
+        found = [d / "result.json"] if (d / "result.json").is_file() else sorted(d.rglob("result.json"))
+        found = [f for f in found if not any(p.startswith(".") for p in f.relative_to(d).parts[:-1])]
+        if not found:
+            raise CmmError(f"No run (result.json) in {d}.", "Pass run folders written by `cmm-cache fit`.")
+        for f in found:
+            r = json.loads(f.read_text())
+            r["run"] = str(f.parent)
+            out.append(r)
+    return out
+
+
+def write_csv(results: list[dict], path: str | os.PathLike) -> Path:
+    """One row per run: the Results fields, the provenance hash and the run folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols = RESULT_FIELDS + ["cache_provenance_sha256", "run"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in results:
+            w.writerow({c: r.get(c) for c in cols})
+    return path
+
+
+def now_utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
