@@ -77,12 +77,13 @@ def register(main, bench):
     @click.option("--skip-bad", is_flag=True, help="Leave out unreadable images (listed in the cache's provenance) instead of stopping.")
     @click.option("--force", is_flag=True, help="Start over: discard an unfinished run and replace an existing cache.")
     @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the cache here instead of <cache-dir>/<dataset>/<backbone>.h5.")
+    @click.option("--download", is_flag=True, help="Fetch the dataset from its public source when it is not under the data root.")
     @data_root_option
     @cache_dir_option
     @device_option
     @json_option
     @handle_errors
-    def extract_cmd(dataset, backbone, pretrained, shots, seeds, batch_size, workers, skip_bad, force, out, data_root, cache_dir, device, as_json):
+    def extract_cmd(dataset, backbone, pretrained, shots, seeds, batch_size, workers, skip_bad, force, out, download, data_root, cache_dir, device, as_json):
         """Encode a dataset once and write its feature cache (resumable; torchrun-aware).
 
         \b
@@ -95,7 +96,7 @@ def register(main, bench):
             r = extract(
                 dataset, backbone, pretrained=pretrained, data_root=data_root, cache_root=cache_dir, out=out,
                 shots=shots, seeds=seeds, device=device, batch_size=batch_size, num_workers=workers,
-                skip_bad=skip_bad, force=force, progress=prog,
+                skip_bad=skip_bad, force=force, progress=prog, download=download,
             )
         if r.rank != 0:
             return

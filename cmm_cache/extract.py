@@ -151,6 +151,7 @@ def extract(
     dataset_name: str | None = None,
     record_last: bool = True,
     loaded_backbone=None,
+    download: bool = False,
 ) -> ExtractResult:
     """Encode `dataset` (a name/path for :func:`load_dataset`, or a Dataset) with `backbone` into its cache file.
 
@@ -173,7 +174,7 @@ def extract(
             from .datasets import load_dataset
 
             ds_name = dataset_name or dataset
-            ds = load_dataset(dataset, data_root, cache_root=cache_root)
+            ds = load_dataset(dataset, data_root, download=download, cache_root=cache_root)
         else:
             ds = dataset
             ds_name = dataset_name or ds.name

@@ -1,0 +1,113 @@
+"""Backbones as data: the registry, name resolution, random/local weights, the fast offline failure."""
+
+import json
+import time
+
+import open_clip
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cmm_cache import backbones as B
+from cmm_cache.cli.main import main
+from cmm_cache.errors import CmmError
+
+
+def test_registry_maps_paper_aliases_to_openai_quickgelu():
+    reg = {b.name: b for b in B.list_backbones()}
+    assert {"rn50", "rn101", "vit-b-32", "vit-b-16", "tiny"} <= set(reg)
+    assert (reg["rn50"].model, reg["rn50"].pretrained) == ("RN50-quickgelu", "openai")
+    assert (reg["rn101"].model, reg["rn101"].pretrained) == ("RN101-quickgelu", "openai")
+    assert reg["vit-b-32"].pretrained == reg["vit-b-16"].pretrained == "openai"
+    assert reg["tiny"].pretrained is None
+    B.register_model_configs()
+    for b in reg.values():
+        assert b.model in open_clip.list_models(), b.model
+        if b.pretrained:
+            cfg = open_clip.get_pretrained_cfg(b.model, b.pretrained)
+            assert cfg, b.name
+            # the architecture's activation matches the weights' (plain RN50 would be wrong)
+            assert cfg.get("quick_gelu", False) == open_clip.get_model_config(b.model).get("quick_gelu", False)
+
+
+def test_resolve_names():
+    s = B.resolve_backbone("ViT-B-32/laion2b_s34b_b79k")
+    assert (s.model, s.pretrained) == ("ViT-B-32", "laion2b_s34b_b79k")
+    s = B.resolve_backbone("RN50-quickgelu:openai")
+    assert (s.model, s.pretrained) == ("RN50-quickgelu", "openai")
+    assert B.resolve_backbone("RN50", "/some/RN50.pt").pretrained == "/some/RN50.pt"
+    with pytest.raises(CmmError, match="Unknown backbone"):
+        B.resolve_backbone("no-such-net")
+    with pytest.raises(CmmError, match="no weights"):
+        B.resolve_backbone("ViT-L-14")
+    assert B.resolve_backbone("RN50").alias == "rn50"  # aliases are case-insensitive
+    with pytest.raises(CmmError, match="no pretrained tag"):
+        B.resolve_backbone("ViT-B-32/not-a-tag")
+
+
+def test_tiny_is_small_and_deterministic():
+    a = B.load_backbone("tiny")
+    b = B.load_backbone("tiny")
+    assert a.embed_dim == 32 and a.image_size == (32, 32)
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb), ka
+    x = torch.randn(2, 3, 32, 32)
+    assert a.model.encode_image(x).shape == (2, 32)
+    assert a.weights_sha256 is None and a.provenance()["random_weights_seed"] == 0
+
+
+def test_local_weights_file(tmp_path):
+    src = B.load_backbone("tiny")
+    sd = {k: v + 0.01 for k, v in src.model.state_dict().items()}
+    f = tmp_path / "tiny-weights.pt"
+    torch.save(sd, f)
+    bb = B.load_backbone("tiny", pretrained=f)
+    assert bb.weights_path == str(f) and bb.weights_sha256 == B.file_sha256(f)
+    assert torch.allclose(bb.model.state_dict()["visual.conv1.weight"], sd["visual.conv1.weight"])
+    with pytest.raises(CmmError, match="does not exist"):
+        B.load_backbone("tiny", pretrained=tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_unavailable_weights_fail_fast_with_one_clear_message(tmp_path, monkeypatch, offline):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/clip either
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+        monkeypatch.setattr(B, "_reachable", lambda host, port=443, timeout=3.0: False)  # a machine without network
+    t = time.perf_counter()
+    with pytest.raises(CmmError) as e:
+        B.load_backbone("rn50")
+    assert time.perf_counter() - t < 10
+    msg = str(e.value)
+    assert "could not be had offline" in msg and "rn50" in msg
+    assert "--pretrained PATH" in msg and "HF_HUB_OFFLINE=1" in msg and "Hugging Face cache" in msg
+
+
+def test_prefilled_hf_cache_is_used_without_network(tmp_path, monkeypatch):
+    """A weights file already in the HF cache is found by the resolver (no download attempted)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(B, "_cached_weight_file", lambda cfg: str(tmp_path / "w.safetensors"))
+    spec = B.resolve_backbone("rn50")
+    path, pre = B.resolve_weights(spec)
+    assert path == str(tmp_path / "w.safetensors")
+    assert pre["interpolation"] == "bicubic" and len(pre["mean"]) == 3
+
+
+def test_cli_backbones_json():
+    r = CliRunner().invoke(main, ["backbones", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {b["name"]: b for b in json.loads(r.stdout)["backbones"]}
+    assert rows["rn50"]["open_clip_model"] == "RN50-quickgelu"
+
+
+def test_cli_extract_fails_clearly_without_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    r = CliRunner().invoke(main, ["extract", "--dataset", "tiny", "--backbone", "rn50", "--shots", "1", "--seeds", "1"])
+    assert r.exit_code == 2, r.output
+    out = " ".join(r.output.split())
+    assert "could not be had offline" in out and "--pretrained" in out
