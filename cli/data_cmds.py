@@ -47,7 +47,11 @@ def register(main, bench):
     @json_option
     @handle_errors
     def datasets_cmd(name, data_root, as_json):
-        """List the registered datasets, or show one manifest (NAME or alias).
+        """List the registered datasets, or show one manifest (NAME, alias or a manifest .json path).
+
+        \b
+        Manifests in folders named by $CMM_DATASET_MANIFESTS (os.pathsep-separated)
+        are registered too, next to the shipped ones.
 
         \b
         Also accepted wherever --dataset is: an image folder (one sub-folder
@@ -58,7 +62,12 @@ def register(main, bench):
 
         root = resolve_root(data_root)
         if name:
-            m = mf.public(mf.get_manifest(name))
+            from pathlib import Path
+
+            if name.lower().endswith(".json") and Path(name).expanduser().is_file():
+                m = mf.public(mf.load_manifest_file(name))  # a user-written manifest, validated
+            else:
+                m = mf.public(mf.get_manifest(name))
             if as_json:
                 emit_json(m)
                 return

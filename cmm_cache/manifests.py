@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -148,16 +149,49 @@ def _check(m: dict, where: str) -> dict:
     return m
 
 
-@lru_cache(maxsize=None)
+MANIFEST_PATH_ENV = "CMM_DATASET_MANIFESTS"
+_extra_dirs: list[Path] = []
+
+
+def add_manifest_dir(path) -> None:
+    """Register every `*.json` manifest in `path` too (like open_clip's `add_model_config`).
+
+    Folders listed in `$CMM_DATASET_MANIFESTS` (os.pathsep-separated) are scanned as well.
+    A user manifest may not reuse a shipped name or alias.
+    """
+    p = Path(path).expanduser().resolve()
+    if not p.is_dir():
+        raise CmmError(f"Manifest folder not found: {p}")
+    if p not in _extra_dirs:
+        _extra_dirs.append(p)
+    _registry_for.cache_clear()
+    _load_file_cached.cache_clear()
+
+
+def _scan_dirs() -> list[Path]:
+    env = [Path(x).expanduser() for x in os.environ.get(MANIFEST_PATH_ENV, "").split(os.pathsep) if x]
+    return [manifests_dir(), *[d for d in env if d.is_dir()], *_extra_dirs]
+
+
 def _registry() -> tuple[dict, dict]:
-    """(name -> manifest path, normalized name or alias -> name), from the scanned folder."""
+    # Keyed by each folder's mtime too, so a manifest added to a folder is seen.
+    return _registry_for(tuple((str(d), d.stat().st_mtime_ns) for d in _scan_dirs()))
+
+
+@lru_cache(maxsize=None)
+def _registry_for(dirs: tuple[tuple[str, int], ...]) -> tuple[dict, dict]:
+    """(name -> manifest path, normalized name or alias -> name), from the scanned folders."""
     files, index = {}, {}
-    for f in sorted(manifests_dir().glob("*.json")):
+    for f in [f for d, _ in dirs for f in sorted(Path(d).glob("*.json"))]:
         try:
             m = json.loads(f.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:  # a broken shipped file is a bug; say which
             raise CmmError(f"Dataset manifest {f} is not valid JSON: {e}")
+        if not isinstance(m, dict):
+            raise CmmError(f"Dataset manifest {f} must hold one JSON object.")
         name = m.get("name") or f.stem
+        if name in files:
+            raise CmmError(f"Dataset name {name!r} is defined twice: {files[name]} and {f}.")
         files[name] = f
         for key in [name, *m.get("aliases", [])]:
             k = _norm(key)
@@ -177,9 +211,13 @@ def resolve_name(name: str) -> str | None:
     return _registry()[1].get(_norm(name))
 
 
-@lru_cache(maxsize=None)
 def _load_registered(name: str) -> dict:
-    f = _registry()[0][name]
+    return _load_file_cached(str(_registry()[0][name]), name)
+
+
+@lru_cache(maxsize=None)
+def _load_file_cached(path: str, name: str) -> dict:
+    f = Path(path)
     m = json.loads(f.read_text(encoding="utf-8"))
     m["_base"] = str(f.parent)
     m["_path"] = str(f)

@@ -238,3 +238,24 @@ def test_cli_datasets_json_and_table(monkeypatch):
     assert r.exit_code == 0 and json.loads(r.stdout)["name"] == "imagenet_r"
     r = CliRunner().invoke(main, ["datasets", "nope"])
     assert r.exit_code == 2 and "Registered" in r.output
+
+
+def test_user_manifest_folder_joins_the_registry(tmp_path, monkeypatch):
+    from cmm_cache.cli.main import main
+    from cmm_cache.datasets import load_dataset
+
+    m = mf.public(mf.get_manifest("tiny"))
+    m.update(name="tiny2", aliases=["tiny-two"])
+    (tmp_path / "tiny2.json").write_text(json.dumps(m))
+    assert mf.resolve_name("tiny-two") is None
+    monkeypatch.setenv("CMM_DATASET_MANIFESTS", str(tmp_path))
+    assert mf.resolve_name("tiny-two") == "tiny2" and "tiny2" in mf.list_datasets()
+    assert load_dataset("tiny-two").name == "tiny2"
+    r = CliRunner().invoke(main, ["datasets", "--json"])
+    assert "tiny2" in [d["name"] for d in json.loads(r.stdout)["datasets"]]
+    r = CliRunner().invoke(main, ["datasets", str(tmp_path / "tiny2.json"), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["name"] == "tiny2"
+    m.update(name="dtd2", aliases=["dtd"])  # an alias clash with a shipped dataset is refused
+    (tmp_path / "dtd2.json").write_text(json.dumps(m))
+    with pytest.raises(CmmError, match="used by both"):
+        mf.list_datasets()
