@@ -208,6 +208,7 @@ def extract(
                 lock.acquire()
                 verdict = _prepare(final, store, request, force)
             except CmmError as e:
+                lock.release()
                 verdict = {"action": "error", "message": e.message, "hint": e.hint}
         verdict = dist.broadcast(verdict)
         if verdict["action"] == "error":

@@ -66,14 +66,16 @@ def make_dataset(root: Path, per_class=(6, 3, 4), shift=False, seed=0) -> TinyDa
     root = Path(root)
     listing = root / "listing.json"
     if listing.exists():
-        rows = json.loads(listing.read_text())
+        rel = json.loads(listing.read_text())
     else:
         rows = write_images(root, per_class=per_class, seed=seed)
-        listing.write_text(json.dumps(rows))
+        rel = {s: [(str(Path(p).relative_to(root)), l) for p, l in r] for s, r in rows.items()}
+        listing.write_text(json.dumps(rel))
+    rows = {s: [(str(root / p), l) for p, l in r] for s, r in rel.items()}
     if shift:
         rows = {"test": rows["test"]}
     splits = {s: SplitList(paths=[p for p, _ in r], labels=np.asarray([l for _, l in r], dtype=np.int64)) for s, r in rows.items()}
-    sha = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+    sha = hashlib.sha256(json.dumps(rel, sort_keys=True).encode()).hexdigest()
     return TinyDataset(
         name="tinyset-shift" if shift else "tinyset",
         classnames=list(CLASSES),
