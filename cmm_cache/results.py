@@ -214,5 +214,71 @@ def write_csv(results: list[dict], path: str | os.PathLike) -> Path:
     return path
 
 
-def now_utc() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+# ----------------------------------------------------------------------------
+# Checks before scoring a run on another cache
+
+IDENTITY_KEYS = ("model", "pretrained", "weights_sha256", "embed_dim")
+
+
+def check_same_backbone(run: Run, cache: Cache) -> None:
+    """Refuse a cache encoded by another model than the run's (provenance identity, feature size)."""
+    d = int(run.model.T.shape[1])
+    if cache.embed_dim != d:
+        raise CmmError(f"{cache.path} holds {cache.embed_dim}-d features, the run at {run.path} expects {d}-d.",
+                       "Evaluate with a cache extracted with the run's backbone.")
+    diff = [k for k in IDENTITY_KEYS if k in run.provenance and k in cache.provenance
+            and run.provenance[k] != cache.provenance[k]]
+    if diff:
+        detail = "; ".join(f"{k}: run {run.provenance[k]!r} vs cache {cache.provenance[k]!r}" for k in diff)
+        raise CmmError(f"{cache.path} was encoded by another backbone than the run at {run.path} ({detail}).",
+                       f"Extract the shift set with the run's backbone ({run.result.get('backbone')}).")
+
+
+# ----------------------------------------------------------------------------
+# Benchmark (`cmm-cache bench fit`)
+
+
+def bench_fit(classes=1000, dim=1024, shots=16, iterations=16000, batch_size=8, test_size=50000, reference=False,
+              reference_iterations=None, device="auto", log=print) -> dict:
+    """Time the trainer (and optionally the plain transcription) on random features of a given size."""
+    from .evaluate import ALPHA_GRID
+    from .fit import fit_reference, normalize_rows
+
+    dev = resolve_device(device)
+    g = torch.Generator().manual_seed(0)
+    T0 = normalize_rows(torch.randn(classes, dim, generator=g))
+    y = torch.arange(classes).repeat_interleave(shots * 2)  # two views per train image
+    x = normalize_rows(T0[y] + 0.05 * torch.randn(len(y), dim, generator=g))
+    x, y, T0 = x.to(dev), y.to(dev), T0.to(dev)
+    cfg = FitConfig(iterations=iterations, batch_size=batch_size, device=str(dev))
+    out = {"device": str(dev), "threads": torch.get_num_threads(), "classes": classes, "dim": dim, "shots": shots,
+           "samples": int(len(x)), "iterations": iterations, "batch_size": batch_size, "versions": versions()}
+    t0 = time.perf_counter()
+    r = fit(x, y, T0, cfg)
+    out["fit_seconds"] = round(time.perf_counter() - t0, 3)  # whole call: setup + loop
+    out["loop_seconds"] = round(r.seconds, 3)
+    out["iterations_per_second"] = round(iterations / r.seconds, 1)
+    log(f"fast fit   {classes} classes × {dim}-d, {len(x)} samples: {out['fit_seconds']:.2f} s "
+        f"({out['iterations_per_second']:.0f} it/s) on {dev}, {out['threads']} threads")
+    if test_size:
+        xt = normalize_rows(T0[torch.arange(test_size, device=dev) % classes]
+                            + 0.05 * torch.randn(test_size, dim, generator=g).to(dev))
+        yt = torch.arange(test_size, device=dev) % classes
+        model = Model(r.W, r.T, T0)
+        t0 = time.perf_counter()
+        alpha, _ = select_alpha(model, x[: classes * 4 * 2: 2], y[: classes * 4 * 2: 2], ALPHA_GRID)
+        evaluate(model, xt, yt, alpha)
+        out["eval_seconds"] = round(time.perf_counter() - t0, 3)
+        out["eval_test_size"] = test_size
+        log(f"alpha search on {classes * 4} val + test evaluation on {test_size} images: {out['eval_seconds']:.2f} s")
+    if reference:
+        n = reference_iterations or iterations
+        _, _, secs = fit_reference(x, y, T0, FitConfig(iterations=n, batch_size=batch_size, device=str(dev)))
+        out["reference_iterations_timed"] = n
+        out["reference_seconds"] = round(secs * iterations / n, 3)
+        out["reference_extrapolated"] = n != iterations
+        out["reference_iterations_per_second"] = round(n / secs, 1)
+        out["speedup"] = round(out["reference_seconds"] / out["loop_seconds"], 2)
+        log(f"reference  {out['reference_seconds']:.2f} s ({out['reference_iterations_per_second']:.0f} it/s)"
+            f"{' extrapolated from %d iterations' % n if n != iterations else ''}; speed-up ×{out['speedup']}")
+    return out

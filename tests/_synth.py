@@ -22,7 +22,7 @@ def _unit(a):
 
 
 class World:
-    def __init__(self, C=12, d=32, seed=0, text_noise=0.9, img_noise=0.45, mix=1.0, gap=0.6):
+    def __init__(self, C=12, d=32, seed=0, text_noise=2.0, img_noise=0.15, mix=1.5, gap=0.6):
         rng = np.random.default_rng(seed)
         self.C, self.d, self.img_noise = C, d, img_noise
         self.concepts = _unit(rng.standard_normal((C, d)))
