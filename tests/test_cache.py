@@ -1,0 +1,112 @@
+"""Cache inspection and damage detection: verify (checksums + schema), info, ls, the lock."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cmm_cache.cache import CacheLock, Split, list_caches, open_cache, verify_cache, write_cache
+from cmm_cache.cli.main import main
+from cmm_cache.errors import CmmError
+from cmm_cache.extract import extract
+from cmm_cache.paths import cache_path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from extract_helpers import make_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cache_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    out = tmp_path_factory.mktemp("c") / "tinyset" / "tiny.h5"
+    extract(make_dataset(root), "tiny", out=out, shots=[1], seeds=[1], chunk_rows=8, num_workers=0, record_last=False)
+    return out
+
+
+def _flip_byte_in(path: Path, node: str) -> None:
+    with h5py.File(path, "r") as f:
+        info = f[node].id.get_chunk_info(0)
+        offset, size = info.byte_offset, info.size
+    with open(path, "r+b") as fh:
+        fh.seek(offset + size // 2)
+        b = fh.read(1)
+        fh.seek(offset + size // 2)
+        fh.write(bytes([b[0] ^ 0x10]))
+
+
+def test_verify_passes_a_sound_cache(cache_file):
+    assert verify_cache(cache_file) == []
+    r = CliRunner().invoke(main, ["cache", "verify", str(cache_file)])
+    assert r.exit_code == 0 and "ok" in r.output
+
+
+def test_verify_catches_a_flipped_byte(cache_file, tmp_path):
+    damaged = tmp_path / "damaged.h5"
+    shutil.copy(cache_file, damaged)
+    _flip_byte_in(damaged, "splits/test/features")
+    problems = verify_cache(damaged)
+    assert any("splits/test/features" in p and "damaged" in p for p in problems), problems
+    r = CliRunner().invoke(main, ["cache", "verify", str(damaged), "--json"])
+    assert r.exit_code == 1
+    out = json.loads(r.stdout)
+    assert out["ok"] is False and out["caches"][0]["problems"]
+    r = CliRunner().invoke(main, ["cache", "verify", str(damaged)])
+    assert r.exit_code == 1 and "damaged" in r.output
+    with pytest.raises(CmmError, match="damaged"):  # the reader refuses it too
+        open_cache(damaged).split("test")
+
+
+def test_verify_catches_schema_inconsistencies(tmp_path):
+    f = tmp_path / "bad.h5"
+    feats = np.zeros((4, 1, 8), np.float16)
+    write_cache(
+        f, dataset="d", backbone="b", provenance={}, classnames=["a", "b"],
+        text={"t": (np.ones((3, 8), np.float32), ["{}"])}, default_templates="t",
+        splits={"train": Split(feats, np.array([0, 1, 5, 1]), np.arange(4), ["center", "hflip"])},
+        fewshot={(1, 1): (np.array([0, 9]), np.array([0]))},
+    )
+    problems = "\n".join(verify_cache(f))
+    assert "text/t/features: 3 rows for 2 classes" in problems
+    assert "views" in problems  # 1 view stored, 2 named
+    assert "class ids outside" in problems
+    assert "fewshot/shot_1-seed_1/train: row positions outside" in problems
+    assert "splits/val, which does not exist" in problems
+    g = tmp_path / "not.h5"
+    g.write_bytes(b"not hdf5 at all")
+    assert "not readable as HDF5" in verify_cache(g)[0]
+
+
+def test_info_and_ls(cache_file, monkeypatch):
+    monkeypatch.setenv("CMM_CACHE_DIR", str(cache_file.parent.parent))
+    r = CliRunner().invoke(main, ["cache", "info", str(cache_file), "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["attrs"]["schema"] == "cmm-cache/1" and info["provenance"]["model"] == "cmm-tiny"
+    nodes = {n["node"]: n for n in info["nodes"]}
+    assert nodes["splits/train/features"]["shape"][1:] == [2, 32] and nodes["splits/train/features"]["checksum"]
+    r = CliRunner().invoke(main, ["cache", "info", "--dataset", "tinyset", "--backbone", "tiny", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["path"] == str(cache_file)
+    assert cache_path("tinyset", "tiny") == cache_file
+    rows = list_caches()
+    assert len(rows) == 1 and rows[0]["dataset"] == "tinyset" and rows[0]["classes"] == 3
+    assert rows[0]["splits"]["test"] == 12
+    r = CliRunner().invoke(main, ["cache", "ls"])
+    assert r.exit_code == 0 and "tinyset" in r.output
+    # an unfinished extraction is listed as such
+    (cache_file.parent / "other.h5.partial").mkdir()
+    assert any(r.get("unfinished") for r in list_caches())
+    (cache_file.parent / "other.h5.partial").rmdir()
+
+
+def test_lock_is_exclusive_and_released(tmp_path):
+    target = tmp_path / "x.h5"
+    with CacheLock(target):
+        with pytest.raises(CmmError, match="Another extraction"):
+            CacheLock(target).acquire()
+    with CacheLock(target):
+        pass
