@@ -295,7 +295,7 @@ def build(protocol: Path, out: Path) -> None:
 
     # Start clean (only what this script writes), keep the package marker.
     for p in out.iterdir():
-        if p.name == "__init__.py":
+        if p.name in ("__init__.py", "README.md"):  # hand-written
             continue
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
