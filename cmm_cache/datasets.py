@@ -118,6 +118,14 @@ class Dataset:
         """True when (shots, seed) comes from a shipped index file rather than a seeded draw."""
         return (int(shots), int(seed)) in self.fewshot_indices
 
+    def max_shots(self) -> int:
+        """The largest K a seeded draw supports: every class has K train and min(K, 4) val images (0 for shift sets)."""
+        if "train" not in self.splits or "val" not in self.splits:
+            return 0
+        tr = np.bincount(self.splits["train"].labels, minlength=self.num_classes).min()
+        va = np.bincount(self.splits["val"].labels, minlength=self.num_classes).min()
+        return int(tr) if va >= min(int(tr), 4) else int(min(tr, va))
+
     def fewshot(self, shots: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         key = (int(shots), int(seed))
         if key in self.fewshot_indices:
@@ -234,7 +242,7 @@ def _need_root(m: dict, data_root) -> Path:
             f"Pass --data-root DIR or set CMM_DATA_ROOT (Python: data_root=...) to the folder that holds "
             f"'{m['folder']}/':\n{_indent(m['layout'])}\n{_get_hint(m)}",
         )
-    return root
+    return Path(os.path.abspath(root))  # split paths are absolute even for a relative --data-root
 
 
 def _folder_missing(m: dict, folder: Path) -> CmmError:

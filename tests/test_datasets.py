@@ -100,6 +100,13 @@ def test_data_root_from_environment(tmp_path, monkeypatch):
     assert ds.name == "dtd" and ds.splits["train"].paths[0].startswith(str(root / "dtd" / "images"))
 
 
+def test_relative_data_root_gives_absolute_paths(tmp_path, monkeypatch):
+    _dtd_root(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    ds = load_dataset("dtd", "data")
+    assert os.path.isabs(ds.splits["val"].paths[0]) and ds.splits["val"].paths[0].startswith(str(tmp_path))
+
+
 def test_missing_dataset_folder(tmp_path):
     with pytest.raises(CmmError) as e:
         load_dataset("oxford_pets", tmp_path)
@@ -263,6 +270,7 @@ def test_image_folder_seeded_split(tmp_path):
     assert load_dataset(str(root)).splits["train"].paths == ds.splits["train"].paths  # deterministic
     assert load_dataset(str(root), split_seed=1).splits["train"].paths != ds.splits["train"].paths
     ds.verify()
+    assert ds.max_shots() == 2  # 5 train, 2 val per class
     with pytest.raises(CmmError, match="has 2 val image"):  # 2 val images per class, 4 needed
         ds.fewshot(4, 1)
     tr, va = ds.fewshot(2, 1)

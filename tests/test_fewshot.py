@@ -65,6 +65,7 @@ def test_tiny_fewshot_is_a_draw():
         tr, va = ds.fewshot(k, 1)
         assert not ds.is_published(k, 1)
         assert check_subset(tr, va, ds.splits["train"].labels, ds.splits["val"].labels, k, 5) == []
+    assert ds.max_shots() == 16
     with pytest.raises(CmmError):
         ds.fewshot(17, 1)  # tiny holds 16 train images per class
 
