@@ -1,5 +1,6 @@
 """torchrun: 2 CPU processes (gloo) each encode a disjoint shard; rank 0 merges into the one cache."""
 
+import json
 import os
 import subprocess
 import sys
@@ -31,13 +32,15 @@ def test_two_process_torchrun_equals_one_process(tmp_path):
         from extract_helpers import make_dataset
         from cmm_cache.extract import extract
         r = extract(make_dataset({str(root)!r}), "tiny", out={str(two)!r}, record_last=False, **{KW!r})
-        print("RESULT", json.dumps({{"rank": r.rank, "world": r.world_size, "encoded": r.images_encoded}}), flush=True)
+        out = os.path.join({str(tmp_path)!r}, "rank%s.json" % os.environ["RANK"])
+        with open(out, "w") as fh:
+            json.dump({{"rank": r.rank, "world": r.world_size, "encoded": r.images_encoded}}, fh)
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    results = [__import__("json").loads(line.split("RESULT", 1)[1]) for line in p.stdout.splitlines() if "RESULT" in line]
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert sorted(r["rank"] for r in results) == [0, 1] and all(r["world"] == 2 for r in results)
     total = sum(len(x) for x in (open_cache(one).split(s).index for s in ("train", "val", "test")))
     assert sum(r["encoded"] for r in results) == total and all(r["encoded"] > 0 for r in results)  # disjoint shards
