@@ -142,7 +142,7 @@ def register(main, bench):
         todo = []
         for k in ks:
             have = sorted(s for kk, s in groups if kk == k)
-            for s in (seeds or have):
+            for s in (seeds or have or [1]):
                 if (k, s) not in groups:
                     held = ", ".join(f"{a}/{b}" for a, b in groups)
                     raise CmmError(f"{cache.path} has no few-shot subset for {k} shots, seed {s}.",

@@ -1,0 +1,134 @@
+"""`cmm-cache fit`, `eval`, `results merge`, `bench fit` as a user runs them."""
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from _synth import World, make_cache, make_shift_cache
+from cmm_cache import paths
+from cmm_cache.cli.main import main
+
+FAST = ["--iterations", "60"]
+
+
+def _run(args, ok=True):
+    r = CliRunner().invoke(main, args, catch_exceptions=False)
+    if ok:
+        assert r.exit_code == 0, r.output + (r.stderr if hasattr(r, "stderr") else "")
+    return r
+
+
+def _json(r):
+    out = r.stdout if hasattr(r, "stdout") else r.output
+    return json.loads(out)
+
+
+def test_fit_cache_file_several_runs_json(tmp_path):
+    path, _ = make_cache(tmp_path / "any" / "where.h5", C=5, d=12, shots=(1, 2), seeds=(1, 2))
+    r = _run(["fit", "--cache", str(path), "--shots", "1,2", "--seeds", "1,2", "--json", *FAST])
+    out = _json(r)
+    assert [(x["shots"], x["seed"]) for x in out["runs"]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert [s["shots"] for s in out["summary"]] == [1, 2] and out["summary"][0]["runs"] == 2
+    run = paths.runs_dir() / "synth" / "synth-bb" / "shot_2-seed_1"
+    assert out["runs"][2]["run"] == str(run)
+    assert json.loads((run / "result.json").read_text())["test_acc"] == out["runs"][2]["test_acc"]
+    assert out["runs"][0]["config"]["iterations"] == 60
+
+
+def test_fit_single_run_json_is_the_result_object(tmp_path):
+    path, _ = make_cache(tmp_path / "c.h5", C=4, d=8, shots=(2,), seeds=(1,))
+    out = _json(_run(["fit", "--cache", str(path), "--shots", "2", "--seed", "1", "--json", "--out", str(tmp_path / "r"),
+                      "--no-triplet", "--fusion", "logit", "--normalize-T-in-s", "--alpha", "0.5", *FAST]))
+    assert out["alpha"] == 0.5 and out["config"]["triplet"] is False and out["config"]["fusion"] == "logit"
+    assert out["config"]["normalize_T_in_s"] is True
+    assert (tmp_path / "r" / "weights.npz").is_file()
+
+
+def test_fit_without_any_cache_says_extract_first():
+    r = _run(["fit", "--shots", "4"], ok=False)
+    assert r.exit_code == 2 and "cmm-cache extract" in r.output
+
+
+def test_fit_uses_last_extract_and_says_which(tmp_path):
+    path, _ = make_cache(paths.cache_path("synth", "synth-bb"), C=4, d=8, shots=(2,), seeds=(1,))
+    paths.record_last_extract("synth", "synth-bb", path)
+    r = _run(["fit", *FAST])
+    assert "extracted last" in r.output and "synth" in r.output
+    assert (paths.runs_dir() / "synth" / "synth-bb" / "shot_2-seed_1" / "result.json").is_file()
+    _run(["fit", "--dataset", "synth", "--backbone", "synth-bb", *FAST])
+
+
+def test_fit_missing_fewshot_group_is_refused_before_training(tmp_path):
+    path, _ = make_cache(tmp_path / "c.h5", C=4, d=8, shots=(2,), seeds=(1,))
+    r = _run(["fit", "--cache", str(path), "--shots", "16"], ok=False)
+    assert r.exit_code == 2 and "16 shots" in r.output
+    assert not paths.runs_dir().exists()
+
+
+def test_eval_reproduces_the_fit_and_refuses_a_reextracted_cache(tmp_path):
+    path, _ = make_cache(tmp_path / "c.h5", C=5, d=12, shots=(2,), seeds=(1,))
+    fitted = _json(_run(["fit", "--cache", str(path), "--json", *FAST]))
+    again = _json(_run(["eval", "--run", fitted["run"], "--json"]))
+    assert again["test_acc"] == fitted["test_acc"] and again["alpha"] == fitted["alpha"]
+    make_cache(path, C=5, d=12, shots=(2,), seeds=(1,), provenance={"created": "later"})
+    r = _run(["eval", "--run", fitted["run"]], ok=False)
+    assert r.exit_code == 2 and "provenance" in r.output
+
+
+def _imagenet_like(tmp_path):
+    world = World(C=20, d=16, seed=3)
+    make_cache(paths.cache_path("imagenet", "bb"), dataset="imagenet", backbone="bb", world=world,
+               shots=(16,), seeds=(1,), train_per_class=16, wnids=True)
+    _run(["fit", "--dataset", "imagenet", "--backbone", "bb", *FAST])
+    return world
+
+
+def test_eval_shift_scores_only_the_shift_classes(tmp_path):
+    world = _imagenet_like(tmp_path)
+    subset = [2, 5, 7, 11, 19]
+    make_shift_cache(paths.cache_path("imagenet-a", "bb"), world, subset, backbone="bb", dataset="imagenet-a")
+    out = _json(_run(["eval", "--shift", "imagenet-a", "--json"]))
+    assert out["classes_scored"] == 5 and out["num_test"] == 5 * 30 and out["dataset"] == "imagenet-a"
+    assert out["shots"] == 16 and out["seed"] == 1
+    assert out["zero_shot_test_acc"] > 20  # chance over the 5 scored classes is 20 %
+
+
+def test_eval_shift_refuses_another_backbone_or_class_space(tmp_path):
+    world = _imagenet_like(tmp_path)
+    make_shift_cache(paths.cache_path("imagenet-sketch", "bb"), world, [1, 2], backbone="bb",
+                     provenance={"model": "RN101-quickgelu"})
+    r = _run(["eval", "--shift", "imagenet-sketch"], ok=False)
+    assert r.exit_code == 2 and "another backbone" in r.output
+    make_shift_cache(paths.cache_path("imagenet-r", "bb"), world, [1, 2], backbone="bb",
+                     wnids=["n00000001", "n99999999"])
+    r = _run(["eval", "--shift", "imagenet-r"], ok=False)
+    assert r.exit_code == 2 and "WordNet" in r.output
+    r = _run(["eval", "--shift", "imagenet-v2"], ok=False)
+    assert r.exit_code == 2 and "No cache file" in r.output
+
+
+def test_results_merge_csv(tmp_path):
+    path, _ = make_cache(tmp_path / "c.h5", C=4, d=8, shots=(1,), seeds=(1, 2))
+    _run(["fit", "--cache", str(path), *FAST])
+    out = _json(_run(["results", "merge", str(paths.runs_dir()), "--csv", str(tmp_path / "all.csv"), "--json"]))
+    assert len(out["runs"]) == 2 and out["summary"][0]["runs"] == 2
+    assert len((tmp_path / "all.csv").read_text().strip().splitlines()) == 3
+
+
+def test_bench_fit_reports_seconds_and_iterations_per_second():
+    out = _json(_run(["bench", "fit", "--classes", "5", "--dim", "16", "--shots", "2", "--iterations", "30",
+                      "--test-size", "100", "--reference", "--device", "cpu", "--json"]))
+    for k in ("fit_seconds", "iterations_per_second", "eval_seconds", "reference_seconds", "speedup"):
+        assert out[k] > 0
+    assert out["samples"] == 5 * 2 * 2
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_extract_then_fit():
+    """The CI path: extract the tiny dataset with the tiny backbone, then `fit --shots 4`."""
+    _run(["extract", "--dataset", "tiny", "--backbone", "tiny"])
+    out = _json(_run(["fit", "--shots", "4", "--iterations", "300", "--json"]))
+    assert [r["seed"] for r in out["runs"]] == [1, 2, 3]
+    assert all(r["shots"] == 4 and r["dataset"] == "tiny" for r in out["runs"])
