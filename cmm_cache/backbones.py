@@ -232,6 +232,15 @@ def _offline_error(spec: BackboneSpec, why: str) -> CmmError:
     )
 
 
+def _hf_cache_dir() -> str | None:
+    """The Hugging Face hub cache, read from the environment now (huggingface_hub freezes it at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return None
+
+
 def _cached_weight_file(cfg: dict) -> str | None:
     """A weights file for an open_clip pretrained cfg that is already on disk, or None."""
     from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
@@ -251,7 +260,7 @@ def _cached_weight_file(cfg: dict) -> str | None:
                 names.insert(0, filename[:-4] + ".safetensors")
             for fn in names:
                 try:
-                    p = try_to_load_from_cache(repo, fn)
+                    p = try_to_load_from_cache(repo, fn, cache_dir=_hf_cache_dir())
                 except Exception:
                     p = None
                 if isinstance(p, str) and os.path.isfile(p):

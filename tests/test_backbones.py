@@ -88,12 +88,19 @@ def test_unavailable_weights_fail_fast_with_one_clear_message(tmp_path, monkeypa
 
 
 def test_prefilled_hf_cache_is_used_without_network(tmp_path, monkeypatch):
-    """A weights file already in the HF cache is found by the resolver (no download attempted)."""
+    """A weights file already in the HF cache is found by the resolver (no download, no network)."""
+    rev = "0" * 40
+    repo = tmp_path / "hf" / "models--timm--resnet50_clip.openai"
+    (repo / "snapshots" / rev).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    weights = repo / "snapshots" / rev / "open_clip_model.safetensors"
+    weights.write_bytes(b"placeholder")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(B, "_cached_weight_file", lambda cfg: str(tmp_path / "w.safetensors"))
-    spec = B.resolve_backbone("rn50")
-    path, pre = B.resolve_weights(spec)
-    assert path == str(tmp_path / "w.safetensors")
+    monkeypatch.setattr(B, "_reachable", lambda *a, **k: pytest.fail("no network probe when the file is cached"))
+    path, pre = B.resolve_weights(B.resolve_backbone("rn50"))
+    assert path == str(weights)
     assert pre["interpolation"] == "bicubic" and len(pre["mean"]) == 3
 
 
