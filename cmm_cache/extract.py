@@ -388,6 +388,10 @@ def _encode_share(ds, bb, plans, store, dist, *, batch_size, num_workers, skip_b
                 del buffers[(pi, c)]
                 written += 1
                 if fail_after_chunks is not None and written >= fail_after_chunks:
+                    if os.environ.get("CMM_CACHE_FAIL_MODE") == "kill":  # test hook: die like `kill -9`
+                        import signal
+
+                        os.kill(os.getpid(), signal.SIGKILL)
                     raise InjectedFailure(f"injected failure after {written} chunk(s)")
         if progress:
             progress(resumed + done, total)

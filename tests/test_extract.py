@@ -172,6 +172,27 @@ def test_interrupted_run_resumes_and_ends_identical(reference, ds, tmp_path):
     assert open_cache(out).fewshot_groups == [(1, 1), (1, 2)]
 
 
+def test_killed_process_resumes_and_ends_identical(reference, image_root, tmp_path):
+    """A real SIGKILL (no cleanup code runs) after 2 chunks: nothing at the final path, the lock is free, resume."""
+    _, ref = reference
+    out = tmp_path / "k.h5"
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from extract_helpers import make_dataset\n"
+        "from cmm_cache.extract import extract\n"
+        f"extract(make_dataset({str(image_root)!r}), 'tiny', out={str(out)!r}, **{KW!r})\n"
+    )
+    env = {**os.environ, "CMM_CACHE_FAIL_AFTER_CHUNKS": "2", "CMM_CACHE_FAIL_MODE": "kill"}
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == -9, p.stderr[-2000:]
+    assert not out.exists() and len(list(partial_dir(out).glob("*.*.npz"))) == 2
+    r = extract(make_dataset(image_root), "tiny", out=out, **KW)
+    assert r.images_resumed == 8
+    a, b = open_cache(ref), open_cache(out)
+    for s in ("train", "val", "test"):
+        assert np.array_equal(a.split(s).features, b.split(s).features), s
+
+
 def test_partial_run_of_a_different_request_is_refused(ds, tmp_path):
     out = tmp_path / "c.h5"
     with pytest.raises(InjectedFailure):
