@@ -111,6 +111,8 @@ def register(main, bench):
     @click.option("--normalize-T-in-s", "normalize_t_in_s", is_flag=True, help="Open choice: s uses row-normalized T.")
     @click.option("--fusion", type=click.Choice(["prob", "logit"]), default="prob", show_default=True,
                   help="Open choice: alpha·softmax(cmm)+softmax(clip) (prob) or softmax(alpha·cmm+clip) (logit).")
+    @click.option("--threads", default=None, type=click.IntRange(1),
+                  help="CPU threads for training [default: 1 below 768-d features, else torch's default].")
     @click.option("--runs-dir", type=click.Path(file_okay=False), default=None,
                   help="Root for run folders [default: <cache-dir>/runs]; a run goes to <root>/<dataset>/<backbone>/shot_K-seed_S.")
     @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -120,7 +122,7 @@ def register(main, bench):
     @json_option
     @handle_errors
     def fit_cmd(cache_file, dataset, backbone, shots, seeds, iterations, batch_size, lr, weight_decay, warmup, templates,
-                no_map, no_triplet, cmm_only, alpha, normalize_t_in_s, fusion, runs_dir, out, cache_dir, device, as_json):
+                no_map, no_triplet, cmm_only, alpha, normalize_t_in_s, fusion, threads, runs_dir, out, cache_dir, device, as_json):
         """Train CMM (W and T) on cached features; choose alpha on val; evaluate on test.
 
         \b
@@ -158,7 +160,8 @@ def register(main, bench):
             for k, s in todo:
                 cfg = FitConfig(iterations=iterations, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                 warmup=warmup, use_map=not no_map, triplet=not no_triplet, cmm_only=cmm_only,
-                                alpha=alpha, normalize_T_in_s=normalize_t_in_s, fusion=fusion, seed=s, device=str(dev))
+                                alpha=alpha, normalize_T_in_s=normalize_t_in_s, fusion=fusion, seed=s, device=str(dev),
+                                threads=threads)
                 result, arrays = fit_run(cache, k, s, cfg, templates, progress=bar.task(f"{k}-shot seed {s}", iterations))
                 if out:
                     run_dir = Path(out) if len(todo) == 1 else Path(out) / run_name(k, s)
@@ -292,13 +295,15 @@ def register(main, bench):
     @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
     @click.option("--test-size", default=50000, show_default=True, type=click.IntRange(0),
                   help="Synthetic test images for timing alpha search + test evaluation (0: skip).")
+    @click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads [default: as fit].")
     @click.option("--reference", is_flag=True, help="Also time the plain autograd/nn.Module transcription.")
     @click.option("--reference-iterations", default=None, type=click.IntRange(1),
                   help="Time the reference on fewer iterations and scale to --iterations (marked as extrapolated).")
     @device_option
     @json_option
     @handle_errors
-    def bench_fit(classes, dim, shots, iterations, batch_size, test_size, reference, reference_iterations, device, as_json):
+    def bench_fit(classes, dim, shots, iterations, batch_size, test_size, threads, reference, reference_iterations, device,
+                  as_json):
         """Time one CMM fit on synthetic features (and the plain transcription with --reference).
 
         \b
@@ -308,7 +313,7 @@ def register(main, bench):
         from cmm_cache.results import bench_fit as run_bench
 
         out = run_bench(classes=classes, dim=dim, shots=shots, iterations=iterations, batch_size=batch_size,
-                        test_size=test_size, reference=reference, reference_iterations=reference_iterations,
+                        test_size=test_size, threads=threads, reference=reference, reference_iterations=reference_iterations,
                         device=device, log=console.print)
         if as_json:
             emit_json(out)

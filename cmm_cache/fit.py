@@ -59,6 +59,7 @@ class FitConfig:
     fusion: str = "prob"      # "prob": alpha·softmax + softmax; "logit": softmax(alpha·z_cmm + z_clip)
     seed: int = 1
     device: str = "cpu"
+    threads: int | None = None  # CPU threads for the loop; None: 1 below d = 768, else torch's default
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -192,12 +193,13 @@ def clip_prob_true(x: torch.Tensor, y: torch.Tensor, T0: torch.Tensor, chunk: in
     return out
 
 
-def cmm_grads(W, T, T0, x, y, p0y, cfg: FitConfig, gW=None, want_loss=False):
+def cmm_grads(W, T, T0, x, y, p0y, cfg: FitConfig, want_loss=False):
     """Loss (if asked) and gradients (gW, gT) of DESIGN.md's loss on one batch.
 
     x: [B, d] normalized image features; y: [B]; p0y: [B] softmax(100 v̂ T0ᵀ)[y]
     (used by probability fusion; logit fusion recomputes the CLIP logits).
-    W may be None (no-map ablation). gW, if given, is written in place.
+    W may be None (no-map ablation). gW comes back as the transposed view of a
+    contiguous buffer (see _outer): gW.t() has the layout of the trainer's Wt.
 
     Derivation, per sample (B = batch size, σ = softmax):
       CE, probability fusion: P_y = a σ(z)_y + p0_y, z = 100 s
@@ -209,7 +211,7 @@ def cmm_grads(W, T, T0, x, y, p0y, cfg: FitConfig, gW=None, want_loss=False):
       Row-normalized u (û = u/|u|): ∂L/∂u = (∂L/∂û − û (û·∂L/∂û)) / |u|,  ∂L/∂W = v̂ᵀ ∂L/∂u.
     """
     B = x.shape[0]
-    u = torch.addmm(x, x, W) if W is not None else x
+    u = _matmul(x, W) + x if W is not None else x
     u_norm = u.norm(dim=1, keepdim=True)
     u_hat = u / u_norm
     need_inv = cfg.triplet or cfg.normalize_T_in_s
@@ -271,29 +273,41 @@ def cmm_grads(W, T, T0, x, y, p0y, cfg: FitConfig, gW=None, want_loss=False):
         return loss, None, gT
     g_uhat = G_s @ T
     g_u = (g_uhat - u_hat * (u_hat * g_uhat).sum(1, keepdim=True)) / u_norm
-    if gW is None:
-        gW = x.t() @ g_u
-    else:
-        _outer_into(gW, x, g_u)
-    return loss, gW, gT
+    return loss, _outer(x, g_u), gT
 
 
-def _outer_into(out: torch.Tensor, x: torch.Tensor, g: torch.Tensor) -> None:
-    """out = xᵀ g for a small batch, written in place.
+# The two d×d products of a step (v̂ W forward, v̂ᵀ ∂L/∂u backward) have a
+# batch of 8 as one dimension. MKL's sgemm is slow for such skinny shapes; the
+# oneDNN kernel behind torch.ops.mkldnn._linear_pointwise (what torch.compile
+# uses on CPU) does each in ~60 % of the time here. It is an internal op, so it
+# is checked once against torch.mm and the plain matmul is used if it is missing
+# or disagrees.
+def _onednn_ok() -> bool:
+    try:
+        a, b = torch.randn(8, 64, dtype=torch.float32), torch.randn(32, 64, dtype=torch.float32)
+        return torch.allclose(torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""), a @ b.t(), atol=1e-4)
+    except Exception:  # noqa: BLE001 — any failure means: do not use it
+        return False
 
-    MKL's sgemm is slow for an inner dimension of 8 (~350 µs for 1024×1024 on
-    2 cores) but fast for 16 (~220 µs), so on the CPU the batch is zero-padded
-    to a multiple of 16 (zero rows add nothing). `out` may be the transposed
-    view of a contiguous buffer (the trainer stores W that way): then the
-    product is written as gᵀ x into that buffer."""
-    B = x.shape[0]
-    if x.device.type == "cpu" and B % 16:
-        x = F.pad(x, (0, 0, 0, 16 - B % 16))
-        g = F.pad(g, (0, 0, 0, 16 - B % 16))
-    if out.is_contiguous():
-        torch.mm(x.t(), g, out=out)
-    else:
-        torch.mm(g.t(), x, out=out.t())
+
+_ONEDNN = torch.backends.mkldnn.is_available() and _onednn_ok()
+
+
+def _linear(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ bᵀ for float32 CPU tensors through oneDNN when available."""
+    if _ONEDNN and a.device.type == "cpu" and a.dtype == torch.float32:
+        return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+    return a @ b.t()
+
+
+def _matmul(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """x @ W, where W is usually the transposed view of the trainer's contiguous Wt."""
+    return _linear(x, W.t().contiguous())  # .contiguous() is free for that view
+
+
+def _outer(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """xᵀ g, returned as the transposed view of a contiguous gᵀ x (the layout of Wt)."""
+    return _linear(g.t().contiguous(), x.t().contiguous()).t()
 
 
 @dataclass
@@ -321,12 +335,12 @@ def fit(x: torch.Tensor, y: torch.Tensor, T0: torch.Tensor, cfg: FitConfig,
     d = x.shape[1]
     T0 = T0.to(dev, x.dtype)
     T = T0.clone()
-    # W is stored transposed (Wt contiguous, W = Wt.t() a view): x @ Wt.t() is
-    # ~40 % faster than x @ W in MKL for a batch of 8. AdamW is elementwise, so
-    # the layout changes nothing else.
+    # W is stored transposed (Wt contiguous, W = Wt.t() a view): x W is then
+    # x Wtᵀ, the layout the linear kernels want. AdamW is elementwise, so the
+    # layout changes nothing else.
     Wt = torch.zeros(d, d, dtype=x.dtype, device=dev) if cfg.use_map else None
     params = [p for p in (Wt, T) if p is not None]
-    grads = [torch.zeros_like(p) for p in params]
+    grads = [None] * len(params)  # filled every step
     exp_avgs = [torch.zeros_like(p) for p in params]
     exp_avg_sqs = [torch.zeros_like(p) for p in params]
     step = torch.zeros((), dtype=torch.float32, device=dev)
@@ -335,18 +349,21 @@ def fit(x: torch.Tensor, y: torch.Tensor, T0: torch.Tensor, cfg: FitConfig,
     # Threads: a step is ~30 small ops. Below d ≈ 768 one thread is as fast, and
     # on a busy 2-core machine every parallel region waits for a descheduled
     # peer thread (measured: 1.4 s with one thread vs 88 s with two for the same
-    # 3k-step, d = 512 run). At d = 1024 the d×d work pays for two threads.
+    # 3k-step, d = 512 run). At d = 1024 the d×d work pays for two threads on an
+    # idle machine (on a busy one, pass threads=1: --threads 1).
     threads = torch.get_num_threads()
-    if dev.type == "cpu" and d < 768:
-        torch.set_num_threads(1)
+    if dev.type == "cpu" and (cfg.threads or d < 768):
+        torch.set_num_threads(cfg.threads or 1)
     t0 = time.perf_counter()
     try:
         with torch.no_grad():
             for t in range(cfg.iterations):
                 b = batches[t]
                 want = progress is not None and ((t + 1) % log_every == 0 or t + 1 == cfg.iterations)
-                loss, _, gT = cmm_grads(Wt.t() if Wt is not None else None, T, T0, x[b], y[b], p0y[b], cfg,
-                                        gW=grads[0].t() if Wt is not None else None, want_loss=want)
+                loss, gW, gT = cmm_grads(Wt.t() if Wt is not None else None, T, T0, x[b], y[b], p0y[b], cfg,
+                                         want_loss=want)
+                if Wt is not None:
+                    grads[0] = gW.t()  # contiguous, laid out like Wt
                 grads[-1] = gT
                 # torch.optim.AdamW(fused=True) runs this same kernel; calling it
                 # directly saves ~90 µs of Python bookkeeping per step (~1.5 s per run).

@@ -238,8 +238,8 @@ def check_same_backbone(run: Run, cache: Cache) -> None:
 # Benchmark (`cmm-cache bench fit`)
 
 
-def bench_fit(classes=1000, dim=1024, shots=16, iterations=16000, batch_size=8, test_size=50000, reference=False,
-              reference_iterations=None, device="auto", log=print) -> dict:
+def bench_fit(classes=1000, dim=1024, shots=16, iterations=16000, batch_size=8, test_size=50000, threads=None,
+              reference=False, reference_iterations=None, device="auto", log=print) -> dict:
     """Time the trainer (and optionally the plain transcription) on random features of a given size."""
     from .evaluate import ALPHA_GRID
     from .fit import fit_reference, normalize_rows
@@ -250,8 +250,8 @@ def bench_fit(classes=1000, dim=1024, shots=16, iterations=16000, batch_size=8, 
     y = torch.arange(classes).repeat_interleave(shots * 2)  # two views per train image
     x = normalize_rows(T0[y] + 0.05 * torch.randn(len(y), dim, generator=g))
     x, y, T0 = x.to(dev), y.to(dev), T0.to(dev)
-    cfg = FitConfig(iterations=iterations, batch_size=batch_size, device=str(dev))
-    out = {"device": str(dev), "threads": torch.get_num_threads(), "classes": classes, "dim": dim, "shots": shots,
+    cfg = FitConfig(iterations=iterations, batch_size=batch_size, device=str(dev), threads=threads)
+    out = {"device": str(dev), "threads": threads or (1 if dim < 768 else torch.get_num_threads()), "classes": classes, "dim": dim, "shots": shots,
            "samples": int(len(x)), "iterations": iterations, "batch_size": batch_size, "versions": versions()}
     t0 = time.perf_counter()
     r = fit(x, y, T0, cfg)
@@ -273,7 +273,12 @@ def bench_fit(classes=1000, dim=1024, shots=16, iterations=16000, batch_size=8, 
         log(f"alpha search on {classes * 4} val + test evaluation on {test_size} images: {out['eval_seconds']:.2f} s")
     if reference:
         n = reference_iterations or iterations
-        _, _, secs = fit_reference(x, y, T0, FitConfig(iterations=n, batch_size=batch_size, device=str(dev)))
+        prev = torch.get_num_threads()
+        torch.set_num_threads(out["threads"])  # same threads as the fast path
+        try:
+            _, _, secs = fit_reference(x, y, T0, FitConfig(iterations=n, batch_size=batch_size, device=str(dev)))
+        finally:
+            torch.set_num_threads(prev)
         out["reference_iterations_timed"] = n
         out["reference_seconds"] = secs * iterations / n
         out["reference_extrapolated"] = n != iterations

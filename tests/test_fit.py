@@ -46,15 +46,23 @@ def test_loss_and_gradients_equal_autograd_transcription(use_map, triplet, norm_
         assert gW is None
 
 
-def test_gradient_written_in_place_into_transposed_buffer():
-    """The trainer keeps W transposed and pads the batch for MKL: same numbers."""
+def test_float32_fast_kernels_match_float64_with_the_trainers_layout():
+    """In float32 the trainer's d×d products may go through oneDNN and W is held
+    transposed; the gradients still match the float64 transcription and gW.t()
+    is contiguous (the layout the fused AdamW step gets)."""
     cfg = FitConfig()
-    T0, x, y, dT, dW = _batch(B=8)
-    W = dW.clone()
-    _, g_ref, _ = cmm_grads(W, T0 + dT, T0, x, y, clip_prob_true(x, y, T0), cfg)
-    buf = torch.zeros_like(W)
-    cmm_grads(W, T0 + dT, T0, x, y, clip_prob_true(x, y, T0), cfg, gW=buf.t())
-    torch.testing.assert_close(buf.t(), g_ref, rtol=1e-12, atol=1e-14)
+    T0, x, y, dT, dW = _batch(C=20, d=64)
+    ref = ReferenceCMM(T0, cfg).double()
+    with torch.no_grad():
+        ref.T.add_(dT)
+        ref.W.add_(dW)
+    ref(x, y).backward()
+    f = lambda t: t.float()  # noqa: E731
+    Wt = f(dW).t().contiguous()
+    _, gW, gT = cmm_grads(Wt.t(), f(T0 + dT), f(T0), f(x), y, clip_prob_true(f(x), y, f(T0)), cfg)
+    assert gW.t().is_contiguous()
+    torch.testing.assert_close(gW.double(), ref.W.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gT.double(), ref.T.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_triplet_uses_hardest_negative_and_margin():
