@@ -166,6 +166,9 @@ def extract(
     t_start = time.perf_counter()
     if fail_after_chunks is None and os.environ.get("CMM_CACHE_FAIL_AFTER_CHUNKS"):
         fail_after_chunks = int(os.environ["CMM_CACHE_FAIL_AFTER_CHUNKS"])  # test hook (subprocess tests)
+    import torch
+
+    threads_before = torch.get_num_threads()
     dev = resolve_device(device)
     dist = init_distributed(dev)
     try:
@@ -292,6 +295,7 @@ def extract(
         return result
     finally:
         dist.close()
+        torch.set_num_threads(threads_before)  # the thread policy is for this run only
 
 
 def _prepare(final: Path, store: PartialStore, request: dict, force: bool) -> dict:
