@@ -73,7 +73,7 @@ def register(main, bench):
     @click.option("--shots", default="1,2,4,8,16", show_default=True, callback=int_list, help="Few-shot K values to cache (union of subsets).")
     @click.option("--seeds", default="1,2,3", show_default=True, callback=int_list, help="Few-shot seeds to cache.")
     @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1), help="Images per encoder batch (flip views included).")
-    @click.option("--workers", default=None, type=click.IntRange(0), help="DataLoader decoding processes [default: min(8, cores)].")
+    @click.option("--workers", default=None, type=click.IntRange(0), help="DataLoader decoding processes [default: min(8, cores) with a GPU, cores/2 on the CPU].")
     @click.option("--skip-bad", is_flag=True, help="Leave out unreadable images (listed in the cache's provenance) instead of stopping.")
     @click.option("--force", is_flag=True, help="Start over: discard an unfinished run and replace an existing cache.")
     @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the cache here instead of <cache-dir>/<dataset>/<backbone>.h5.")

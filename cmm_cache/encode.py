@@ -126,7 +126,7 @@ def iter_encoded(
     batches: Sequence[Sequence[int]],
     *,
     num_workers: int | None = None,
-    prefetch_factor: int = 4,
+    prefetch_factor: int = 2,
 ) -> Iterator[EncodedBatch]:
     """Encode `items` in the given batches (lists of positions into `items`), in order.
 
