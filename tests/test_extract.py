@@ -259,3 +259,13 @@ def test_cli_extract_json_on_the_tiny_dataset(tmp_path):
     assert last_extract()["path"] == str(path)
     r = CliRunner().invoke(main, ["extract", "--dataset", "tiny", "--backbone", "tiny", "--shots", "1,2", "--seeds", "1"])
     assert r.exit_code == 0 and "up to date" in r.output
+
+
+def test_cli_bench_extract_reports_both_figures(image_root):
+    """Smoke test of the benchmark command (figures are measured, never asserted)."""
+    r = CliRunner().invoke(main, ["bench", "extract", "--data", str(image_root / "test"), "--backbone", "tiny",
+                                  "--batch-size", "4", "--workers", "0", "--repeat", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["images"] == 12 and out["batch_size"] == 4
+    assert out["end_to_end_images_per_s"] > 0 and out["bare_forward_images_per_s"] > 0 and out["ratio"] > 0
