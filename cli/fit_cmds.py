@@ -296,14 +296,15 @@ def register(main, bench):
     @click.option("--test-size", default=50000, show_default=True, type=click.IntRange(0),
                   help="Synthetic test images for timing alpha search + test evaluation (0: skip).")
     @click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads [default: as fit].")
+    @click.option("--repeat", default=1, show_default=True, type=click.IntRange(1), help="Time the fast fit N times; report the fastest.")
     @click.option("--reference", is_flag=True, help="Also time the plain autograd/nn.Module transcription.")
     @click.option("--reference-iterations", default=None, type=click.IntRange(1),
                   help="Time the reference on fewer iterations and scale to --iterations (marked as extrapolated).")
     @device_option
     @json_option
     @handle_errors
-    def bench_fit(classes, dim, shots, iterations, batch_size, test_size, threads, reference, reference_iterations, device,
-                  as_json):
+    def bench_fit(classes, dim, shots, iterations, batch_size, test_size, threads, repeat, reference, reference_iterations,
+                  device, as_json):
         """Time one CMM fit on synthetic features (and the plain transcription with --reference).
 
         \b
@@ -313,7 +314,7 @@ def register(main, bench):
         from cmm_cache.results import bench_fit as run_bench
 
         out = run_bench(classes=classes, dim=dim, shots=shots, iterations=iterations, batch_size=batch_size,
-                        test_size=test_size, threads=threads, reference=reference, reference_iterations=reference_iterations,
+                        test_size=test_size, threads=threads, repeat=repeat, reference=reference, reference_iterations=reference_iterations,
                         device=device, log=console.print)
         if as_json:
             emit_json(out)
