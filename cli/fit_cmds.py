@@ -234,7 +234,9 @@ def register(main, bench):
             check_same_backbone(run, cache)
             classes = shift_classes(run.classnames, run.wnids, cache)
         else:
-            target = Path(cache_file) if cache_file else Path(res.get("cache") or paths.cache_path(res["dataset"], res["backbone"], cache_dir))
+            target = Path(cache_file) if cache_file else Path(res.get("cache") or "")
+            if not cache_file and not target.is_file():  # the recorded file moved: try the standard place
+                target = paths.cache_path(res["dataset"], res["backbone"], cache_dir)
             cache = open_cache(target)
             if cache.provenance_sha256 != res.get("cache_provenance_sha256"):
                 raise CmmError(f"{cache.path} is not the cache run {run.path} was fitted on (provenance hash differs).",

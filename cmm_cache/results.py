@@ -44,16 +44,10 @@ def versions() -> dict:
 
 
 def resolve_device(device: str | None) -> torch.device:
-    """auto -> cuda if available else cpu; refuse a CUDA device that is not there."""
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise CmmError(f"Unknown device '{device}'.", "Use auto, cpu, cuda or cuda:N.") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CmmError(f"Device '{device}' asked for, but CUDA is not available here.", "Use --device cpu or auto.")
-    return dev
+    """auto -> cuda if available else cpu; a clear error for a CUDA device that is not there."""
+    from .backbones import resolve_device as resolve  # the one rule extract uses too
+
+    return torch.device(resolve(device))
 
 
 def run_name(shots: int, seed: int) -> str:
