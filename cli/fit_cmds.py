@@ -185,7 +185,8 @@ def register(main, bench):
     @click.option("--shift", default=None, help="Shift set to evaluate an ImageNet run on: imagenet-sketch | imagenet-v2 | imagenet-a | imagenet-r.")
     @click.option("--dataset", default=None, help="Run's dataset [default: imagenet with --shift, else the cache extracted last].")
     @click.option("--backbone", default=None, help="Run's backbone [default: the only one fitted for that dataset, else the last extract's].")
-    @click.option("--shots", default=16, show_default=True, type=click.IntRange(1))
+    @click.option("--shots", default=None, type=click.IntRange(1),
+                  help="Run's K [default: 16 with --shift, else the largest K fitted with --seed].")
     @click.option("--seed", default=1, show_default=True, type=click.IntRange(1))
     @click.option("--cache", "cache_file", type=click.Path(dir_okay=False), default=None,
                   help="Cache to evaluate on [default: the run's own cache, or <cache-dir>/<shift>/<backbone>.h5].")
@@ -222,6 +223,15 @@ def register(main, bench):
                 else:
                     raise CmmError(f"Which backbone? Runs for {dataset} exist for: {', '.join(fitted) or 'none'}.",
                                    f"Pass --backbone NAME, or fit one first: `cmm-cache fit --dataset {dataset} --backbone NAME --shots {shots}`.")
+            if shots is None and shift:
+                shots = 16
+            elif shots is None:
+                import re
+
+                folder = default_run_dir(root, dataset, backbone, 1, seed).parent
+                ks = [int(m.group(1)) for p in folder.glob(f"shot_*-seed_{seed}")
+                      if (m := re.match(rf"shot_(\d+)-seed_{seed}$", p.name))]
+                shots = max(ks) if ks else 16
             run_path = default_run_dir(root, dataset, backbone, shots, seed)
         run = load_run(run_path)
         res = run.result
@@ -292,7 +302,8 @@ def register(main, bench):
     @bench.command("fit")
     @click.option("--classes", default=1000, show_default=True, type=click.IntRange(2))
     @click.option("--dim", default=1024, show_default=True, type=click.IntRange(2))
-    @click.option("--shots", default=16, show_default=True, type=click.IntRange(1))
+    @click.option("--shots", default=None, type=click.IntRange(1),
+                  help="Run's K [default: 16 with --shift, else the largest K fitted with --seed].")
     @click.option("--iterations", default=16000, show_default=True, type=click.IntRange(1))
     @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
     @click.option("--test-size", default=50000, show_default=True, type=click.IntRange(0),

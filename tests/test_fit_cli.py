@@ -58,6 +58,8 @@ def test_fit_uses_last_extract_and_says_which(tmp_path):
     assert "extracted last" in r.output and "synth" in r.output
     assert (paths.runs_dir() / "synth" / "synth-bb" / "shot_2-seed_1" / "result.json").is_file()
     _run(["fit", "--dataset", "synth", "--backbone", "synth-bb", *FAST])
+    # eval with no arguments: the last extract's dataset/backbone, the largest K fitted with seed 1
+    assert _json(_run(["eval", "--json"]))["shots"] == 2
 
 
 def test_fit_missing_fewshot_group_is_refused_before_training(tmp_path):
