@@ -302,8 +302,8 @@ def register(main, bench):
     @bench.command("fit")
     @click.option("--classes", default=1000, show_default=True, type=click.IntRange(2))
     @click.option("--dim", default=1024, show_default=True, type=click.IntRange(2))
-    @click.option("--shots", default=None, type=click.IntRange(1),
-                  help="Run's K [default: 16 with --shift, else the largest K fitted with --seed].")
+    @click.option("--shots", default=16, show_default=True, type=click.IntRange(1),
+                  help="Train images per class (two views each become 2×shots samples per class).")
     @click.option("--iterations", default=16000, show_default=True, type=click.IntRange(1))
     @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
     @click.option("--test-size", default=50000, show_default=True, type=click.IntRange(0),

@@ -127,6 +127,11 @@ def test_bench_fit_reports_seconds_and_iterations_per_second():
     assert out["samples"] == 5 * 2 * 2
 
 
+def test_bench_fit_defaults_to_16_shots():
+    out = _json(_run(["bench", "fit", "--classes", "3", "--dim", "8", "--iterations", "5", "--test-size", "0", "--json"]))
+    assert out["shots"] == 16 and out["samples"] == 3 * 16 * 2
+
+
 @pytest.mark.slow
 def test_tiny_pipeline_extract_then_fit():
     """The CI path: extract the tiny dataset with the tiny backbone, then `fit --shots 4`."""
