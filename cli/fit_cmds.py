@@ -215,7 +215,7 @@ def register(main, bench):
             if not dataset:
                 raise CmmError("Which run? Nothing was extracted yet.", "Pass --run PATH, or --dataset and --backbone.")
             if backbone is None:
-                fitted = sorted(p.name for p in (root / paths.safe_name(dataset)).glob("*") if p.is_dir())
+                fitted = sorted(p.name for p in (root / paths.dataset_key(dataset)).glob("*") if p.is_dir())
                 if len(fitted) == 1:
                     backbone = fitted[0]
                 elif not shift and last.get("dataset") == dataset:

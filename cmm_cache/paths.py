@@ -7,6 +7,7 @@ resolve paths the same way.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -46,9 +47,25 @@ def safe_name(name: str) -> str:
     return "".join(c if (c.isalnum() or c in "-_.+") else "_" for c in name)
 
 
+def dataset_key(dataset: str) -> str:
+    """The folder name of a dataset under the cache dir.
+
+    A registered name is used as it is. A user's folder, CSV or manifest file
+    (anything with a path separator or a file suffix) becomes
+    `<its name>-<8 hex of its absolute path>`: short, readable, and two
+    folders both called `images` do not share a cache.
+    """
+    looks_like_path = any(sep in dataset for sep in ("/", "\\")) or dataset.lower().endswith((".csv", ".json"))
+    if not looks_like_path:
+        return safe_name(dataset)
+    p = Path(dataset).expanduser().resolve()
+    digest = hashlib.sha256(str(p).encode("utf-8")).hexdigest()[:8]
+    return f"{safe_name(p.stem or p.name or 'dataset')}-{digest}"
+
+
 def cache_path(dataset: str, backbone: str, cache_root: str | os.PathLike | None = None) -> Path:
     """`<cache-dir>/<dataset>/<backbone>.h5` (DESIGN.md, cache schema)."""
-    return cache_dir(cache_root) / safe_name(dataset) / (safe_name(backbone) + CACHE_SUFFIX)
+    return cache_dir(cache_root) / dataset_key(dataset) / (safe_name(backbone) + CACHE_SUFFIX)
 
 
 def runs_dir(cache_root: str | os.PathLike | None = None) -> Path:

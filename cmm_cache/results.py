@@ -55,9 +55,9 @@ def run_name(shots: int, seed: int) -> str:
 
 
 def default_run_dir(runs_root: Path, dataset: str, backbone: str, shots: int, seed: int) -> Path:
-    from .paths import safe_name
+    from .paths import dataset_key, safe_name
 
-    return Path(runs_root) / safe_name(dataset) / safe_name(backbone) / run_name(shots, seed)
+    return Path(runs_root) / dataset_key(dataset) / safe_name(backbone) / run_name(shots, seed)
 
 
 # ----------------------------------------------------------------------------
