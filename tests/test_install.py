@@ -48,9 +48,11 @@ def test_wheel_in_fresh_venv_lists_datasets(wheel, tmp_path):
     # without its copy of cmm_cache: a plain path entry does not run the
     # editable-install hook, and the fresh venv's own site-packages wins.
     site = Path(subprocess.check_output([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip())
+    # Installed before the borrowing, so pip does not see the running
+    # environment's own cmm-cache and skip the install as "already satisfied".
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True)
     deps = sysconfig.get_paths()["purelib"]
     (site / "_borrowed_deps.pth").write_text(deps + "\n")
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True)
     env = {**os.environ, "PATH": f"{env_dir / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     run = subprocess.run(
         [str(env_dir / "bin" / "cmm-cache"), "datasets"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
