@@ -50,14 +50,16 @@ def safe_name(name: str) -> str:
 def dataset_key(dataset: str) -> str:
     """The folder name of a dataset under the cache dir.
 
-    A registered name is used as it is. A user's folder, CSV or manifest file
+    A registered name or alias becomes the dataset's canonical name. A user's folder, CSV or manifest file
     (anything with a path separator or a file suffix) becomes
     `<its name>-<8 hex of its absolute path>`: short, readable, and two
     folders both called `images` do not share a cache.
     """
     looks_like_path = any(sep in dataset for sep in ("/", "\\")) or dataset.lower().endswith((".csv", ".json"))
     if not looks_like_path:
-        return safe_name(dataset)
+        from .manifests import resolve_name  # registered aliases share one folder: imagenet-sketch = imagenet_sketch
+
+        return safe_name(resolve_name(dataset) or dataset)
     p = Path(dataset).expanduser().resolve()
     digest = hashlib.sha256(str(p).encode("utf-8")).hexdigest()[:8]
     return f"{safe_name(p.stem or p.name or 'dataset')}-{digest}"

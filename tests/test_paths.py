@@ -32,3 +32,10 @@ def test_user_folders_get_short_distinct_keys(tmp_path, monkeypatch):
     assert paths.dataset_key(str(rel)) == ka  # relative and absolute name one cache
     assert paths.dataset_key("mydata.csv").startswith("mydata-")
     assert paths.dataset_key("imagenet_sketch") == "imagenet_sketch"
+
+
+def test_aliases_share_one_cache():
+    """`extract --dataset imagenet-sketch` and `eval --shift imagenet_sketch` must meet."""
+    assert paths.cache_path("imagenet-sketch", "rn50") == paths.cache_path("imagenet_sketch", "rn50")
+    assert paths.cache_path("DTD", "rn50") == paths.cache_path("dtd", "rn50")
+    assert paths.dataset_key("not-registered") == "not-registered"
