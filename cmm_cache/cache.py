@@ -238,6 +238,24 @@ def open_cache(path: str | os.PathLike) -> Cache:
     )
 
 
+def _write_header(f: h5py.File, dataset, backbone, provenance, default_templates, classnames, wnids, imagenet_index,
+                  text) -> None:
+    """Root attributes, classes/ and text/: the part of the schema every writer shares."""
+    f.attrs["schema"] = SCHEMA
+    f.attrs["dataset"] = dataset
+    f.attrs["backbone"] = backbone
+    f.attrs["provenance"] = json.dumps(dict(provenance), sort_keys=True)
+    f.attrs["default_templates"] = default_templates
+    f.create_dataset("classes/names", data=string_array(classnames), **DSET_KW)
+    if wnids is not None:
+        f.create_dataset("classes/wnids", data=string_array(wnids), **DSET_KW)
+    if imagenet_index is not None:
+        f.create_dataset("classes/imagenet_index", data=np.asarray(imagenet_index, dtype=INDEX_DTYPE), **DSET_KW)
+    for name, (feats, templates) in text.items():
+        d = f.create_dataset(f"text/{name}/features", data=np.asarray(feats, dtype=TEXT_DTYPE), **DSET_KW)
+        d.attrs["templates"] = json.dumps(list(templates))
+
+
 def write_cache(
     path: str | os.PathLike,
     *,
@@ -262,19 +280,7 @@ def write_cache(
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     try:
         with h5py.File(tmp, "w") as f:
-            f.attrs["schema"] = SCHEMA
-            f.attrs["dataset"] = dataset
-            f.attrs["backbone"] = backbone
-            f.attrs["provenance"] = json.dumps(dict(provenance), sort_keys=True)
-            f.attrs["default_templates"] = default_templates
-            f.create_dataset("classes/names", data=string_array(classnames), **DSET_KW)
-            if wnids is not None:
-                f.create_dataset("classes/wnids", data=string_array(wnids), **DSET_KW)
-            if imagenet_index is not None:
-                f.create_dataset("classes/imagenet_index", data=np.asarray(imagenet_index, dtype=INDEX_DTYPE), **DSET_KW)
-            for name, (feats, templates) in text.items():
-                d = f.create_dataset(f"text/{name}/features", data=np.asarray(feats, dtype=TEXT_DTYPE), **DSET_KW)
-                d.attrs["templates"] = json.dumps(list(templates))
+            _write_header(f, dataset, backbone, provenance, default_templates, classnames, wnids, imagenet_index, text)
             for name, s in splits.items():
                 feats = np.asarray(s.features, dtype=FEATURE_DTYPE)
                 if feats.ndim != 3:
@@ -539,19 +545,7 @@ def assemble_cache(
     prov["skipped"] = skipped
     try:
         with h5py.File(tmp, "w") as f:
-            f.attrs["schema"] = SCHEMA
-            f.attrs["dataset"] = dataset
-            f.attrs["backbone"] = backbone
-            f.attrs["provenance"] = json.dumps(prov, sort_keys=True)
-            f.attrs["default_templates"] = default_templates
-            f.create_dataset("classes/names", data=string_array(classnames), **DSET_KW)
-            if wnids is not None:
-                f.create_dataset("classes/wnids", data=string_array(wnids), **DSET_KW)
-            if imagenet_index is not None:
-                f.create_dataset("classes/imagenet_index", data=np.asarray(imagenet_index, dtype=INDEX_DTYPE), **DSET_KW)
-            for name, (feats, templates) in text.items():
-                d = f.create_dataset(f"text/{name}/features", data=np.asarray(feats, dtype=TEXT_DTYPE), **DSET_KW)
-                d.attrs["templates"] = json.dumps(list(templates))
+            _write_header(f, dataset, backbone, prov, default_templates, classnames, wnids, imagenet_index, text)
             for sp in splits:
                 mask = keep[sp.name]
                 n_keep = int(mask.sum())
