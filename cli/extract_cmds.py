@@ -70,7 +70,8 @@ def register(main, bench):
     @click.option("--dataset", required=True, help="Dataset name (see `cmm-cache datasets`), manifest file or image folder.")
     @click.option("--backbone", required=True, help="rn50 | rn101 | vit-b-32 | vit-b-16 | any open_clip MODEL/TAG | hf-hub:ORG/REPO (see `cmm-cache backbones`).")
     @click.option("--pretrained", type=click.Path(dir_okay=False), default=None, help="Local weights file for the backbone's architecture (no download).")
-    @click.option("--shots", default="1,2,4,8,16", show_default=True, callback=int_list, help="Few-shot K values to cache (union of subsets).")
+    @click.option("--shots", default=None, callback=int_list,
+                  help="Few-shot K values to cache (union of subsets) [default: 1,2,4,8,16, capped to what a small dataset of your own holds].")
     @click.option("--seeds", default="1,2,3", show_default=True, callback=int_list, help="Few-shot seeds to cache.")
     @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1), help="Images per encoder batch (flip views included).")
     @click.option("--workers", default=None, type=click.IntRange(0), help="DataLoader decoding processes [default: min(8, cores) with a GPU, cores/2 on the CPU].")
@@ -100,6 +101,8 @@ def register(main, bench):
             )
         if r.rank != 0:
             return
+        for note in r.notes:
+            console.print(f"[yellow]note[/]: {note}")
         if as_json:
             emit_json(r.to_dict())
             return

@@ -53,6 +53,7 @@ class ExtractResult:
     device: str = "cpu"
     world_size: int = 1
     rank: int = 0
+    notes: list = field(default_factory=list)  # things the user should know (e.g. default shots capped)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,7 +139,7 @@ def extract(
     data_root: str | os.PathLike | None = None,
     cache_root: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
-    shots: Sequence[int] = DEFAULT_SHOTS,
+    shots: Sequence[int] | None = None,
     seeds: Sequence[int] = DEFAULT_SEEDS,
     device: str = "auto",
     batch_size: int = DEFAULT_BATCH,
@@ -184,6 +185,20 @@ def extract(
         spec = loaded_backbone.spec if loaded_backbone is not None else resolve_backbone(backbone, pretrained)
         bb_name = str(backbone)
         final = Path(out) if out else cache_path(ds_name, bb_name, cache_root)
+        notes = []
+        if shots is None:  # the protocol's K values, capped to what a small user dataset can give
+            shots = list(DEFAULT_SHOTS)
+            cap = ds.max_shots() if hasattr(ds, "max_shots") and not getattr(ds, "fewshot_indices", None) else None
+            if cap is not None and not ds.is_shift and max(shots) > cap:
+                shots = [k for k in shots if k <= cap]
+                if not shots:
+                    raise CmmError(
+                        f"Dataset '{ds_name}' has a class with too few images for even a 1-shot subset "
+                        "(1 train and 1 val image per class are needed).",
+                        "Add images to the smallest class.",
+                    )
+                notes.append(f"default shots capped to {','.join(map(str, shots))}: the smallest class has "
+                             f"{cap} train image(s) (pass --shots to choose)")
         shots = sorted({int(k) for k in shots})
         seeds = sorted({int(s) for s in seeds})
         plans, fewshot = plan_splits(ds, shots, seeds, int(chunk_rows))
@@ -218,7 +233,7 @@ def extract(
             raise CmmError(verdict["message"], verdict.get("hint"))
         result = ExtractResult(
             path=str(final), dataset=ds_name, backbone=bb_name, status="up-to-date", device=dev,
-            world_size=dist.world, rank=dist.rank,
+            world_size=dist.world, rank=dist.rank, notes=notes,
         )
         if verdict["action"] == "up-to-date":
             lock.release()
