@@ -221,8 +221,12 @@ def register(main, bench):
                 elif not shift and last.get("dataset") == dataset:
                     backbone = last.get("backbone")
                 else:
-                    raise CmmError(f"Which backbone? Runs for {dataset} exist for: {', '.join(fitted) or 'none'}.",
-                                   f"Pass --backbone NAME, or fit one first: `cmm-cache fit --dataset {dataset} --backbone NAME --shots {shots}`.")
+                    k = shots or 16
+                    if not fitted:
+                        raise CmmError(f"No fitted run for {dataset} under {root}.",
+                                       f"Fit one first: `cmm-cache fit --dataset {dataset} --backbone NAME --shots {k}`, or pass --run PATH.")
+                    raise CmmError(f"Which backbone? Runs for {dataset} exist for: {', '.join(fitted)}.",
+                                   f"Pass --backbone NAME, or fit one first: `cmm-cache fit --dataset {dataset} --backbone NAME --shots {k}`.")
             if shots is None and shift:
                 shots = 16
             elif shots is None:

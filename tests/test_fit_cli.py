@@ -139,3 +139,9 @@ def test_tiny_pipeline_extract_then_fit():
     out = _json(_run(["fit", "--shots", "4", "--iterations", "300", "--json"]))
     assert [r["seed"] for r in out["runs"]] == [1, 2, 3]
     assert all(r["shots"] == 4 and r["dataset"] == "tiny" for r in out["runs"])
+
+
+def test_eval_shift_without_any_imagenet_run_says_what_to_do():
+    r = CliRunner().invoke(main, ["eval", "--shift", "imagenet-sketch"])
+    assert r.exit_code == 2
+    assert "No fitted run for imagenet" in r.output and "--shots 16" in r.output
