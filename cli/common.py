@@ -64,7 +64,7 @@ def int_list(ctx, param, value):
         raise click.BadParameter(f"expected a comma-separated list of integers, got '{value}'")
     if not out or any(v < 1 for v in out):
         raise click.BadParameter(f"expected positive integers, got '{value}'")
-    return out
+    return list(dict.fromkeys(out))  # `--shots 4,4` means one run, not two
 
 
 def emit_json(obj) -> None:

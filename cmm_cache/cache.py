@@ -160,7 +160,17 @@ class Cache:
             )
         with _open(self.path) as f:
             g = f[f"fewshot/{fewshot_group_name(shots, seed)}"]
-            return g["train"][...].astype(np.int64), g["val"][...].astype(np.int64)
+            rows = {part: g[part][...].astype(np.int64) for part in ("train", "val")}
+            # Another tool may have written this file: never index past a split.
+            for part, r in rows.items():
+                n = f[f"splits/{part}/labels"].shape[0] if f"splits/{part}/labels" in f else 0
+                if r.size and (r.min() < 0 or r.max() >= n):
+                    raise CmmError(
+                        f"Cache {self.path}: few-shot group {fewshot_group_name(shots, seed)}/{part} points at "
+                        f"rows outside splits/{part} ({n} rows).",
+                        "The file does not follow the schema; run `cmm-cache cache verify` and re-extract it.",
+                    )
+            return rows["train"], rows["val"]
 
 
 class _open:

@@ -19,7 +19,7 @@ import platform
 import shutil
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -76,7 +76,7 @@ def fit_run(cache: Cache, shots: int, seed: int, cfg: FitConfig, templates: str 
     if x.shape[1] != T0.shape[1]:
         raise CmmError(f"{cache.path}: image features are {x.shape[1]}-d but text features {T0.shape[1]}-d.",
                        "The cache is inconsistent; re-extract it.")
-    cfg.seed = int(seed)
+    cfg = replace(cfg, seed=int(seed))  # a copy: the caller's config stays as given
     r = fit(x, y, T0, cfg, progress=progress, log_every=max(cfg.iterations // 100, 1))
     model = Model(r.W, r.T, T0, cfg.normalize_T_in_s, cfg.fusion, cfg.cmm_only)
 

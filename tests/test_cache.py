@@ -110,3 +110,24 @@ def test_lock_is_exclusive_and_released(tmp_path):
             CacheLock(target).acquire()
     with CacheLock(target):
         pass
+
+
+def test_fewshot_rows_outside_a_split_are_refused(tmp_path):
+    """A foreign cache whose few-shot rows point past splits/train gets one clear error, not an IndexError."""
+    import numpy as np
+    import pytest
+
+    from cmm_cache.cache import Split, open_cache, write_cache
+    from cmm_cache.errors import CmmError
+
+    feats = np.ones((3, 2, 4), np.float32)
+    p = write_cache(tmp_path / "bad.h5", dataset="d", backbone="b", provenance={}, classnames=["a", "b"],
+                    text={"t": (np.eye(2, 4), ["{}"])}, default_templates="t",
+                    splits={"train": Split(feats, np.array([0, 1, 1]), np.arange(3), ["center", "hflip"]),
+                            "val": Split(feats[:, :1], np.array([0, 1, 1]), np.arange(3), ["center"])},
+                    fewshot={(1, 1): (np.array([0, 7]), np.array([0, 1])), (1, 2): (np.array([0, 1]), np.array([1, 2]))})
+    c = open_cache(p)
+    with pytest.raises(CmmError, match="outside splits/train"):
+        c.fewshot(1, 1)
+    tr, va = c.fewshot(1, 2)
+    assert tr.tolist() == [0, 1] and va.tolist() == [1, 2]

@@ -145,3 +145,9 @@ def test_eval_shift_without_any_imagenet_run_says_what_to_do():
     r = CliRunner().invoke(main, ["eval", "--shift", "imagenet-sketch"])
     assert r.exit_code == 2
     assert "No fitted run for imagenet" in r.output and "--shots 16" in r.output
+
+
+def test_repeated_list_values_mean_one_run():
+    from cmm_cache.cli.common import int_list
+
+    assert int_list(None, None, "4,4,1,4") == [4, 1]
