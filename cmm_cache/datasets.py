@@ -331,6 +331,20 @@ def _imagenet_rest_is_val(rel: str, frac: float) -> bool:
     return h % 1000 < round(frac * 1000)
 
 
+def _list_class_folders(root: Path, keys) -> tuple[list[str], list[int], list[str]]:
+    """Images of `root/<key>/` for each class key, in key order: (relative paths, labels, absent keys)."""
+    rel, labels, absent = [], [], []
+    for c, k in enumerate(keys):
+        d = root / k
+        if not d.is_dir():
+            absent.append(k)
+            continue
+        names = _list_images(d)
+        rel += [f"{k}/{n}" for n in names]
+        labels += [c] * len(names)
+    return rel, labels, absent
+
+
 def _split_imagenet(m, folder: Path):
     src = m["split_source"]
     wnids = m["wnids"]
@@ -359,15 +373,7 @@ def _split_imagenet(m, folder: Path):
     out = {}
     for part in ("train", "val"):
         out[part] = (pool[part] + rest[part][0], np.concatenate([pool_lab[part], np.asarray(rest[part][1], dtype=np.int64)]))
-    test_rel, test_lab, absent = [], [], []
-    for c, w in enumerate(wnids):
-        d = val_dir / w
-        if not d.is_dir():
-            absent.append(w)
-            continue
-        names = _list_images(d)
-        test_rel += [f"{w}/{n}" for n in names]
-        test_lab += [c] * len(names)
+    test_rel, test_lab, absent = _list_class_folders(val_dir, wnids)
     if absent:
         raise CmmError(
             f"ImageNet's validation folder {val_dir} lacks {len(absent)} of 1000 class folders (e.g. {', '.join(absent[:3])}).",
@@ -385,15 +391,7 @@ def _split_class_folders(m, folder: Path):
     if not d.is_dir():
         raise _folder_missing(m, d)
     keys = m["wnids"] if src.get("class_dirs", "wnid") == "wnid" else [str(i) for i in m["imagenet_index"]]
-    rel, labels, absent = [], [], []
-    for c, k in enumerate(keys):
-        cd = d / k
-        if not cd.is_dir():
-            absent.append(k)
-            continue
-        names = _list_images(cd)
-        rel += [f"{k}/{n}" for n in names]
-        labels += [c] * len(names)
+    rel, labels, absent = _list_class_folders(d, keys)
     if absent:
         raise CmmError(
             f"{len(absent)} of {len(keys)} class folders of '{m['name']}' are missing in {d} (e.g. {', '.join(absent[:5])}).",
