@@ -49,7 +49,9 @@ def device_option(f):
 
 
 def json_option(f):
-    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout; human output goes to stderr.")(f)
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print one JSON object on stdout; human output goes to stderr."
+    )(f)
 
 
 def int_list(ctx, param, value):
@@ -61,7 +63,7 @@ def int_list(ctx, param, value):
     try:
         out = [int(v) for v in str(value).replace(" ", "").split(",") if v != ""]
     except ValueError:
-        raise click.BadParameter(f"expected a comma-separated list of integers, got '{value}'")
+        raise click.BadParameter(f"expected a comma-separated list of integers, got '{value}'") from None
     if not out or any(v < 1 for v in out):
         raise click.BadParameter(f"expected positive integers, got '{value}'")
     return list(dict.fromkeys(out))  # `--shots 4,4` means one run, not two

@@ -26,7 +26,8 @@ def _row(m: dict, root) -> dict:
         "classes": len(m["classnames"]),
         "split_sizes": m.get("split_sizes", {}),
         "split_source": src["type"],
-        "split_file_shipped": src["type"] in ("shipped", "synthetic", "class_folders", "imagenet", "fgvc_variant_files"),
+        "split_file_shipped": src["type"]
+        in ("shipped", "synthetic", "class_folders", "imagenet", "fgvc_variant_files"),
         "split_file_needed": src.get("filename"),
         "fewshot_shots": shots,
         "fewshot_seeds": seeds,
@@ -74,10 +75,21 @@ def register(main, bench):
             r = _row(m, root)
             console.print(f"[bold]{m['name']}[/] — {m.get('title', '')}")
             console.print(f"aliases: {', '.join(m.get('aliases', [])) or '-'}")
-            console.print(f"classes: {r['classes']}   split sizes: {r['split_sizes']}   split source: {r['split_source']}"
-                          + (f" (needs {r['split_file_needed']} in {m['folder']}/)" if r["split_file_needed"] else ""))
-            console.print(f"few-shot published: shots {r['fewshot_shots'] or '-'} x seeds {r['fewshot_seeds'] or '-'} (others: seeded draw)")
-            console.print("templates: " + ", ".join(f"{k} ({n})" + (" \\[default]" if k == m["default_templates"] else "") for k, n in r["templates"].items()))
+            console.print(
+                f"classes: {r['classes']}   split sizes: {r['split_sizes']}   split source: {r['split_source']}"
+                + (f" (needs {r['split_file_needed']} in {m['folder']}/)" if r["split_file_needed"] else "")
+            )
+            console.print(
+                f"few-shot published: shots {r['fewshot_shots'] or '-'} x seeds {r['fewshot_seeds'] or '-'} (others: "
+                "seeded draw)"
+            )
+            console.print(
+                "templates: "
+                + ", ".join(
+                    f"{k} ({n})" + (" \\[default]" if k == m["default_templates"] else "")
+                    for k, n in r["templates"].items()
+                )
+            )
             if m.get("layout"):
                 console.print("layout under the data root:\n" + m["layout"])
             src = m.get("source") or {}
@@ -95,7 +107,17 @@ def register(main, bench):
 
         t = Table(title="registered datasets" + (f" (data root {root})" if root else ""), show_lines=False)
         wide = console.width >= 140  # narrow terminals get the essential columns only, names never wrapped
-        cols = ["name", "aliases", "kind", "classes", "train/val/test", "few-shot (published)", "templates", "split file", "download"]
+        cols = [
+            "name",
+            "aliases",
+            "kind",
+            "classes",
+            "train/val/test",
+            "few-shot (published)",
+            "templates",
+            "split file",
+            "download",
+        ]
         if not wide:
             cols = ["name", "classes", "train/val/test", "few-shot (published)", "split file"]
         if root:
@@ -104,18 +126,42 @@ def register(main, bench):
             t.add_column(col, no_wrap=col in ("name", "classes"), overflow="fold")
         for r in rows:
             s = r["split_sizes"]
-            sizes = "/".join(str(s.get(k, "-")) for k in ("train", "val", "test")) if "train" in s else (
-                f"pool {s.get('train_pool')}/{s.get('val_pool')}, test {s.get('test')}" if "train_pool" in s else f"test {s.get('test', '-')}")
-            fs = f"K {','.join(map(str, r['fewshot_shots']))} x seeds {','.join(map(str, r['fewshot_seeds']))}" if r["fewshot_shots"] else "-"
-            split = {"shipped": "shipped", "class_folders": "listed from disk", "imagenet": "pool shipped + disk",
-                     "fgvc_variant_files": "official lists (archive)", "synthetic": "generated"}.get(
-                r["split_source"], f"[yellow]needs {r['split_file_needed']}[/]")
-            cell = {"name": r["name"], "aliases": ", ".join(r["aliases"]), "kind": r["kind"], "classes": str(r["classes"]),
-                    "train/val/test": sizes, "few-shot (published)": fs,
-                    "templates": ", ".join(f"{k}:{n}" for k, n in r["templates"].items()), "split file": split,
-                    "download": "yes" if r["download"] else "-",
-                    "present": "yes" if r["present"] else ("-" if r["present"] is None else "[red]no[/]")}
+            sizes = (
+                "/".join(str(s.get(k, "-")) for k in ("train", "val", "test"))
+                if "train" in s
+                else (
+                    f"pool {s.get('train_pool')}/{s.get('val_pool')}, test {s.get('test')}"
+                    if "train_pool" in s
+                    else f"test {s.get('test', '-')}"
+                )
+            )
+            fs = (
+                f"K {','.join(map(str, r['fewshot_shots']))} x seeds {','.join(map(str, r['fewshot_seeds']))}"
+                if r["fewshot_shots"]
+                else "-"
+            )
+            split = {
+                "shipped": "shipped",
+                "class_folders": "listed from disk",
+                "imagenet": "pool shipped + disk",
+                "fgvc_variant_files": "official lists (archive)",
+                "synthetic": "generated",
+            }.get(r["split_source"], f"[yellow]needs {r['split_file_needed']}[/]")
+            cell = {
+                "name": r["name"],
+                "aliases": ", ".join(r["aliases"]),
+                "kind": r["kind"],
+                "classes": str(r["classes"]),
+                "train/val/test": sizes,
+                "few-shot (published)": fs,
+                "templates": ", ".join(f"{k}:{n}" for k, n in r["templates"].items()),
+                "split file": split,
+                "download": "yes" if r["download"] else "-",
+                "present": "yes" if r["present"] else ("-" if r["present"] is None else "[red]no[/]"),
+            }
             t.add_row(*[cell[c] for c in cols])
         console.print(t)
-        console.print("Also accepted as --dataset: an image folder, a CSV (path,label[,split]) or a manifest .json. "
-                      "`cmm-cache datasets NAME` shows one manifest.")
+        console.print(
+            "Also accepted as --dataset: an image folder, a CSV (path,label[,split]) or a manifest .json. "
+            "`cmm-cache datasets NAME` shows one manifest."
+        )

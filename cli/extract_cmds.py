@@ -36,7 +36,14 @@ class _Progress:
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                ProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
             from rich.text import Text
 
             class Speed(ProgressColumn):
@@ -44,8 +51,14 @@ class _Progress:
                     return Text(f"{task.speed:.1f} img/s" if task.speed else "- img/s")
 
             self.p = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
-                Speed(), TimeRemainingColumn(), console=console, transient=False,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("images"),
+                Speed(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=False,
             )
             self.p.__enter__()
         return self
@@ -67,24 +80,83 @@ class _Progress:
 
 def register(main, bench):
     @main.command("extract")
-    @click.option("--dataset", required=True, help="Dataset name (see `cmm-cache datasets`), manifest file or image folder.")
-    @click.option("--backbone", required=True, help="rn50 | rn101 | vit-b-32 | vit-b-16 | any open_clip MODEL/TAG | hf-hub:ORG/REPO (see `cmm-cache backbones`).")
-    @click.option("--pretrained", type=click.Path(dir_okay=False), default=None, help="Local weights file for the backbone's architecture (no download).")
-    @click.option("--shots", default=None, callback=int_list,
-                  help="Few-shot K values to cache (union of subsets) [default: 1,2,4,8,16, capped to what a small dataset of your own holds].")
+    @click.option(
+        "--dataset", required=True, help="Dataset name (see `cmm-cache datasets`), manifest file or image folder."
+    )
+    @click.option(
+        "--backbone",
+        required=True,
+        help=(
+            "rn50 | rn101 | vit-b-32 | vit-b-16 | any open_clip MODEL/TAG | hf-hub:ORG/REPO "
+            "(see `cmm-cache backbones`)."
+        ),
+    )
+    @click.option(
+        "--pretrained",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Local weights file for the backbone's architecture (no download).",
+    )
+    @click.option(
+        "--shots",
+        default=None,
+        callback=int_list,
+        help=(
+            "Few-shot K values to cache (union of subsets) "
+            "[default: 1,2,4,8,16, capped to what a small dataset of your own holds]."
+        ),
+    )
     @click.option("--seeds", default="1,2,3", show_default=True, callback=int_list, help="Few-shot seeds to cache.")
-    @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1), help="Images per encoder batch (flip views included).")
-    @click.option("--workers", default=None, type=click.IntRange(0), help="DataLoader decoding processes [default: min(8, cores) with a GPU, cores/2 on the CPU].")
-    @click.option("--skip-bad", is_flag=True, help="Leave out unreadable images (listed in the cache's provenance) instead of stopping.")
+    @click.option(
+        "--batch-size",
+        default=64,
+        show_default=True,
+        type=click.IntRange(1),
+        help="Images per encoder batch (flip views included).",
+    )
+    @click.option(
+        "--workers",
+        default=None,
+        type=click.IntRange(0),
+        help="DataLoader decoding processes [default: min(8, cores) with a GPU, cores/2 on the CPU].",
+    )
+    @click.option(
+        "--skip-bad",
+        is_flag=True,
+        help="Leave out unreadable images (listed in the cache's provenance) instead of stopping.",
+    )
     @click.option("--force", is_flag=True, help="Start over: discard an unfinished run and replace an existing cache.")
-    @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the cache here instead of <cache-dir>/<dataset>/<backbone>.h5.")
-    @click.option("--download", is_flag=True, help="Fetch the dataset from its public source when it is not under the data root.")
+    @click.option(
+        "--out",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Write the cache here instead of <cache-dir>/<dataset>/<backbone>.h5.",
+    )
+    @click.option(
+        "--download", is_flag=True, help="Fetch the dataset from its public source when it is not under the data root."
+    )
     @data_root_option
     @cache_dir_option
     @device_option
     @json_option
     @handle_errors
-    def extract_cmd(dataset, backbone, pretrained, shots, seeds, batch_size, workers, skip_bad, force, out, download, data_root, cache_dir, device, as_json):
+    def extract_cmd(
+        dataset,
+        backbone,
+        pretrained,
+        shots,
+        seeds,
+        batch_size,
+        workers,
+        skip_bad,
+        force,
+        out,
+        download,
+        data_root,
+        cache_dir,
+        device,
+        as_json,
+    ):
         """Encode a dataset once and write its feature cache (resumable; torchrun-aware).
 
         \b
@@ -95,9 +167,21 @@ def register(main, bench):
 
         with _Progress(_show_progress(as_json), f"{dataset} × {backbone}") as prog:
             r = extract(
-                dataset, backbone, pretrained=pretrained, data_root=data_root, cache_root=cache_dir, out=out,
-                shots=shots, seeds=seeds, device=device, batch_size=batch_size, num_workers=workers,
-                skip_bad=skip_bad, force=force, progress=prog, download=download,
+                dataset,
+                backbone,
+                pretrained=pretrained,
+                data_root=data_root,
+                cache_root=cache_dir,
+                out=out,
+                shots=shots,
+                seeds=seeds,
+                device=device,
+                batch_size=batch_size,
+                num_workers=workers,
+                skip_bad=skip_bad,
+                force=force,
+                progress=prog,
+                download=download,
             )
         if r.rank != 0:
             return
@@ -110,10 +194,15 @@ def register(main, bench):
             console.print(f"[green]up to date[/]: {r.path} (use --force to re-extract)")
         else:
             sizes = ", ".join(f"{k} {v}" for k, v in r.splits.items())
-            console.print(f"[green]wrote[/] {r.path}: {sizes}; {len(r.text_sets)} template set(s); {r.fewshot_groups} few-shot groups")
+            console.print(
+                f"[green]wrote[/] {r.path}: {sizes}; {len(r.text_sets)} template set(s); {r.fewshot_groups} few-shot "
+                "groups"
+            )
             console.print(
                 f"{r.images_encoded} images encoded ({r.images_resumed} resumed) at {r.images_per_s:.1f} images/s "
-                f"on {r.device}" + (f" × {r.world_size} ranks" if r.world_size > 1 else "") + f"; {r.seconds:.1f} s in all"
+                f"on {r.device}"
+                + (f" × {r.world_size} ranks" if r.world_size > 1 else "")
+                + f"; {r.seconds:.1f} s in all"
             )
         if r.skipped:
             console.print(f"[yellow]skipped {len(r.skipped)} unreadable image(s)[/] (listed in the provenance):")
@@ -128,7 +217,12 @@ def register(main, bench):
         from cmm_cache.backbones import list_backbones
 
         rows = [
-            {"name": b.name, "open_clip_model": b.model, "pretrained": b.pretrained or "random weights", "notes": b.notes}
+            {
+                "name": b.name,
+                "open_clip_model": b.model,
+                "pretrained": b.pretrained or "random weights",
+                "notes": b.notes,
+            }
             for b in list_backbones()
         ]
         if as_json:
@@ -142,7 +236,9 @@ def register(main, bench):
         for r in rows:
             t.add_row(r["name"], r["open_clip_model"], r["pretrained"], r["notes"])
         console.print(t)
-        console.print("Also: any open_clip MODEL/TAG (e.g. ViT-B-32/laion2b_s34b_b79k), hf-hub:ORG/REPO, or --pretrained PATH.")
+        console.print(
+            "Also: any open_clip MODEL/TAG (e.g. ViT-B-32/laion2b_s34b_b79k), hf-hub:ORG/REPO, or --pretrained PATH."
+        )
 
     @main.group("cache")
     def cache_group():
@@ -187,12 +283,21 @@ def register(main, bench):
             t.add_column(col)
         for r in rows:
             if r.get("unfinished"):
-                t.add_row(r["dataset"], r["backbone"], "", f"[yellow]unfinished: {r['chunks_done']} chunk(s) done[/]", r["size"], "")
+                t.add_row(
+                    r["dataset"],
+                    r["backbone"],
+                    "",
+                    f"[yellow]unfinished: {r['chunks_done']} chunk(s) done[/]",
+                    r["size"],
+                    "",
+                )
             elif "error" in r:
                 t.add_row(r["path"], "", "", f"[red]{r['error']}[/]", r["size"], "")
             else:
                 splits = " ".join(f"{k}:{v}" for k, v in r["splits"].items())
-                t.add_row(r["dataset"], r["backbone"], str(r["classes"]), splits, r["size"], str(r.get("created") or ""))
+                t.add_row(
+                    r["dataset"], r["backbone"], str(r["classes"]), splits, r["size"], str(r.get("created") or "")
+                )
         console.print(t)
 
     @cache_group.command("info")
@@ -215,14 +320,22 @@ def register(main, bench):
         console.print(f"[bold]{info['path']}[/] ({info['size_bytes']} bytes)")
         for k, v in info["attrs"].items():
             console.print(f"  {k}: {v}")
-        console.print("  provenance: " + _json.dumps(info["provenance"], indent=2, sort_keys=True).replace("\n", "\n  "))
+        console.print(
+            "  provenance: " + _json.dumps(info["provenance"], indent=2, sort_keys=True).replace("\n", "\n  ")
+        )
         from rich.table import Table
 
         t = Table()
         for col in ("node", "shape", "dtype", "checksum", "attrs"):
             t.add_column(col)
         for n in info["nodes"]:
-            t.add_row(n["node"], str(n["shape"]), n["dtype"], "yes" if n["checksum"] else "[red]no[/]", ", ".join(f"{k}={v[:40]}" for k, v in n["attrs"].items()))
+            t.add_row(
+                n["node"],
+                str(n["shape"]),
+                n["dtype"],
+                "yes" if n["checksum"] else "[red]no[/]",
+                ", ".join(f"{k}={v[:40]}" for k, v in n["attrs"].items()),
+            )
         console.print(t)
 
     @cache_group.command("verify")
@@ -254,18 +367,39 @@ def register(main, bench):
                 else:
                     console.print(f"[green]ok[/]: {p}")
             if bad:
-                console.print("Re-extract a damaged cache with `cmm-cache extract --dataset NAME --backbone NAME --force`.")
+                console.print(
+                    "Re-extract a damaged cache with `cmm-cache extract --dataset NAME --backbone NAME --force`."
+                )
         if bad:
             sys.exit(1)
 
     @bench.command("extract")
-    @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, exists=True), help="Image folder (one sub-folder per class), e.g. ../shared/real_images/dtd10.")
-    @click.option("--backbone", default="rn50-arch", show_default=True, help="Backbone (rn50-arch = RN50 with random weights, no download).")
+    @click.option(
+        "--data",
+        "data_dir",
+        required=True,
+        type=click.Path(file_okay=False, exists=True),
+        help="Image folder (one sub-folder per class), e.g. ../shared/real_images/dtd10.",
+    )
+    @click.option(
+        "--backbone",
+        default="rn50-arch",
+        show_default=True,
+        help="Backbone (rn50-arch = RN50 with random weights, no download).",
+    )
     @click.option("--pretrained", type=click.Path(dir_okay=False), default=None)
     @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-    @click.option("--workers", default=None, type=click.IntRange(0), help="DataLoader decoding processes [default: as extract].")
+    @click.option(
+        "--workers", default=None, type=click.IntRange(0), help="DataLoader decoding processes [default: as extract]."
+    )
     @click.option("--limit", default=None, type=click.IntRange(1), help="Use only the first N images.")
-    @click.option("--repeat", default=3, show_default=True, type=click.IntRange(1), help="Alternate the two measurements N times; report medians.")
+    @click.option(
+        "--repeat",
+        default=3,
+        show_default=True,
+        type=click.IntRange(1),
+        help="Alternate the two measurements N times; report medians.",
+    )
     @device_option
     @json_option
     @handle_errors
@@ -273,8 +407,17 @@ def register(main, bench):
         """End-to-end extraction images/s vs the encoder's bare forward images/s (same batch size)."""
         from cmm_cache.bench_extract import bench_extract as run
 
-        r = run(data_dir, backbone, pretrained=pretrained, batch_size=batch_size, num_workers=workers, limit=limit, device=device, repeat=repeat,
-                log=None if as_json else console.print)
+        r = run(
+            data_dir,
+            backbone,
+            pretrained=pretrained,
+            batch_size=batch_size,
+            num_workers=workers,
+            limit=limit,
+            device=device,
+            repeat=repeat,
+            log=None if as_json else console.print,
+        )
         if as_json:
             emit_json(r)
             return
@@ -282,6 +425,15 @@ def register(main, bench):
             f"[bold]{r['images']} images[/], {r['backbone']} on {r['device']}, batch {r['batch_size']}, "
             f"{r['workers']} workers, {r['torch_threads']} torch threads"
         )
-        console.print(f"  end-to-end (decode in workers + encode + write): {r['end_to_end_images_per_s']:.2f} images/s (median of {r['repeat']})")
-        console.print(f"  bare forward (pre-decoded tensors):              {r['bare_forward_images_per_s']:.2f} images/s (median of {r['repeat']})")
-        console.print(f"  ratio: {100 * r['ratio']:.1f} % (median of per-run ratios; best/best {100 * r['ratio_of_bests']:.1f} %; target >= 90 %)")
+        console.print(
+            f"  end-to-end (decode in workers + encode + write): {r['end_to_end_images_per_s']:.2f} images/s (median "
+            f"of {r['repeat']})"
+        )
+        console.print(
+            f"  bare forward (pre-decoded tensors):              {r['bare_forward_images_per_s']:.2f} images/s "
+            f"(median of {r['repeat']})"
+        )
+        console.print(
+            f"  ratio: {100 * r['ratio']:.1f} % (median of per-run ratios; best/best {100 * r['ratio_of_bests']:.1f} "
+            "%; target >= 90 %)"
+        )

@@ -80,7 +80,10 @@ class Backbone:
         return {
             "transform": " -> ".join(type(t).__name__ + _short(t) for t in getattr(self.preprocess, "transforms", [])),
             **{k: (list(v) if isinstance(v, tuple) else v) for k, v in self.preprocess_cfg.items()},
-            "flip_view": "train images also encoded mirrored (horizontal flip, p = 1.0), applied to the decoded image before the transform",
+            "flip_view": (
+                "train images also encoded mirrored (horizontal flip, p = 1.0), applied to the decoded "
+                "image before the transform"
+            ),
         }
 
     def provenance(self) -> dict:
@@ -90,7 +93,9 @@ class Backbone:
             "pretrained": self.spec.pretrained,
             "weights_path": self.weights_path,
             "weights_sha256": self.weights_sha256,
-            "random_weights_seed": RANDOM_WEIGHTS_SEED if self.weights_path is None and self.spec.random_weights else None,
+            "random_weights_seed": RANDOM_WEIGHTS_SEED
+            if self.weights_path is None and self.spec.random_weights
+            else None,
             "embed_dim": self.embed_dim,
             "image_size": list(self.image_size),
             "preprocessing": self.describe_preprocessing(),
@@ -135,7 +140,9 @@ def register_model_configs() -> None:
 def list_backbones() -> list[BackboneSpec]:
     """The registered aliases, in registry order."""
     return [
-        BackboneSpec(name=alias, model=e["model"], pretrained=e.get("pretrained"), notes=e.get("notes", ""), alias=alias)
+        BackboneSpec(
+            name=alias, model=e["model"], pretrained=e.get("pretrained"), notes=e.get("notes", ""), alias=alias
+        )
         for alias, e in _registry().items()
     ]
 
@@ -288,7 +295,8 @@ def resolve_weights(spec: BackboneSpec) -> tuple[str | None, dict]:
         if not p.is_file():
             raise CmmError(
                 f"Weights file {p} does not exist.",
-                "Pass --pretrained with the path of a local open_clip/OpenAI CLIP weights file (.pt, .bin, .safetensors).",
+                "Pass --pretrained with the path of a local open_clip/OpenAI CLIP weights file "
+                "(.pt, .bin, .safetensors).",
             )
         # A local file of an alias whose tag is known (e.g. rn50 + RN50.pt) keeps that tag's preprocessing.
         tag = (_registry().get(spec.alias or "", {}) or {}).get("pretrained")
@@ -359,7 +367,12 @@ def load_backbone(name: str, pretrained: str | os.PathLike | None = None, device
     spec = name if isinstance(name, BackboneSpec) else resolve_backbone(name, pretrained)
     weights, pre = resolve_weights(spec)
     kwargs = {}
-    for key, arg in (("mean", "image_mean"), ("std", "image_std"), ("interpolation", "image_interpolation"), ("resize_mode", "image_resize_mode")):
+    for key, arg in (
+        ("mean", "image_mean"),
+        ("std", "image_std"),
+        ("interpolation", "image_interpolation"),
+        ("resize_mode", "image_resize_mode"),
+    ):
         if key in pre:
             kwargs[arg] = pre[key]
     try:
@@ -397,7 +410,8 @@ def load_backbone(name: str, pretrained: str | os.PathLike | None = None, device
         raise
     except Exception as e:
         raise CmmError(
-            f"Could not build backbone {spec.name} ({spec.model}, weights {weights or spec.pretrained or 'random'}): {e}",
+            f"Could not build backbone {spec.name} ({spec.model}, weights {weights or spec.pretrained or 'random'}): "
+            f"{e}",
             "Check that the weights file matches the architecture (see `cmm-cache backbones`).",
         ) from e
     model.eval()

@@ -24,9 +24,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -248,8 +248,9 @@ def open_cache(path: str | os.PathLike) -> Cache:
     )
 
 
-def _write_header(f: h5py.File, dataset, backbone, provenance, default_templates, classnames, wnids, imagenet_index,
-                  text) -> None:
+def _write_header(
+    f: h5py.File, dataset, backbone, provenance, default_templates, classnames, wnids, imagenet_index, text
+) -> None:
     """Root attributes, classes/ and text/: the part of the schema every writer shares."""
     f.attrs["schema"] = SCHEMA
     f.attrs["dataset"] = dataset
@@ -350,7 +351,7 @@ class CacheLock:
         self.path = lock_path(self.final)
         self.fd: int | None = None
 
-    def acquire(self) -> "CacheLock":
+    def acquire(self) -> CacheLock:
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -367,7 +368,7 @@ class CacheLock:
                 f"Another extraction is writing {self.final} right now" + (f" ({holder})." if holder else "."),
                 "Wait for it to finish (it holds " + str(self.path) + "), or stop it; "
                 "a second writer is refused so the cache cannot be corrupted.",
-            )
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode(), 0)
         self.fd = fd
@@ -462,8 +463,11 @@ class PartialStore:
 
     # -- text
     def save_text(self, text: Mapping[str, np.ndarray]) -> None:
-        _atomic_savez(self.dir / "text.npz", **{f"set_{i}": np.asarray(v, dtype=TEXT_DTYPE) for i, v in enumerate(text.values())},
-                      names=np.asarray(json.dumps(list(text.keys()))))
+        _atomic_savez(
+            self.dir / "text.npz",
+            **{f"set_{i}": np.asarray(v, dtype=TEXT_DTYPE) for i, v in enumerate(text.values())},
+            names=np.asarray(json.dumps(list(text.keys()))),
+        )
 
     def load_text(self) -> dict[str, np.ndarray] | None:
         p = self.dir / "text.npz"
@@ -541,15 +545,19 @@ def assemble_cache(
                 ok = z["ok"]
                 errs = json.loads(str(z["errors"]))
             if len(ok) != b - a:
-                raise CmmError(f"Chunk {sp.name}.{c} of {store.dir} has {len(ok)} rows, expected {b - a}.", "Re-run with --force.")
+                raise CmmError(
+                    f"Chunk {sp.name}.{c} of {store.dir} has {len(ok)} rows, expected {b - a}.", "Re-run with --force."
+                )
             mask[a:b] = ok
             for i in np.flatnonzero(~ok):
-                skipped.append({
-                    "split": sp.name,
-                    "row": int(sp.rows[a + i]),
-                    "path": str(paths[sp.name][int(sp.rows[a + i])]) if paths and sp.name in paths else None,
-                    "error": errs[i] if i < len(errs) else None,
-                })
+                skipped.append(
+                    {
+                        "split": sp.name,
+                        "row": int(sp.rows[a + i]),
+                        "path": str(paths[sp.name][int(sp.rows[a + i])]) if paths and sp.name in paths else None,
+                        "error": errs[i] if i < len(errs) else None,
+                    }
+                )
         keep[sp.name] = mask
     prov = dict(provenance)
     prov["skipped"] = skipped
@@ -574,7 +582,10 @@ def assemble_cache(
                     a, b = sp.chunk_range(c)
                     feats, ok, _ = store.load_chunk(sp.name, c)
                     if feats.shape[1:] != (V, embed_dim):
-                        raise CmmError(f"Chunk {sp.name}.{c} has shape {feats.shape}, expected [*, {V}, {embed_dim}].", "Re-run with --force.")
+                        raise CmmError(
+                            f"Chunk {sp.name}.{c} has shape {feats.shape}, expected [*, {V}, {embed_dim}].",
+                            "Re-run with --force.",
+                        )
                     feats = feats[ok]
                     d[o : o + len(feats)] = feats
                     o += len(feats)
@@ -599,7 +610,11 @@ def assemble_cache(
                         pos = remap[part][pos]
                         pos = pos[pos >= 0]
                     f.create_dataset(
-                        f"{g}/{part}", data=pos.astype(INDEX_DTYPE), maxshape=(None,), chunks=(max(1, min(len(pos), 65536)),), **DSET_KW
+                        f"{g}/{part}",
+                        data=pos.astype(INDEX_DTYPE),
+                        maxshape=(None,),
+                        chunks=(max(1, min(len(pos), 65536)),),
+                        **DSET_KW,
                     )
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -657,9 +672,16 @@ def list_caches(cache_root: str | os.PathLike | None = None) -> list[dict]:
     for p in sorted(root.glob("*/*.h5" + PARTIAL_SUFFIX)):
         if p.is_dir():
             n = len(list(p.glob("*.*.npz")))
-            rows.append({"path": str(p), "dataset": p.parent.name, "backbone": p.name[: -len(".h5" + PARTIAL_SUFFIX)],
-                         "unfinished": True, "chunks_done": n,
-                         "size_bytes": sum(q.stat().st_size for q in p.iterdir() if q.is_file())})
+            rows.append(
+                {
+                    "path": str(p),
+                    "dataset": p.parent.name,
+                    "backbone": p.name[: -len(".h5" + PARTIAL_SUFFIX)],
+                    "unfinished": True,
+                    "chunks_done": n,
+                    "size_bytes": sum(q.stat().st_size for q in p.iterdir() if q.is_file()),
+                }
+            )
             rows[-1]["size"] = _human_bytes(rows[-1]["size_bytes"])
     return rows
 
@@ -669,13 +691,15 @@ def _node_info(f: h5py.File) -> list[dict]:
 
     def visit(name, obj):
         if isinstance(obj, h5py.Dataset):
-            nodes.append({
-                "node": name,
-                "shape": list(obj.shape),
-                "dtype": str(obj.dtype),
-                "checksum": bool(obj.fletcher32),
-                "attrs": {k: _str(v) for k, v in obj.attrs.items()},
-            })
+            nodes.append(
+                {
+                    "node": name,
+                    "shape": list(obj.shape),
+                    "dtype": str(obj.dtype),
+                    "checksum": bool(obj.fletcher32),
+                    "attrs": {k: _str(v) for k, v in obj.attrs.items()},
+                }
+            )
 
     f.visititems(visit)
     return nodes
@@ -695,7 +719,10 @@ def cache_info(path: str | os.PathLike) -> dict:
 
 
 def verify_cache(path: str | os.PathLike) -> list[str]:
-    """Read every dataset (checksums verified by HDF5) and check the schema; return the problems found (empty = sound)."""
+    """Read every dataset (checksums verified by HDF5) and check the schema.
+
+    Returns the problems found (empty = sound).
+    """
     path = Path(path)
     problems: list[str] = []
     if not path.is_file():
@@ -705,6 +732,7 @@ def verify_cache(path: str | os.PathLike) -> list[str]:
     except OSError as e:
         return [f"not readable as HDF5: {e}"]
     with f:
+
         def need_attr(name):
             if name not in f.attrs:
                 problems.append(f"attribute '{name}' missing")
@@ -753,7 +781,12 @@ def verify_cache(path: str | os.PathLike) -> list[str]:
             problems.append("classes/names missing")
         elif names is not None:
             C = len(names)
-        if "classes/wnids" in f and arr("classes/wnids") is not None and C is not None and len(arr("classes/wnids")) != C:
+        if (
+            "classes/wnids" in f
+            and arr("classes/wnids") is not None
+            and C is not None
+            and len(arr("classes/wnids")) != C
+        ):
             problems.append("classes/wnids length differs from classes/names")
         inet = arr("classes/imagenet_index")
         if inet is not None and C is not None:
@@ -788,7 +821,7 @@ def verify_cache(path: str | os.PathLike) -> list[str]:
             if dt and dt not in f["text"]:
                 problems.append(f"default_templates '{dt}' has no text/{dt}/features")
         n_split = {}
-        for s in (f["splits"] if "splits" in f else []):
+        for s in f["splits"] if "splits" in f else []:
             base = f"splits/{s}"
             missing = [k for k in ("features", "labels", "index") if k not in f[base]]
             if missing:
@@ -818,7 +851,7 @@ def verify_cache(path: str | os.PathLike) -> list[str]:
                 problems.append(f"{base}/index: negative manifest rows")
             if f"{base}/features" in nonfinite:
                 problems.append(f"{base}/features: non-finite values")
-        for g in (f["fewshot"] if "fewshot" in f else []):
+        for g in f["fewshot"] if "fewshot" in f else []:
             if not FEWSHOT_RE.match(g):
                 problems.append(f"fewshot/{g}: name does not match shot_<K>-seed_<S>")
             for part in ("train", "val"):

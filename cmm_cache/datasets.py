@@ -55,8 +55,16 @@ from .fewshot import load_published
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 SPLIT_FRACTIONS = {"train": 0.5, "val": 0.2, "test": 0.3}
 SPLIT_SEED = 0
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val",
-                 "test": "test", "testing": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
 TINY_VERSION = 1
 DOWNLOAD_BASE_ENV = "CMM_DOWNLOAD_BASE"
 ARCHIVE_EXTS = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -133,10 +141,13 @@ class Dataset:
             return tr.astype(np.int64, copy=True), va.astype(np.int64, copy=True)
         if "train" not in self.splits or "val" not in self.splits:
             raise CmmError(
-                f"Dataset '{self.name}' has no train/val split (a shift set is test only); few-shot subsets come from the source dataset.",
+                f"Dataset '{self.name}' has no train/val split (a shift set is test only); few-shot subsets come "
+                "from the source dataset.",
                 "Fit on imagenet, then `cmm-cache eval --shift " + self.name + "`.",
             )
-        return _draw(self.splits["train"].labels, self.splits["val"].labels, key[0], key[1], self.num_classes, self.classnames)
+        return _draw(
+            self.splits["train"].labels, self.splits["val"].labels, key[0], key[1], self.num_classes, self.classnames
+        )
 
     def verify(self, rows: dict[str, np.ndarray] | None = None) -> None:
         """Raise CmmError naming how many files are missing (first few, expected layout).
@@ -266,14 +277,20 @@ def _split_coop_file(m, folder: Path):
     if not f.is_file():
         raise CmmError(
             f"The CoOp split file for '{m['name']}' is not shipped with cmm-cache and was not found at {f}.",
-            f"Download {src['filename']} from {src.get('url', 'the CoOp repository (DATASETS.md)')} and put it at {f}.\n"
+            f"Download {src['filename']} from {src.get('url', 'the CoOp repository (DATASETS.md)')} and put it at "
+            f"{f}.\n"
             f"Expected layout under the data root:\n{_indent(m['layout'])}",
         )
     try:
         data = json.loads(f.read_text())
-        return {s: ([r[0] for r in data[s]], np.asarray([int(r[1]) for r in data[s]], dtype=np.int64)) for s in ("train", "val", "test")}
+        return {
+            s: ([r[0] for r in data[s]], np.asarray([int(r[1]) for r in data[s]], dtype=np.int64))
+            for s in ("train", "val", "test")
+        }
     except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as e:
-        raise CmmError(f"{f} is not a CoOp split file ({{train, val, test}}: [[path, label, classname], ...]): {e}")
+        raise CmmError(
+            f"{f} is not a CoOp split file ({{train, val, test}}: [[path, label, classname], ...]): {e}"
+        ) from e
 
 
 def _split_fgvc(m, folder: Path):
@@ -284,12 +301,15 @@ def _split_fgvc(m, folder: Path):
     if absent:
         raise CmmError(
             f"FGVC-Aircraft's official split lists are missing: {', '.join(str(p) for p in absent)}",
-            f"They come with the archive (its data/ folder). Expected layout under the data root:\n{_indent(m['layout'])}\n{_get_hint(m)}",
+            "They come with the archive (its data/ folder). Expected layout under the data "
+            f"root:\n{_indent(m['layout'])}\n{_get_hint(m)}",
         )
     variants = [ln.strip() for ln in cf.read_text().splitlines() if ln.strip()]
     lab = {v: i for i, v in enumerate(variants)}
     if variants != m.get("coop_classnames", variants):
-        raise CmmError(f"{cf} does not list the 100 FGVC-Aircraft variants the manifest expects (different order or names).")
+        raise CmmError(
+            f"{cf} does not list the 100 FGVC-Aircraft variants the manifest expects (different order or names)."
+        )
     out = {}
     for split, fname in src["files"].items():
         rel, labels = [], []
@@ -352,9 +372,15 @@ def _split_imagenet(m, folder: Path):
     train_dir, val_dir = img / "train", img / "val"
     for d in (train_dir, val_dir):
         if not d.is_dir():
-            raise CmmError(f"ImageNet folder not found: {d}", f"Expected layout under the data root:\n{_indent(m['layout'])}\n{_get_hint(m)}")
+            raise CmmError(
+                f"ImageNet folder not found: {d}",
+                f"Expected layout under the data root:\n{_indent(m['layout'])}\n{_get_hint(m)}",
+            )
     with np.load(_mf.data_file(m, src["pool"])) as z:
-        pool = {part: [f"{wnids[c]}/{wnids[c]}_{n}.JPEG" for c, n in zip(z[f"{part}_class"], z[f"{part}_number"])] for part in ("train", "val")}
+        pool = {
+            part: [f"{wnids[c]}/{wnids[c]}_{n}.JPEG" for c, n in zip(z[f"{part}_class"], z[f"{part}_number"])]
+            for part in ("train", "val")
+        }
         pool_lab = {part: z[f"{part}_class"].astype(np.int64) for part in ("train", "val")}
     in_pool = set(pool["train"]) | set(pool["val"])
     rest = {"train": ([], []), "val": ([], [])}
@@ -372,12 +398,17 @@ def _split_imagenet(m, folder: Path):
             rest[part][1].append(c)
     out = {}
     for part in ("train", "val"):
-        out[part] = (pool[part] + rest[part][0], np.concatenate([pool_lab[part], np.asarray(rest[part][1], dtype=np.int64)]))
+        out[part] = (
+            pool[part] + rest[part][0],
+            np.concatenate([pool_lab[part], np.asarray(rest[part][1], dtype=np.int64)]),
+        )
     test_rel, test_lab, absent = _list_class_folders(val_dir, wnids)
     if absent:
         raise CmmError(
-            f"ImageNet's validation folder {val_dir} lacks {len(absent)} of 1000 class folders (e.g. {', '.join(absent[:3])}).",
-            "The official val images must be arranged into one folder per WordNet id (images/val/n01440764/*.JPEG ...).\n"
+            f"ImageNet's validation folder {val_dir} lacks {len(absent)} of 1000 class folders (e.g. "
+            f"{', '.join(absent[:3])}).",
+            "The official val images must be arranged into one folder per WordNet id "
+            "(images/val/n01440764/*.JPEG ...).\n"
             f"Expected layout under the data root:\n{_indent(m['layout'])}",
         )
     out["test"] = (test_rel, np.asarray(test_lab, dtype=np.int64))
@@ -394,7 +425,8 @@ def _split_class_folders(m, folder: Path):
     rel, labels, absent = _list_class_folders(d, keys)
     if absent:
         raise CmmError(
-            f"{len(absent)} of {len(keys)} class folders of '{m['name']}' are missing in {d} (e.g. {', '.join(absent[:5])}).",
+            f"{len(absent)} of {len(keys)} class folders of '{m['name']}' are missing in {d} (e.g. "
+            f"{', '.join(absent[:5])}).",
             f"Expected layout under the data root:\n{_indent(m['layout'])}\n{_get_hint(m)}",
         )
     return {src.get("split", "test"): (rel, np.asarray(labels, dtype=np.int64))}
@@ -501,7 +533,14 @@ def _load_tiny(m, cache_root) -> Dataset:
         rows = [(c, rel) for s, c, rel in _tiny_files(m) if s == split]
         rel_lists[split] = ([r for _, r in rows], np.asarray([c for c, _ in rows], dtype=np.int64))
         splits[split] = SplitList([str(base / r) for _, r in rows], rel_lists[split][1])
-    return _make(m, splits, rel_lists, base, layout=m.get("layout", ""), get_hint="It is generated on demand; delete the folder to regenerate it.")
+    return _make(
+        m,
+        splits,
+        rel_lists,
+        base,
+        layout=m.get("layout", ""),
+        get_hint="It is generated on demand; delete the folder to regenerate it.",
+    )
 
 
 # ----------------------------------------------------------------------------- custom data
@@ -525,7 +564,9 @@ def _read_classnames_file(f: Path, keys: list[str]) -> list[str]:
     )
 
 
-def _seeded_split(labels: np.ndarray, num_classes: int, seed: int, classnames, parts=("train", "val", "test"), fractions=None):
+def _seeded_split(
+    labels: np.ndarray, num_classes: int, seed: int, classnames, parts=("train", "val", "test"), fractions=None
+):
     """Per-class seeded split of row positions; every class gets at least one row in every part."""
     fractions = fractions or [SPLIT_FRACTIONS[p] for p in parts]
     out = {p: [] for p in parts}
@@ -533,7 +574,8 @@ def _seeded_split(labels: np.ndarray, num_classes: int, seed: int, classnames, p
         rows = np.flatnonzero(labels == c)
         if len(rows) < len(parts):
             raise CmmError(
-                f"Class '{classnames[c]}' has {len(rows)} image(s); a seeded {'/'.join(parts)} split needs at least {len(parts)} per class.",
+                f"Class '{classnames[c]}' has {len(rows)} image(s); a seeded {'/'.join(parts)} split needs at least "
+                f"{len(parts)} per class.",
                 "Add images, or give the split yourself (train/val/test sub-folders, or a split column in the CSV).",
             )
         rows = rows[np.random.default_rng([seed, c]).permutation(len(rows))]
@@ -543,7 +585,7 @@ def _seeded_split(labels: np.ndarray, num_classes: int, seed: int, classnames, p
             counts[int(np.argmax(counts))] -= 1
         start = 0
         for p, k in zip(parts[:-1], counts):
-            out[p].append(rows[start:start + k])
+            out[p].append(rows[start : start + k])
             start += k
         out[parts[-1]].append(rows[start:])
     return {p: np.sort(np.concatenate(v)) for p, v in out.items()}
@@ -569,7 +611,9 @@ def _custom_manifest(name: str, classnames: list[str], source: dict) -> dict:
     return m
 
 
-def _assemble_custom(name, keys, rel, labels, split_of, base: Path, classnames_file, layout, source, seed, explicit_names=None):
+def _assemble_custom(
+    name, keys, rel, labels, split_of, base: Path, classnames_file, layout, source, seed, explicit_names=None
+):
     """Common tail of folder/CSV loading: names, splits (given or seeded), Dataset."""
     labels = np.asarray(labels, dtype=np.int64)
     if explicit_names is not None:
@@ -590,7 +634,9 @@ def _assemble_custom(name, keys, rel, labels, split_of, base: Path, classnames_f
         if unknown:
             raise CmmError(f"Unknown split name(s) {unknown} in '{name}'; use train, val or test.")
         if not (split_of == "train").any() or not (split_of == "test").any():
-            raise CmmError(f"'{name}' gives a split but has no {'train' if not (split_of == 'train').any() else 'test'} images.")
+            raise CmmError(
+                f"'{name}' gives a split but has no {'train' if not (split_of == 'train').any() else 'test'} images."
+            )
         parts = {p: np.flatnonzero(split_of == p) for p in ("train", "val", "test")}
         if len(parts["val"]) == 0:
             tr = parts["train"]
@@ -614,10 +660,15 @@ def _load_folder(root: Path, classnames_file=None, seed: int = SPLIT_SEED) -> Da
     if classnames_file is None and (root / "classnames.txt").is_file():
         classnames_file = root / "classnames.txt"
     given = [d for d in subdirs if d.lower() in SPLIT_ALIASES]
-    layout = f"{root.name}/\n|-- <class name>/   (images: {', '.join(sorted(IMAGE_EXTS))})\n|-- ...\n(or train/, val/, test/ each holding class folders)"
+    layout = (
+        f"{root.name}/\n|-- <class name>/   (images: {', '.join(sorted(IMAGE_EXTS))})\n|-- ...\n(or train/, "
+        "val/, test/ each holding class folders)"
+    )
     rel, labels, split_of = [], [], []
     if given and set(given) == set(subdirs):
-        keys = sorted({c for d in given for c in os.listdir(root / d) if (root / d / c).is_dir() and not c.startswith(".")})
+        keys = sorted(
+            {c for d in given for c in os.listdir(root / d) if (root / d / c).is_dir() and not c.startswith(".")}
+        )
         lab = {k: i for i, k in enumerate(keys)}
         for d in given:
             for k in sorted(os.listdir(root / d)):
@@ -686,7 +737,9 @@ def _load_csv(f: Path, classnames_file=None, seed: int = SPLIT_SEED) -> Dataset:
         rel[i] = p if os.path.isabs(p) else os.path.normpath(p)
     layout = f"{f.name}: rows 'path,label[,split]'; relative paths are resolved against {base}"
     src = {"type": "csv", "file": str(f)}
-    ds = _assemble_custom(f.stem, keys, rel, labels, split_of, base, classnames_file, layout, src, seed, explicit_names=explicit)
+    ds = _assemble_custom(
+        f.stem, keys, rel, labels, split_of, base, classnames_file, layout, src, seed, explicit_names=explicit
+    )
     return ds
 
 
@@ -700,7 +753,10 @@ def _make(m, splits, rel_lists, root, layout, get_hint, published=None, warnings
     if "train" in splits and "val" in splits:
         both = set(splits["train"].paths) & set(splits["val"].paths)
         if both:
-            raise CmmError(f"{len(both)} images of '{m['name']}' are in both train and val (e.g. {next(iter(both))}); they must be disjoint.")
+            raise CmmError(
+                f"{len(both)} images of '{m['name']}' are in both train and val (e.g. {next(iter(both))}); they must "
+                "be disjoint."
+            )
     return Dataset(
         name=m["name"],
         classnames=list(m["classnames"]),
@@ -729,8 +785,15 @@ def load_manifest_dataset(m: dict, data_root=None, *, download: bool = False, ca
         p = Path(m.get("_base", ".")) / (src.get("dir") or src.get("file"))
         ds = _load_folder(p) if t == "image_folder" else _load_csv(p)
         if len(ds.classnames) != len(m["classnames"]):
-            raise CmmError(f"Manifest '{m['name']}' names {len(m['classnames'])} classes; its data has {len(ds.classnames)}.")
-        ds.name, ds.classnames, ds.templates, ds.default_templates = m["name"], list(m["classnames"]), m["templates"], m["default_templates"]
+            raise CmmError(
+                f"Manifest '{m['name']}' names {len(m['classnames'])} classes; its data has {len(ds.classnames)}."
+            )
+        ds.name, ds.classnames, ds.templates, ds.default_templates = (
+            m["name"],
+            list(m["classnames"]),
+            m["templates"],
+            m["default_templates"],
+        )
         ds.manifest = _mf.public(m)
         rel = {s: ([os.path.relpath(p, ds.root) for p in sl.paths], sl.labels) for s, sl in ds.splits.items()}
         ds.manifest_sha256 = _mf.manifest_sha256(m, _digest(rel))
@@ -769,11 +832,27 @@ def load_manifest_dataset(m: dict, data_root=None, *, download: bool = False, ca
     fs = m.get("fewshot")
     if fs and fs.get("file"):
         published = load_published(_mf.data_file(m, fs["file"]))
-    return _make(m, splits, rel, folder, layout=m.get("layout", ""), get_hint=_get_hint(m), published=published, warnings=warnings)
+    return _make(
+        m,
+        splits,
+        rel,
+        folder,
+        layout=m.get("layout", ""),
+        get_hint=_get_hint(m),
+        published=published,
+        warnings=warnings,
+    )
 
 
-def load_dataset(name_or_path: str, data_root=None, *, download: bool = False, cache_root=None,
-                 classnames_file=None, split_seed: int = SPLIT_SEED) -> Dataset:
+def load_dataset(
+    name_or_path: str,
+    data_root=None,
+    *,
+    download: bool = False,
+    cache_root=None,
+    classnames_file=None,
+    split_seed: int = SPLIT_SEED,
+) -> Dataset:
     """Resolve a registered name/alias, a manifest file, an image folder or a CSV into a Dataset."""
     s = str(name_or_path)
     canon = _mf.resolve_name(s)
@@ -788,7 +867,10 @@ def load_dataset(name_or_path: str, data_root=None, *, download: bool = False, c
     if p.is_file() and p.suffix.lower() in (".csv", ".tsv", ".txt"):
         return _load_csv(p, classnames_file, split_seed)
     if looks_like_path:
-        raise CmmError(f"Dataset path not found: {p}", "Give a registered dataset name, an image folder, a .csv or a manifest .json.")
+        raise CmmError(
+            f"Dataset path not found: {p}",
+            "Give a registered dataset name, an image folder, a .csv or a manifest .json.",
+        )
     _mf.get_manifest(s)  # raises the 'unknown dataset' error listing the valid names
     raise AssertionError("unreachable")
 
@@ -815,13 +897,25 @@ def _fetch(url: str, dest: Path, console=None) -> Path:
     try:
         resp = urllib.request.urlopen(url, timeout=60)
     except (OSError, ValueError) as e:
-        raise CmmError(f"Could not download {url}: {e}", f"Check the address, or set {DOWNLOAD_BASE_ENV} to a mirror folder/URL holding the archive.")
+        raise CmmError(
+            f"Could not download {url}: {e}",
+            f"Check the address, or set {DOWNLOAD_BASE_ENV} to a mirror folder/URL holding the archive.",
+        ) from e
     total = int(resp.headers.get("Content-Length") or 0) or None
     name = os.path.basename(urllib.parse.urlparse(url).path) or "download"
-    with resp, open(dest, "wb") as out, Progress(
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-        console=console, transient=True,
-    ) as prog:
+    with (
+        resp,
+        open(dest, "wb") as out,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        ) as prog,
+    ):
         task = prog.add_task(f"downloading {name}", total=total)
         while True:
             chunk = resp.read(1 << 20)
@@ -886,7 +980,10 @@ def download_dataset(manifest, data_root, *, console=None) -> Path:
                     raise CmmError(f"Checksum mismatch for {url}: got {h}, expected {a['sha256']}.")
             is_archive = zipfile.is_zipfile(got) or tarfile.is_tarfile(got)
             if not is_archive and fname.lower().endswith(ARCHIVE_EXTS):
-                raise CmmError(f"{url} is not a readable archive (damaged or incomplete download).", "Run again, or fetch it by hand.")
+                raise CmmError(
+                    f"{url} is not a readable archive (damaged or incomplete download).",
+                    "Run again, or fetch it by hand.",
+                )
             if not is_archive:
                 os.replace(got, staging / fname)  # a plain file (e.g. a label .mat)
                 continue

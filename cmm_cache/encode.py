@@ -14,8 +14,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -133,7 +133,6 @@ def iter_encoded(
     Batches are fixed by the caller so the same batch composition (hence the
     same numbers) comes out of an interrupted-and-resumed run.
     """
-    import torch
     from torch.utils.data import DataLoader
 
     if not batches:

@@ -30,13 +30,13 @@ class Model:
     """What scoring needs from a run: the trained tensors and the choices that shape the logits."""
 
     W: torch.Tensor | None  # [d, d] or None (no-map ablation)
-    T: torch.Tensor         # [C, d]
-    T0: torch.Tensor        # [C, d] the cached text features (zero-shot classifier)
+    T: torch.Tensor  # [C, d]
+    T0: torch.Tensor  # [C, d] the cached text features (zero-shot classifier)
     normalize_T_in_s: bool = False
     fusion: str = "prob"
     cmm_only: bool = False
 
-    def to(self, device) -> "Model":
+    def to(self, device) -> Model:
         mv = lambda t: None if t is None else t.to(device, torch.float32)  # noqa: E731
         return Model(mv(self.W), mv(self.T), mv(self.T0), self.normalize_T_in_s, self.fusion, self.cmm_only)
 
@@ -70,8 +70,9 @@ def _pct(correct: int | float, n: int) -> float:
     return 100.0 * float(correct) / max(n, 1)
 
 
-def select_alpha(model: Model, x_val: torch.Tensor, y_val: torch.Tensor,
-                 grid=ALPHA_GRID, fixed: float | None = None) -> tuple[float | None, float]:
+def select_alpha(
+    model: Model, x_val: torch.Tensor, y_val: torch.Tensor, grid=ALPHA_GRID, fixed: float | None = None
+) -> tuple[float | None, float]:
     """Alpha with the best val accuracy (ties: the smallest), and that accuracy.
 
     Only val features and labels come in. With `fixed` the grid is skipped;
@@ -82,23 +83,29 @@ def select_alpha(model: Model, x_val: torch.Tensor, y_val: torch.Tensor,
         if model.cmm_only:
             return None, _pct((cmm.argmax(1) == y_val).sum(), len(y_val))
         best = (None, -1.0)
-        for a in ([fixed] if fixed is not None else grid):
+        for a in [fixed] if fixed is not None else grid:
             acc = _pct((fuse(cmm, clip, a, model.fusion).argmax(1) == y_val).sum(), len(y_val))
             if acc > best[1]:
                 best = (float(a), acc)
     return best
 
 
-def evaluate(model: Model, x: torch.Tensor, y: torch.Tensor, alpha: float | None,
-             classes: torch.Tensor | None = None, chunk: int = 8192) -> dict:
+def evaluate(
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    alpha: float | None,
+    classes: torch.Tensor | None = None,
+    chunk: int = 8192,
+) -> dict:
     """Accuracies (percent) of the fused model with `alpha`, of zero-shot CLIP and
     of the CMM logits alone. With `classes`, only those columns are scored (the
     labels y then index into `classes`, as for ImageNet-A/-R)."""
     hits = {"acc": 0, "zero_shot_acc": 0, "cmm_only_acc": 0}
     with torch.no_grad():
         for i in range(0, len(x), chunk):
-            cmm, clip = logits(model, x[i:i + chunk], classes)
-            yy = y[i:i + chunk]
+            cmm, clip = logits(model, x[i : i + chunk], classes)
+            yy = y[i : i + chunk]
             cmm_hit = (cmm.argmax(1) == yy).sum()
             hits["cmm_only_acc"] += int(cmm_hit)
             hits["zero_shot_acc"] += int((clip.argmax(1) == yy).sum())

@@ -14,9 +14,9 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -118,7 +118,8 @@ def request_fingerprint(ds, bb, plans, fewshot, chunk_rows: int) -> dict:
         "model": bb.spec.model,
         "pretrained": bb.spec.pretrained,
         "weights_sha256": bb.weights_sha256,
-        "preprocess": bb.preprocess_cfg and {k: (list(v) if isinstance(v, tuple) else v) for k, v in bb.preprocess_cfg.items()},
+        "preprocess": bb.preprocess_cfg
+        and {k: (list(v) if isinstance(v, tuple) else v) for k, v in bb.preprocess_cfg.items()},
         "chunk_rows": int(chunk_rows),
         "splits": {p.name: {"rows": _digest(p.rows), "labels": _digest(p.labels), "views": p.views} for p in plans},
         "fewshot": {f"{k}-{s}": [_digest(a), _digest(b)] for (k, s), (a, b) in sorted(fewshot.items())},
@@ -197,8 +198,10 @@ def extract(
                         "(1 train and 1 val image per class are needed).",
                         "Add images to the smallest class.",
                     )
-                notes.append(f"default shots capped to {','.join(map(str, shots))}: the smallest class has "
-                             f"{cap} train image(s) (pass --shots to choose)")
+                notes.append(
+                    f"default shots capped to {','.join(map(str, shots))}: the smallest class has "
+                    f"{cap} train image(s) (pass --shots to choose)"
+                )
         shots = sorted({int(k) for k in shots})
         seeds = sorted({int(s) for s in seeds})
         plans, fewshot = plan_splits(ds, shots, seeds, int(chunk_rows))
@@ -232,8 +235,14 @@ def extract(
         if verdict["action"] == "error":
             raise CmmError(verdict["message"], verdict.get("hint"))
         result = ExtractResult(
-            path=str(final), dataset=ds_name, backbone=bb_name, status="up-to-date", device=dev,
-            world_size=dist.world, rank=dist.rank, notes=notes,
+            path=str(final),
+            dataset=ds_name,
+            backbone=bb_name,
+            status="up-to-date",
+            device=dev,
+            world_size=dist.world,
+            rank=dist.rank,
+            notes=notes,
         )
         if verdict["action"] == "up-to-date":
             lock.release()
@@ -259,15 +268,25 @@ def extract(
                         store.save_text(text)
                 t_enc = time.perf_counter()
                 done, resumed = _encode_share(
-                    ds, bb, plans, store, dist, batch_size=batch_size, num_workers=workers,
-                    skip_bad=skip_bad, progress=progress, fail_after_chunks=fail_after_chunks,
+                    ds,
+                    bb,
+                    plans,
+                    store,
+                    dist,
+                    batch_size=batch_size,
+                    num_workers=workers,
+                    skip_bad=skip_bad,
+                    progress=progress,
+                    fail_after_chunks=fail_after_chunks,
                 )
                 result.images_encoded, result.images_resumed = done, resumed
                 enc_s = time.perf_counter() - t_enc
                 result.images_per_s = round(done / enc_s, 2) if done and enc_s > 0 else 0.0
             except (CmmError, InjectedFailure) as e:
                 err = e
-            errors = dist.gather_errors(None if err is None else (type(err).__name__, str(err), getattr(err, "hint", None)))
+            errors = dist.gather_errors(
+                None if err is None else (type(err).__name__, str(err), getattr(err, "hint", None))
+            )
             if err is not None:
                 raise err
             bad = [e for e in errors if e is not None]
@@ -275,7 +294,9 @@ def extract(
                 raise CmmError(f"Another torchrun rank failed: {bad[0][1]}", bad[0][2])
 
             if dist.is_main:
-                provenance = _provenance(ds, ds_name, bb, bb_name, dev, dist.world, shots, seeds, request, skip_bad, batch_size)
+                provenance = _provenance(
+                    ds, ds_name, bb, bb_name, dev, dist.world, shots, seeds, request, skip_bad, batch_size
+                )
                 path, skipped = assemble_cache(
                     final,
                     store,

@@ -53,7 +53,9 @@ def load_published(path) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]
     return {k: (v["train"], v["val"]) for k, v in sorted(out.items())}
 
 
-def _per_class(labels: np.ndarray, n: int, num_classes: int, rng: np.random.Generator, split: str, classnames=None) -> np.ndarray:
+def _per_class(
+    labels: np.ndarray, n: int, num_classes: int, rng: np.random.Generator, split: str, classnames=None
+) -> np.ndarray:
     labels = np.asarray(labels, dtype=np.int64)
     picked = []
     for c in range(num_classes):
@@ -68,7 +70,9 @@ def _per_class(labels: np.ndarray, n: int, num_classes: int, rng: np.random.Gene
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
 
 
-def draw(train_labels, val_labels, shots: int, seed: int, num_classes: int, classnames=None) -> tuple[np.ndarray, np.ndarray]:
+def draw(
+    train_labels, val_labels, shots: int, seed: int, num_classes: int, classnames=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Seeded draw: K per class from train, min(K, 4) per class from val (int64 row positions)."""
     if shots < 1:
         raise CmmError(f"--shots must be at least 1 (got {shots}).")
@@ -80,7 +84,10 @@ def draw(train_labels, val_labels, shots: int, seed: int, num_classes: int, clas
 def check_subset(train_rows, val_rows, train_labels, val_labels, shots: int, num_classes: int) -> list[str]:
     """Problems with a few-shot subset under the protocol (empty list = fine)."""
     p = []
-    for name, rows, labels, k in (("train", train_rows, train_labels, shots), ("val", val_rows, val_labels, val_shots(shots))):
+    for name, rows, labels, k in (
+        ("train", train_rows, train_labels, shots),
+        ("val", val_rows, val_labels, val_shots(shots)),
+    ):
         rows = np.asarray(rows)
         if len(np.unique(rows)) != len(rows):
             p.append(f"{name}: repeated rows")

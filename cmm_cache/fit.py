@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -47,18 +47,18 @@ class FitConfig:
     batch_size: int = 8
     lr: float = 1e-4
     weight_decay: float = 1e-4
-    warmup: int = 50          # linear warm-up iterations, then cosine to min_lr
+    warmup: int = 50  # linear warm-up iterations, then cosine to min_lr
     min_lr: float = 1e-5
-    margin: float = 1.0       # triplet margin on cosine distance
+    margin: float = 1.0  # triplet margin on cosine distance
     train_alpha: float = 1.0  # alpha inside the training loss
     # Ablations (paper Table 6)
-    use_map: bool = True      # False: no W, only T is learned
-    triplet: bool = True      # False: no triplet term
-    cmm_only: bool = False    # True: train and predict with softmax(100 s) alone
+    use_map: bool = True  # False: no W, only T is learned
+    triplet: bool = True  # False: no triplet term
+    cmm_only: bool = False  # True: train and predict with softmax(100 s) alone
     alpha: float | None = None  # fixed alpha at evaluation (None: grid search on val)
     # Open choices the paper leaves to the implementer
     normalize_T_in_s: bool = False  # s = v̂' normalize(T)ᵀ instead of v̂' Tᵀ
-    fusion: str = "prob"      # "prob": alpha·softmax + softmax; "logit": softmax(alpha·z_cmm + z_clip)
+    fusion: str = "prob"  # "prob": alpha·softmax + softmax; "logit": softmax(alpha·z_cmm + z_clip)
     seed: int = 1
     device: str = "cpu"
     threads: int | None = None  # CPU threads for the loop; None: 1 below d = 768, else torch's default
@@ -160,8 +160,9 @@ class ReferenceCMM(torch.nn.Module):
         return loss
 
 
-def fit_reference(x: torch.Tensor, y: torch.Tensor, T0: torch.Tensor, cfg: FitConfig,
-                  batches: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor, float]:
+def fit_reference(
+    x: torch.Tensor, y: torch.Tensor, T0: torch.Tensor, cfg: FitConfig, batches: torch.Tensor | None = None
+) -> tuple[torch.Tensor | None, torch.Tensor, float]:
     """Train with ReferenceCMM + DataLoader-free batches + torch.optim.AdamW. Returns (W, T, seconds)."""
     model = ReferenceCMM(T0, cfg).to(x.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -190,8 +191,8 @@ def clip_prob_true(x: torch.Tensor, y: torch.Tensor, T0: torch.Tensor, chunk: in
     the CLIP branch enters the loss only through this one number per sample."""
     out = torch.empty(len(x), dtype=x.dtype, device=x.device)
     for i in range(0, len(x), chunk):
-        z = LOGIT_SCALE * x[i:i + chunk] @ T0.t()
-        out[i:i + chunk] = torch.softmax(z, -1).gather(1, y[i:i + chunk, None]).squeeze(1)
+        z = LOGIT_SCALE * x[i : i + chunk] @ T0.t()
+        out[i : i + chunk] = torch.softmax(z, -1).gather(1, y[i : i + chunk, None]).squeeze(1)
     return out
 
 
@@ -322,9 +323,15 @@ class FitResult:
     losses: list = field(default_factory=list)  # (iteration, loss) every `log_every`
 
 
-def fit(x: torch.Tensor, y: torch.Tensor, T0: torch.Tensor, cfg: FitConfig,
-        progress: Callable[[int, float | None], None] | None = None, log_every: int = 500,
-        batches: torch.Tensor | None = None) -> FitResult:
+def fit(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    T0: torch.Tensor,
+    cfg: FitConfig,
+    progress: Callable[[int, float | None], None] | None = None,
+    log_every: int = 500,
+    batches: torch.Tensor | None = None,
+) -> FitResult:
     """Train W and T on normalized samples x [N, d] with labels y [N] from T0 [C, d].
 
     `progress(iteration, loss_or_None)` is called every `log_every` iterations.
@@ -363,17 +370,30 @@ def fit(x: torch.Tensor, y: torch.Tensor, T0: torch.Tensor, cfg: FitConfig,
             for t in range(cfg.iterations):
                 b = batches[t]
                 want = progress is not None and ((t + 1) % log_every == 0 or t + 1 == cfg.iterations)
-                loss, gW, gT = cmm_grads(Wt.t() if Wt is not None else None, T, T0, x[b], y[b], p0y[b], cfg,
-                                         want_loss=want)
+                loss, gW, gT = cmm_grads(
+                    Wt.t() if Wt is not None else None, T, T0, x[b], y[b], p0y[b], cfg, want_loss=want
+                )
                 if Wt is not None:
                     grads[0] = gW.t()  # contiguous, laid out like Wt
                 grads[-1] = gT
                 # torch.optim.AdamW(fused=True) runs this same kernel; calling it
                 # directly saves ~90 µs of Python bookkeeping per step (~1.5 s per run).
                 step += 1
-                torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], [step] * len(params),
-                                    lr=lrs[t], beta1=0.9, beta2=0.999, weight_decay=cfg.weight_decay,
-                                    eps=1e-8, amsgrad=False, maximize=False)
+                torch._fused_adamw_(
+                    params,
+                    grads,
+                    exp_avgs,
+                    exp_avg_sqs,
+                    [],
+                    [step] * len(params),
+                    lr=lrs[t],
+                    beta1=0.9,
+                    beta2=0.999,
+                    weight_decay=cfg.weight_decay,
+                    eps=1e-8,
+                    amsgrad=False,
+                    maximize=False,
+                )
                 if want:
                     losses.append((t + 1, float(loss)))
                     progress(t + 1, losses[-1][1])

@@ -24,7 +24,7 @@ import copy
 import hashlib
 import json
 import os
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -95,7 +95,9 @@ def validate_manifest(m: dict, *, check_files: bool = True) -> list[str]:
     for key in ("wnids", "imagenet_index"):
         if m.get(key) is not None and len(m[key]) != len(names):
             p.append(f"{key} has {len(m[key])} entries for {len(names)} classes")
-    if m.get("imagenet_index") is not None and not all(isinstance(i, int) and 0 <= i < 1000 for i in m["imagenet_index"]):
+    if m.get("imagenet_index") is not None and not all(
+        isinstance(i, int) and 0 <= i < 1000 for i in m["imagenet_index"]
+    ):
         p.append("imagenet_index must hold ints in 0..999")
     if m["kind"] == "shift" and m.get("imagenet_index") is None:
         p.append("a shift set needs imagenet_index")
@@ -134,7 +136,9 @@ def validate_manifest(m: dict, *, check_files: bool = True) -> list[str]:
             if not f or not (Path(m["_base"]) / f).is_file():
                 p.append(f"data file {f!r} not found next to the manifest")
     dl = m.get("download")
-    if dl is not None and (not isinstance(dl, dict) or not all(isinstance(a, dict) and a.get("url") for a in dl.get("archives", []))):
+    if dl is not None and (
+        not isinstance(dl, dict) or not all(isinstance(a, dict) and a.get("url") for a in dl.get("archives", []))
+    ):
         p.append("download must be null or {archives: [{url, ...}]}")
     return p
 
@@ -178,7 +182,7 @@ def _registry() -> tuple[dict, dict]:
     return _registry_for(tuple((str(d), d.stat().st_mtime_ns) for d in _scan_dirs()))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _registry_for(dirs: tuple[tuple[str, int], ...]) -> tuple[dict, dict]:
     """(name -> manifest path, normalized name or alias -> name), from the scanned folders."""
     files, index = {}, {}
@@ -186,7 +190,7 @@ def _registry_for(dirs: tuple[tuple[str, int], ...]) -> tuple[dict, dict]:
         try:
             m = json.loads(f.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:  # a broken shipped file is a bug; say which
-            raise CmmError(f"Dataset manifest {f} is not valid JSON: {e}")
+            raise CmmError(f"Dataset manifest {f} is not valid JSON: {e}") from e
         if not isinstance(m, dict):
             raise CmmError(f"Dataset manifest {f} must hold one JSON object.")
         name = m.get("name") or f.stem
@@ -215,7 +219,7 @@ def _load_registered(name: str) -> dict:
     return _load_file_cached(str(_registry()[0][name]), name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_file_cached(path: str, name: str) -> dict:
     f = Path(path)
     m = json.loads(f.read_text(encoding="utf-8"))
@@ -242,9 +246,9 @@ def load_manifest_file(path) -> dict:
     try:
         m = json.loads(f.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CmmError(f"Manifest file not found: {f}")
+        raise CmmError(f"Manifest file not found: {f}") from None
     except json.JSONDecodeError as e:
-        raise CmmError(f"Manifest {f} is not valid JSON: {e}")
+        raise CmmError(f"Manifest {f} is not valid JSON: {e}") from e
     if not isinstance(m, dict):
         raise CmmError(f"Manifest {f} must hold one JSON object.")
     m["_base"] = str(f.resolve().parent)

@@ -19,9 +19,9 @@ import platform
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -32,15 +32,31 @@ from .errors import CmmError
 from .evaluate import Model, evaluate, select_alpha, split_features
 from .fit import FitConfig, fit, train_samples
 
-RESULT_FIELDS = ["dataset", "backbone", "shots", "seed", "alpha", "val_acc", "test_acc", "zero_shot_test_acc",
-                 "cmm_only_test_acc", "fit_seconds", "iterations"]
+RESULT_FIELDS = [
+    "dataset",
+    "backbone",
+    "shots",
+    "seed",
+    "alpha",
+    "val_acc",
+    "test_acc",
+    "zero_shot_test_acc",
+    "cmm_only_test_acc",
+    "fit_seconds",
+    "iterations",
+]
 
 
 def versions() -> dict:
     import h5py
 
-    return {"cmm-cache": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "h5py": h5py.__version__, "python": platform.python_version()}
+    return {
+        "cmm-cache": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "h5py": h5py.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -64,8 +80,14 @@ def default_run_dir(runs_root: Path, dataset: str, backbone: str, shots: int, se
 # Fit one run
 
 
-def fit_run(cache: Cache, shots: int, seed: int, cfg: FitConfig, templates: str | None = None,
-            progress: Callable[[int, float | None], None] | None = None) -> tuple[dict, dict]:
+def fit_run(
+    cache: Cache,
+    shots: int,
+    seed: int,
+    cfg: FitConfig,
+    templates: str | None = None,
+    progress: Callable[[int, float | None], None] | None = None,
+) -> tuple[dict, dict]:
     """Train on the (shots, seed) subset of `cache`, choose alpha on its val subset,
     evaluate on test. Returns (result dict, arrays {W, T, T0})."""
     dev = torch.device(cfg.device)
@@ -74,8 +96,10 @@ def fit_run(cache: Cache, shots: int, seed: int, cfg: FitConfig, templates: str 
     x, y = train_samples(train.features[train_rows], train.labels[train_rows], dev)
     T0 = torch.from_numpy(cache.text(templates)).to(dev)
     if x.shape[1] != T0.shape[1]:
-        raise CmmError(f"{cache.path}: image features are {x.shape[1]}-d but text features {T0.shape[1]}-d.",
-                       "The cache is inconsistent; re-extract it.")
+        raise CmmError(
+            f"{cache.path}: image features are {x.shape[1]}-d but text features {T0.shape[1]}-d.",
+            "The cache is inconsistent; re-extract it.",
+        )
     cfg = replace(cfg, seed=int(seed))  # a copy: the caller's config stays as given
     r = fit(x, y, T0, cfg, progress=progress, log_every=max(cfg.iterations // 100, 1))
     model = Model(r.W, r.T, T0, cfg.normalize_T_in_s, cfg.fusion, cfg.cmm_only)
@@ -87,15 +111,23 @@ def fit_run(cache: Cache, shots: int, seed: int, cfg: FitConfig, templates: str 
     acc = evaluate(model, x_te, y_te, alpha)
 
     result = {
-        "dataset": cache.dataset, "backbone": cache.backbone, "shots": int(shots), "seed": int(seed),
-        "alpha": alpha, "val_acc": val_acc, "test_acc": acc["acc"],
-        "zero_shot_test_acc": acc["zero_shot_acc"], "cmm_only_test_acc": acc["cmm_only_acc"],
-        "fit_seconds": round(r.seconds, 3), "iterations": r.iterations,
+        "dataset": cache.dataset,
+        "backbone": cache.backbone,
+        "shots": int(shots),
+        "seed": int(seed),
+        "alpha": alpha,
+        "val_acc": val_acc,
+        "test_acc": acc["acc"],
+        "zero_shot_test_acc": acc["zero_shot_acc"],
+        "cmm_only_test_acc": acc["cmm_only_acc"],
+        "fit_seconds": round(r.seconds, 3),
+        "iterations": r.iterations,
         "config": {**cfg.to_dict(), "templates": templates or cache.default_templates},
         "cache_provenance_sha256": cache.provenance_sha256,
         "versions": versions(),
         "cache": str(Path(cache.path).resolve()),
-        "num_classes": cache.num_classes, "num_train_samples": int(len(x)),
+        "num_classes": cache.num_classes,
+        "num_train_samples": int(len(x)),
         "final_loss": r.losses[-1][1] if r.losses else None,
     }
     arrays = {"T": r.T.cpu().numpy(), "T0": T0.cpu().numpy()}
@@ -143,8 +175,10 @@ class Run:
 def load_run(run_dir: str | os.PathLike) -> Run:
     run_dir = Path(run_dir)
     if not (run_dir / "result.json").is_file():
-        raise CmmError(f"No run at {run_dir} (result.json missing).",
-                       "Fit one first with `cmm-cache fit`, or pass --run PATH to an existing run folder.")
+        raise CmmError(
+            f"No run at {run_dir} (result.json missing).",
+            "Fit one first with `cmm-cache fit`, or pass --run PATH to an existing run folder.",
+        )
     try:
         result = json.loads((run_dir / "result.json").read_text())
         classes = json.loads((run_dir / "classes.json").read_text())
@@ -154,8 +188,14 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     except (OSError, ValueError, KeyError) as e:
         raise CmmError(f"The run at {run_dir} is incomplete or damaged ({e}).", "Fit it again.") from e
     cfg = result.get("config", {})
-    model = Model(arr.get("W"), arr["T"], arr["T0"], bool(cfg.get("normalize_T_in_s", False)),
-                  cfg.get("fusion", "prob"), bool(cfg.get("cmm_only", False)))
+    model = Model(
+        arr.get("W"),
+        arr["T"],
+        arr["T0"],
+        bool(cfg.get("normalize_T_in_s", False)),
+        cfg.get("fusion", "prob"),
+        bool(cfg.get("cmm_only", False)),
+    )
     return Run(run_dir, result, model, classes["names"], classes.get("wnids"), provenance)
 
 
@@ -218,22 +258,41 @@ def check_same_backbone(run: Run, cache: Cache) -> None:
     """Refuse a cache encoded by another model than the run's (provenance identity, feature size)."""
     d = int(run.model.T.shape[1])
     if cache.embed_dim != d:
-        raise CmmError(f"{cache.path} holds {cache.embed_dim}-d features, the run at {run.path} expects {d}-d.",
-                       "Evaluate with a cache extracted with the run's backbone.")
-    diff = [k for k in IDENTITY_KEYS if k in run.provenance and k in cache.provenance
-            and run.provenance[k] != cache.provenance[k]]
+        raise CmmError(
+            f"{cache.path} holds {cache.embed_dim}-d features, the run at {run.path} expects {d}-d.",
+            "Evaluate with a cache extracted with the run's backbone.",
+        )
+    diff = [
+        k
+        for k in IDENTITY_KEYS
+        if k in run.provenance and k in cache.provenance and run.provenance[k] != cache.provenance[k]
+    ]
     if diff:
         detail = "; ".join(f"{k}: run {run.provenance[k]!r} vs cache {cache.provenance[k]!r}" for k in diff)
-        raise CmmError(f"{cache.path} was encoded by another backbone than the run at {run.path} ({detail}).",
-                       f"Extract the shift set with the run's backbone ({run.result.get('backbone')}).")
+        raise CmmError(
+            f"{cache.path} was encoded by another backbone than the run at {run.path} ({detail}).",
+            f"Extract the shift set with the run's backbone ({run.result.get('backbone')}).",
+        )
 
 
 # ----------------------------------------------------------------------------
 # Benchmark (`cmm-cache bench fit`)
 
 
-def bench_fit(classes=1000, dim=1024, shots=16, iterations=16000, batch_size=8, test_size=50000, threads=None,
-              reference=False, reference_iterations=None, device="auto", repeat=1, log=print) -> dict:
+def bench_fit(
+    classes=1000,
+    dim=1024,
+    shots=16,
+    iterations=16000,
+    batch_size=8,
+    test_size=50000,
+    threads=None,
+    reference=False,
+    reference_iterations=None,
+    device="auto",
+    repeat=1,
+    log=print,
+) -> dict:
     """Time the trainer (and optionally the plain transcription) on random features of a given size."""
     from .evaluate import ALPHA_GRID
     from .fit import fit_reference, normalize_rows
@@ -245,8 +304,17 @@ def bench_fit(classes=1000, dim=1024, shots=16, iterations=16000, batch_size=8, 
     x = normalize_rows(T0[y] + 0.05 * torch.randn(len(y), dim, generator=g))
     x, y, T0 = x.to(dev), y.to(dev), T0.to(dev)
     cfg = FitConfig(iterations=iterations, batch_size=batch_size, device=str(dev), threads=threads)
-    out = {"device": str(dev), "threads": threads or (1 if dim < 768 else torch.get_num_threads()), "classes": classes, "dim": dim, "shots": shots,
-           "samples": int(len(x)), "iterations": iterations, "batch_size": batch_size, "versions": versions()}
+    out = {
+        "device": str(dev),
+        "threads": threads or (1 if dim < 768 else torch.get_num_threads()),
+        "classes": classes,
+        "dim": dim,
+        "shots": shots,
+        "samples": int(len(x)),
+        "iterations": iterations,
+        "batch_size": batch_size,
+        "versions": versions(),
+    }
     runs = []
     for _ in range(max(repeat, 1)):  # a shared machine is noisy: report the fastest of `repeat`
         t0 = time.perf_counter()
@@ -255,15 +323,18 @@ def bench_fit(classes=1000, dim=1024, shots=16, iterations=16000, batch_size=8, 
     out["fit_seconds"], out["loop_seconds"] = min(runs)
     out["fit_seconds_all"] = [a for a, _ in runs]
     out["iterations_per_second"] = iterations / out["loop_seconds"]
-    log(f"fast fit   {classes} classes × {dim}-d, {len(x)} samples: {out['fit_seconds']:.2f} s "
-        f"({out['iterations_per_second']:.0f} it/s) on {dev}, {out['threads']} threads")
+    log(
+        f"fast fit   {classes} classes × {dim}-d, {len(x)} samples: {out['fit_seconds']:.2f} s "
+        f"({out['iterations_per_second']:.0f} it/s) on {dev}, {out['threads']} threads"
+    )
     if test_size:
-        xt = normalize_rows(T0[torch.arange(test_size, device=dev) % classes]
-                            + 0.05 * torch.randn(test_size, dim, generator=g).to(dev))
+        xt = normalize_rows(
+            T0[torch.arange(test_size, device=dev) % classes] + 0.05 * torch.randn(test_size, dim, generator=g).to(dev)
+        )
         yt = torch.arange(test_size, device=dev) % classes
         model = Model(r.W, r.T, T0)
         t0 = time.perf_counter()
-        alpha, _ = select_alpha(model, x[: classes * 4 * 2: 2], y[: classes * 4 * 2: 2], ALPHA_GRID)
+        alpha, _ = select_alpha(model, x[: classes * 4 * 2 : 2], y[: classes * 4 * 2 : 2], ALPHA_GRID)
         evaluate(model, xt, yt, alpha)
         out["eval_seconds"] = time.perf_counter() - t0
         out["eval_test_size"] = test_size
@@ -281,6 +352,8 @@ def bench_fit(classes=1000, dim=1024, shots=16, iterations=16000, batch_size=8, 
         out["reference_extrapolated"] = n != iterations
         out["reference_iterations_per_second"] = n / secs
         out["speedup"] = out["reference_seconds"] / out["loop_seconds"]
-        log(f"reference  {out['reference_seconds']:.2f} s ({out['reference_iterations_per_second']:.0f} it/s)"
-            f"{' extrapolated from %d iterations' % n if n != iterations else ''}; speed-up ×{out['speedup']:.2f}")
+        log(
+            f"reference  {out['reference_seconds']:.2f} s ({out['reference_iterations_per_second']:.0f} it/s)"
+            f"{f' extrapolated from {n} iterations' if n != iterations else ''}; speed-up ×{out['speedup']:.2f}"
+        )
     return out

@@ -30,7 +30,9 @@ class World:
         self.R = (np.eye(d) + mix * q) / np.sqrt(1 + mix * mix)
         self.gap_i = gap * _unit(rng.standard_normal(d))
         self.gap_t = gap * _unit(rng.standard_normal(d))
-        self.text = _unit(self.concepts + self.gap_t + text_noise * rng.standard_normal((C, d)) / np.sqrt(d)).astype(np.float32)
+        self.text = _unit(self.concepts + self.gap_t + text_noise * rng.standard_normal((C, d)) / np.sqrt(d)).astype(
+            np.float32
+        )
         self.rng = rng
 
     def images(self, labels, views=1, rng=None):
@@ -44,9 +46,23 @@ class World:
         return (np.stack(out, axis=1) * 7.0).astype(np.float16)
 
 
-def make_cache(path, C=12, d=32, shots=(1, 2, 4), seeds=(1, 2, 3), train_per_class=16, val_per_class=4,
-               test_per_class=40, seed=0, dataset="synth", backbone="synth-bb", wnids=False, world=None,
-               provenance=None, **world_kw):
+def make_cache(
+    path,
+    C=12,
+    d=32,
+    shots=(1, 2, 4),
+    seeds=(1, 2, 3),
+    train_per_class=16,
+    val_per_class=4,
+    test_per_class=40,
+    seed=0,
+    dataset="synth",
+    backbone="synth-bb",
+    wnids=False,
+    world=None,
+    provenance=None,
+    **world_kw,
+):
     """Write a synthetic cache and return (path, world)."""
     world = world or World(C=C, d=d, seed=seed, **world_kw)
     C, d = world.C, world.d
@@ -64,21 +80,38 @@ def make_cache(path, C=12, d=32, shots=(1, 2, 4), seeds=(1, 2, 3), train_per_cla
         r = np.random.default_rng(1000 + s)
         for k in shots:
             tr = np.concatenate([r.choice(np.flatnonzero(ytr == c), k, replace=False) for c in range(C)])
-            va = np.concatenate([r.choice(np.flatnonzero(yva == c), min(k, 4, val_per_class), replace=False)
-                                 for c in range(C)])
+            va = np.concatenate(
+                [r.choice(np.flatnonzero(yva == c), min(k, 4, val_per_class), replace=False) for c in range(C)]
+            )
             fewshot[(k, s)] = (np.sort(tr), np.sort(va))
     prov = {"model": "synthetic", "pretrained": None, "embed_dim": d, "note": "tests/_synth.py"}
     prov.update(provenance or {})
-    write_cache(path, dataset=dataset, backbone=backbone, provenance=prov,
-                classnames=[f"class {i}" for i in range(C)],
-                text={"synthetic": (world.text, ["a photo of a {}."])}, default_templates="synthetic",
-                splits=splits, fewshot=fewshot,
-                wnids=[f"n{i:08d}" for i in range(C)] if wnids else None)
+    write_cache(
+        path,
+        dataset=dataset,
+        backbone=backbone,
+        provenance=prov,
+        classnames=[f"class {i}" for i in range(C)],
+        text={"synthetic": (world.text, ["a photo of a {}."])},
+        default_templates="synthetic",
+        splits=splits,
+        fewshot=fewshot,
+        wnids=[f"n{i:08d}" for i in range(C)] if wnids else None,
+    )
     return path, world
 
 
-def make_shift_cache(path, world, classes, test_per_class=30, seed=7, backbone="synth-bb", dataset="synth-shift",
-                     wnids=None, provenance=None):
+def make_shift_cache(
+    path,
+    world,
+    classes,
+    test_per_class=30,
+    seed=7,
+    backbone="synth-bb",
+    dataset="synth-shift",
+    wnids=None,
+    provenance=None,
+):
     """A shift cache of `world` holding test only, for the run's classes `classes` (imagenet_index)."""
     rng = np.random.default_rng(seed)
     classes = np.asarray(classes)
@@ -86,10 +119,16 @@ def make_shift_cache(path, world, classes, test_per_class=30, seed=7, backbone="
     feats = world.images(classes[local], 1, rng)
     prov = {"model": "synthetic", "pretrained": None, "embed_dim": world.d, "note": "tests/_synth.py"}
     prov.update(provenance or {})
-    write_cache(path, dataset=dataset, backbone=backbone, provenance=prov,
-                classnames=[f"class {i}" for i in classes],
-                text={"synthetic": (world.text[classes], ["a photo of a {}."])}, default_templates="synthetic",
-                splits={"test": Split(feats, local, np.arange(len(local)), ["center"])},
-                wnids=wnids if wnids is not None else [f"n{i:08d}" for i in classes],
-                imagenet_index=classes)
+    write_cache(
+        path,
+        dataset=dataset,
+        backbone=backbone,
+        provenance=prov,
+        classnames=[f"class {i}" for i in classes],
+        text={"synthetic": (world.text[classes], ["a photo of a {}."])},
+        default_templates="synthetic",
+        splits={"test": Split(feats, local, np.arange(len(local)), ["center"])},
+        wnids=wnids if wnids is not None else [f"n{i:08d}" for i in classes],
+        imagenet_index=classes,
+    )
     return path

@@ -74,7 +74,10 @@ def make_dataset(root: Path, per_class=(6, 3, 4), shift=False, seed=0) -> TinyDa
     rows = {s: [(str(root / p), l) for p, l in r] for s, r in rel.items()}
     if shift:
         rows = {"test": rows["test"]}
-    splits = {s: SplitList(paths=[p for p, _ in r], labels=np.asarray([l for _, l in r], dtype=np.int64)) for s, r in rows.items()}
+    splits = {
+        s: SplitList(paths=[p for p, _ in r], labels=np.asarray([l for _, l in r], dtype=np.int64))
+        for s, r in rows.items()
+    }
     sha = hashlib.sha256(json.dumps(rel, sort_keys=True).encode()).hexdigest()
     return TinyDataset(
         name="tinyset-shift" if shift else "tinyset",

@@ -7,9 +7,9 @@ import open_clip
 import pytest
 import torch
 from click.testing import CliRunner
+from cmm_cache.cli.main import main
 
 from cmm_cache import backbones as B
-from cmm_cache.cli.main import main
 from cmm_cache.errors import CmmError
 
 

@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from cmm_cache.cli.main import main
 
 from cmm_cache.cache import CacheLock, Split, list_caches, open_cache, verify_cache, write_cache
-from cmm_cache.cli.main import main
 from cmm_cache.errors import CmmError
 from cmm_cache.extract import extract
 from cmm_cache.paths import cache_path
@@ -65,8 +65,13 @@ def test_verify_catches_schema_inconsistencies(tmp_path):
     f = tmp_path / "bad.h5"
     feats = np.zeros((4, 1, 8), np.float16)
     write_cache(
-        f, dataset="d", backbone="b", provenance={}, classnames=["a", "b"],
-        text={"t": (np.ones((3, 8), np.float32), ["{}"])}, default_templates="t",
+        f,
+        dataset="d",
+        backbone="b",
+        provenance={},
+        classnames=["a", "b"],
+        text={"t": (np.ones((3, 8), np.float32), ["{}"])},
+        default_templates="t",
         splits={"train": Split(feats, np.array([0, 1, 5, 1]), np.arange(4), ["center", "hflip"])},
         fewshot={(1, 1): (np.array([0, 9]), np.array([0]))},
     )
@@ -121,11 +126,20 @@ def test_fewshot_rows_outside_a_split_are_refused(tmp_path):
     from cmm_cache.errors import CmmError
 
     feats = np.ones((3, 2, 4), np.float32)
-    p = write_cache(tmp_path / "bad.h5", dataset="d", backbone="b", provenance={}, classnames=["a", "b"],
-                    text={"t": (np.eye(2, 4), ["{}"])}, default_templates="t",
-                    splits={"train": Split(feats, np.array([0, 1, 1]), np.arange(3), ["center", "hflip"]),
-                            "val": Split(feats[:, :1], np.array([0, 1, 1]), np.arange(3), ["center"])},
-                    fewshot={(1, 1): (np.array([0, 7]), np.array([0, 1])), (1, 2): (np.array([0, 1]), np.array([1, 2]))})
+    p = write_cache(
+        tmp_path / "bad.h5",
+        dataset="d",
+        backbone="b",
+        provenance={},
+        classnames=["a", "b"],
+        text={"t": (np.eye(2, 4), ["{}"])},
+        default_templates="t",
+        splits={
+            "train": Split(feats, np.array([0, 1, 1]), np.arange(3), ["center", "hflip"]),
+            "val": Split(feats[:, :1], np.array([0, 1, 1]), np.arange(3), ["center"]),
+        },
+        fewshot={(1, 1): (np.array([0, 7]), np.array([0, 1])), (1, 2): (np.array([0, 1]), np.array([1, 2]))},
+    )
     c = open_cache(p)
     with pytest.raises(CmmError, match="outside splits/train"):
         c.fewshot(1, 1)

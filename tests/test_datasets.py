@@ -182,8 +182,15 @@ def test_fgvc_reads_official_variant_lists(tmp_path):
         load_dataset("fgvc", tmp_path)
     (d / "variants.txt").write_text("\n".join(m["coop_classnames"]) + "\n")
     for part in ("train", "val", "test"):
-        lines = [f"9{part[0] == 't' and 1 or 2}{i:05d} {m['coop_classnames'][i % 100]}" for i in range(m["split_sizes"][part])]
-        for i, p, lab in zip(pool.get(part, {}).get("index", []), pool.get(part, {}).get("paths", []), pool.get(part, {}).get("labels", [])):
+        lines = [
+            f"9{part[0] == 't' and 1 or 2}{i:05d} {m['coop_classnames'][i % 100]}"
+            for i in range(m["split_sizes"][part])
+        ]
+        for i, p, lab in zip(
+            pool.get(part, {}).get("index", []),
+            pool.get(part, {}).get("paths", []),
+            pool.get(part, {}).get("labels", []),
+        ):
             lines[i] = f"{p[:-4]} {m['coop_classnames'][lab]}"
         (d / f"images_variant_{part}.txt").write_text("\n".join(lines) + "\n")
     ds = load_dataset("fgvc", tmp_path)
@@ -340,8 +347,13 @@ def test_csv_errors(tmp_path):
 def test_user_manifest_json(tmp_path):
     m = mf.public(mf.get_manifest("dtd"))
     m.update(name="mytex", aliases=[], classnames=["a", "b"], num_classes=2, fewshot=None, split_sizes={})
-    split = {s: {"paths": [f"a/{s}{i}.jpg" for i in range(3)] + [f"b/{s}{i}.jpg" for i in range(3)], "labels": [0, 0, 0, 1, 1, 1]}
-             for s in ("train", "val", "test")}
+    split = {
+        s: {
+            "paths": [f"a/{s}{i}.jpg" for i in range(3)] + [f"b/{s}{i}.jpg" for i in range(3)],
+            "labels": [0, 0, 0, 1, 1, 1],
+        }
+        for s in ("train", "val", "test")
+    }
     (tmp_path / "mytex").mkdir()
     with gzip.open(tmp_path / "mytex" / "split.json.gz", "wt") as fh:
         json.dump(split, fh)

@@ -26,7 +26,8 @@ def test_two_process_torchrun_equals_one_process(tmp_path):
 
     two = tmp_path / "two.h5"
     script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import json, os, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from extract_helpers import make_dataset
@@ -35,7 +36,8 @@ def test_two_process_torchrun_equals_one_process(tmp_path):
         out = os.path.join({str(tmp_path)!r}, "rank%s.json" % os.environ["RANK"])
         with open(out, "w") as fh:
             json.dump({{"rank": r.rank, "world": r.world_size, "encoded": r.images_encoded}}, fh)
-    """))
+    """)
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
-
 from _synth import World, make_cache, make_shift_cache
+
 from cmm_cache.cache import Split, open_cache, write_cache
 from cmm_cache.errors import CmmError
-from cmm_cache.evaluate import ALPHA_GRID, Model, evaluate, fuse, logits, select_alpha, shift_classes, split_features
+from cmm_cache.evaluate import ALPHA_GRID, Model, evaluate, fuse, logits, select_alpha, shift_classes
 from cmm_cache.fit import FitConfig, normalize_rows
 from cmm_cache.results import fit_run
 
@@ -19,7 +19,28 @@ def _model(C=6, d=8, seed=0, **kw):
 
 
 def test_alpha_grid_is_the_papers():
-    assert ALPHA_GRID == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0]
+    assert ALPHA_GRID == [
+        0.1,
+        0.2,
+        0.3,
+        0.4,
+        0.5,
+        0.6,
+        0.7,
+        0.8,
+        0.9,
+        1.0,
+        1.1,
+        1.2,
+        1.3,
+        1.4,
+        1.5,
+        1.6,
+        1.7,
+        1.8,
+        1.9,
+        2.0,
+    ]
 
 
 def test_logits_and_fusion_follow_the_equations():
@@ -63,9 +84,17 @@ def test_alpha_selection_never_reads_test_labels(tmp_path, monkeypatch):
     scrambled = Split(te.features, np.random.default_rng(0).permutation(te.labels), te.index, te.views)
     splits = {n: c.split(n) for n in ("train", "val")}
     splits["test"] = scrambled
-    write_cache(tmp_path / "b.h5", dataset=c.dataset, backbone=c.backbone, provenance=c.provenance,
-                classnames=c.classnames, text={"synthetic": (c.text(), ["x"])}, default_templates="synthetic",
-                splits=splits, fewshot={(2, 1): c.fewshot(2, 1)})
+    write_cache(
+        tmp_path / "b.h5",
+        dataset=c.dataset,
+        backbone=c.backbone,
+        provenance=c.provenance,
+        classnames=c.classnames,
+        text={"synthetic": (c.text(), ["x"])},
+        default_templates="synthetic",
+        splits=splits,
+        fewshot={(2, 1): c.fewshot(2, 1)},
+    )
     cfg = dict(iterations=150, lr=1e-3)
     ra, wa = fit_run(c, 2, 1, FitConfig(**cfg))
 
@@ -113,10 +142,10 @@ def test_shift_masking_scores_only_the_subset_columns():
     T0[5] = normalize_rows(torch.ones(1, d))[0]  # class 5: close to everything
     subset = torch.tensor([2, 0, 4])
     x = normalize_rows(T0[subset] + 1.2 * T0[5])  # images of classes 2, 0, 4, all nearest to class 5
-    y_local = torch.tensor([0, 1, 2])               # labels index into the subset
+    y_local = torch.tensor([0, 1, 2])  # labels index into the subset
     m = Model(None, T0.clone(), T0)
     assert evaluate(m, x, y_local, 1.0, classes=subset)["acc"] == 100.0
-    assert (logits(m, x)[1].argmax(1) == 5).all()    # unmasked, class 5 takes every image
+    assert (logits(m, x)[1].argmax(1) == 5).all()  # unmasked, class 5 takes every image
 
 
 # ----------------------------------------------------------------------------
@@ -138,7 +167,11 @@ def test_cmm_beats_zero_shot_and_each_component_helps(tmp_path):
 
     def mean_acc(**kw):
         rs = [fit_run(c, 4, s, FitConfig(iterations=400, lr=1e-3, **kw))[0] for s in (1, 2, 3)]
-        return np.mean([r["test_acc"] for r in rs]), rs[0]["zero_shot_test_acc"], np.mean([r["cmm_only_test_acc"] for r in rs])
+        return (
+            np.mean([r["test_acc"] for r in rs]),
+            rs[0]["zero_shot_test_acc"],
+            np.mean([r["cmm_only_test_acc"] for r in rs]),
+        )
 
     full, zero_shot, full_cmm_only = mean_acc()
     no_map, _, _ = mean_acc(use_map=False)

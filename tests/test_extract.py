@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from cmm_cache.cli.main import main
 
 from cmm_cache.backbones import load_backbone
 from cmm_cache.cache import SCHEMA, CacheLock, open_cache, partial_dir, verify_cache
-from cmm_cache.cli.main import main
 from cmm_cache.encode import load_image
 from cmm_cache.errors import CmmError
 from cmm_cache.extract import InjectedFailure, extract
@@ -59,8 +59,20 @@ def test_file_follows_the_schema_node_by_node(reference, ds):
         assert f.attrs["schema"] == SCHEMA and f.attrs["dataset"] == "tinyset" and f.attrs["backbone"] == "tiny"
         assert f.attrs["default_templates"] == "ensemble"
         prov = json.loads(f.attrs["provenance"])
-        for key in ("model", "pretrained", "weights_sha256", "embed_dim", "preprocessing", "versions", "manifest_sha256",
-                    "created", "device", "skipped", "shots", "seeds"):
+        for key in (
+            "model",
+            "pretrained",
+            "weights_sha256",
+            "embed_dim",
+            "preprocessing",
+            "versions",
+            "manifest_sha256",
+            "created",
+            "device",
+            "skipped",
+            "shots",
+            "seeds",
+        ):
             assert key in prov, key
         assert prov["model"] == "cmm-tiny" and prov["embed_dim"] == 32 and prov["manifest_sha256"] == ds.manifest_sha256
         assert set(prov["versions"]) >= {"open_clip", "torch", "cmm_cache"}
@@ -247,7 +259,9 @@ def test_shift_set_writes_test_and_imagenet_index(image_root, tmp_path):
 
 
 def test_cli_extract_json_on_the_tiny_dataset(tmp_path):
-    r = CliRunner().invoke(main, ["extract", "--dataset", "tiny", "--backbone", "tiny", "--shots", "1,2", "--seeds", "1", "--json"])
+    r = CliRunner().invoke(
+        main, ["extract", "--dataset", "tiny", "--backbone", "tiny", "--shots", "1,2", "--seeds", "1", "--json"]
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["status"] == "written" and out["dataset"] == "tiny" and out["backbone"] == "tiny"
@@ -257,14 +271,32 @@ def test_cli_extract_json_on_the_tiny_dataset(tmp_path):
     from cmm_cache.paths import last_extract
 
     assert last_extract()["path"] == str(path)
-    r = CliRunner().invoke(main, ["extract", "--dataset", "tiny", "--backbone", "tiny", "--shots", "1,2", "--seeds", "1"])
+    r = CliRunner().invoke(
+        main, ["extract", "--dataset", "tiny", "--backbone", "tiny", "--shots", "1,2", "--seeds", "1"]
+    )
     assert r.exit_code == 0 and "up to date" in r.output
 
 
 def test_cli_bench_extract_reports_both_figures(image_root):
     """Smoke test of the benchmark command (figures are measured, never asserted)."""
-    r = CliRunner().invoke(main, ["bench", "extract", "--data", str(image_root / "test"), "--backbone", "tiny",
-                                  "--batch-size", "4", "--workers", "0", "--repeat", "1", "--json"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "extract",
+            "--data",
+            str(image_root / "test"),
+            "--backbone",
+            "tiny",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--repeat",
+            "1",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["images"] == 12 and out["batch_size"] == 4

@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 from click.testing import CliRunner
+from cmm_cache.cli.main import main
 from PIL import Image
 
 from cmm_cache.cache import open_cache
-from cmm_cache.cli.main import main
 from cmm_cache.datasets import load_dataset
 
 
@@ -25,8 +25,9 @@ def test_default_shots_capped_for_small_user_folder(tmp_path):
     root = _folder(tmp_path / "mine")
     cap = load_dataset(str(root)).max_shots()
     assert 1 <= cap < 16
-    r = CliRunner().invoke(main, ["extract", "--dataset", str(root), "--backbone", "tiny", "--device", "cpu",
-                                  "--workers", "0", "--json"])
+    r = CliRunner().invoke(
+        main, ["extract", "--dataset", str(root), "--backbone", "tiny", "--device", "cpu", "--workers", "0", "--json"]
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["notes"] and "capped" in out["notes"][0]
@@ -36,7 +37,9 @@ def test_default_shots_capped_for_small_user_folder(tmp_path):
 
 def test_explicit_shots_beyond_the_data_still_fail_clearly(tmp_path):
     root = _folder(tmp_path / "mine")
-    r = CliRunner().invoke(main, ["extract", "--dataset", str(root), "--backbone", "tiny", "--device", "cpu",
-                                  "--workers", "0", "--shots", "16"])
+    r = CliRunner().invoke(
+        main,
+        ["extract", "--dataset", str(root), "--backbone", "tiny", "--device", "cpu", "--workers", "0", "--shots", "16"],
+    )
     assert r.exit_code == 2
     assert "16 are needed" in r.output

@@ -7,8 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from cmm_cache.fit import (FitConfig, ReferenceCMM, clip_prob_true, cmm_grads, draw_batches, fit, fit_reference,
-                           lr_schedule, normalize_rows, train_samples)
+from cmm_cache.fit import (
+    FitConfig,
+    ReferenceCMM,
+    clip_prob_true,
+    cmm_grads,
+    draw_batches,
+    fit,
+    fit_reference,
+    lr_schedule,
+    normalize_rows,
+    train_samples,
+)
 
 OPTIONS = list(itertools.product([True, False], [True, False], [False, True], [False, True], ["prob", "logit"]))
 
@@ -16,7 +26,7 @@ OPTIONS = list(itertools.product([True, False], [True, False], [False, True], [F
 def _batch(C=13, d=24, B=8, seed=0, perturb=True):
     g = torch.Generator().manual_seed(seed)
     T0 = normalize_rows(torch.randn(C, d, generator=g, dtype=torch.float64))
-    x = normalize_rows(torch.randn(B, d, generator=g, dtype=torch.float64) + 0.5 * T0[:B % C])
+    x = normalize_rows(torch.randn(B, d, generator=g, dtype=torch.float64) + 0.5 * T0[: B % C])
     y = torch.randint(C, (B,), generator=g)
     dT = 0.3 * torch.randn(C, d, generator=g, dtype=torch.float64) if perturb else 0
     dW = 0.1 * torch.randn(d, d, generator=g, dtype=torch.float64) if perturb else 0
@@ -25,8 +35,9 @@ def _batch(C=13, d=24, B=8, seed=0, perturb=True):
 
 @pytest.mark.parametrize("use_map,triplet,norm_T,cmm_only,fusion", OPTIONS)
 def test_loss_and_gradients_equal_autograd_transcription(use_map, triplet, norm_T, cmm_only, fusion):
-    cfg = FitConfig(use_map=use_map, triplet=triplet, normalize_T_in_s=norm_T, cmm_only=cmm_only, fusion=fusion,
-                    train_alpha=0.7)
+    cfg = FitConfig(
+        use_map=use_map, triplet=triplet, normalize_T_in_s=norm_T, cmm_only=cmm_only, fusion=fusion, train_alpha=0.7
+    )
     T0, x, y, dT, dW = _batch()
     ref = ReferenceCMM(T0, cfg).double()
     with torch.no_grad():  # away from the starting point, so every term has a gradient
@@ -118,8 +129,8 @@ def test_lr_schedule_warmup_then_cosine():
     lrs = lr_schedule(cfg)
     assert len(lrs) == 1000
     assert lrs[0] == pytest.approx(1e-4 / 50) and lrs[49] == pytest.approx(1e-4)
-    assert all(a < b for a, b in zip(lrs[:49], lrs[1:50]))           # warm-up rises
-    assert all(a >= b for a, b in zip(lrs[50:], lrs[51:]))             # cosine falls
+    assert all(a < b for a, b in zip(lrs[:49], lrs[1:50]))  # warm-up rises
+    assert all(a >= b for a, b in zip(lrs[50:], lrs[51:]))  # cosine falls
     assert lrs[-1] == pytest.approx(1e-5, rel=1e-3)
 
 

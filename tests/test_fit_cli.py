@@ -1,14 +1,13 @@
 """`cmm-cache fit`, `eval`, `results merge`, `bench fit` as a user runs them."""
 
 import json
-import os
 
 import pytest
-from click.testing import CliRunner
-
 from _synth import World, make_cache, make_shift_cache
-from cmm_cache import paths
+from click.testing import CliRunner
 from cmm_cache.cli.main import main
+
+from cmm_cache import paths
 
 FAST = ["--iterations", "60"]
 
@@ -39,8 +38,29 @@ def test_fit_cache_file_several_runs_json(tmp_path):
 
 def test_fit_single_run_json_is_the_result_object(tmp_path):
     path, _ = make_cache(tmp_path / "c.h5", C=4, d=8, shots=(2,), seeds=(1,))
-    out = _json(_run(["fit", "--cache", str(path), "--shots", "2", "--seed", "1", "--json", "--out", str(tmp_path / "r"),
-                      "--no-triplet", "--fusion", "logit", "--normalize-T-in-s", "--alpha", "0.5", *FAST]))
+    out = _json(
+        _run(
+            [
+                "fit",
+                "--cache",
+                str(path),
+                "--shots",
+                "2",
+                "--seed",
+                "1",
+                "--json",
+                "--out",
+                str(tmp_path / "r"),
+                "--no-triplet",
+                "--fusion",
+                "logit",
+                "--normalize-T-in-s",
+                "--alpha",
+                "0.5",
+                *FAST,
+            ]
+        )
+    )
     assert out["alpha"] == 0.5 and out["config"]["triplet"] is False and out["config"]["fusion"] == "logit"
     assert out["config"]["normalize_T_in_s"] is True
     assert (tmp_path / "r" / "weights.npz").is_file()
@@ -81,8 +101,16 @@ def test_eval_reproduces_the_fit_and_refuses_a_reextracted_cache(tmp_path):
 
 def _imagenet_like(tmp_path):
     world = World(C=20, d=16, seed=3)
-    make_cache(paths.cache_path("imagenet", "bb"), dataset="imagenet", backbone="bb", world=world,
-               shots=(16,), seeds=(1,), train_per_class=16, wnids=True)
+    make_cache(
+        paths.cache_path("imagenet", "bb"),
+        dataset="imagenet",
+        backbone="bb",
+        world=world,
+        shots=(16,),
+        seeds=(1,),
+        train_per_class=16,
+        wnids=True,
+    )
     _run(["fit", "--dataset", "imagenet", "--backbone", "bb", *FAST])
     return world
 
@@ -99,12 +127,14 @@ def test_eval_shift_scores_only_the_shift_classes(tmp_path):
 
 def test_eval_shift_refuses_another_backbone_or_class_space(tmp_path):
     world = _imagenet_like(tmp_path)
-    make_shift_cache(paths.cache_path("imagenet-sketch", "bb"), world, [1, 2], backbone="bb",
-                     provenance={"model": "RN101-quickgelu"})
+    make_shift_cache(
+        paths.cache_path("imagenet-sketch", "bb"), world, [1, 2], backbone="bb", provenance={"model": "RN101-quickgelu"}
+    )
     r = _run(["eval", "--shift", "imagenet-sketch"], ok=False)
     assert r.exit_code == 2 and "another backbone" in r.output
-    make_shift_cache(paths.cache_path("imagenet-r", "bb"), world, [1, 2], backbone="bb",
-                     wnids=["n00000001", "n99999999"])
+    make_shift_cache(
+        paths.cache_path("imagenet-r", "bb"), world, [1, 2], backbone="bb", wnids=["n00000001", "n99999999"]
+    )
     r = _run(["eval", "--shift", "imagenet-r"], ok=False)
     assert r.exit_code == 2 and "WordNet" in r.output
     r = _run(["eval", "--shift", "imagenet-v2"], ok=False)
@@ -120,15 +150,37 @@ def test_results_merge_csv(tmp_path):
 
 
 def test_bench_fit_reports_seconds_and_iterations_per_second():
-    out = _json(_run(["bench", "fit", "--classes", "5", "--dim", "16", "--shots", "2", "--iterations", "30",
-                      "--test-size", "100", "--reference", "--device", "cpu", "--json"]))
+    out = _json(
+        _run(
+            [
+                "bench",
+                "fit",
+                "--classes",
+                "5",
+                "--dim",
+                "16",
+                "--shots",
+                "2",
+                "--iterations",
+                "30",
+                "--test-size",
+                "100",
+                "--reference",
+                "--device",
+                "cpu",
+                "--json",
+            ]
+        )
+    )
     for k in ("fit_seconds", "iterations_per_second", "eval_seconds", "reference_seconds", "speedup"):
         assert out[k] > 0
     assert out["samples"] == 5 * 2 * 2
 
 
 def test_bench_fit_defaults_to_16_shots():
-    out = _json(_run(["bench", "fit", "--classes", "3", "--dim", "8", "--iterations", "5", "--test-size", "0", "--json"]))
+    out = _json(
+        _run(["bench", "fit", "--classes", "3", "--dim", "8", "--iterations", "5", "--test-size", "0", "--json"])
+    )
     assert out["shots"] == 16 and out["samples"] == 3 * 16 * 2
 
 

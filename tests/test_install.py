@@ -47,20 +47,33 @@ def test_wheel_in_fresh_venv_lists_datasets(wheel, tmp_path):
     # Borrow the running environment's dependencies (torch, open_clip, ...)
     # without its copy of cmm_cache: a plain path entry does not run the
     # editable-install hook, and the fresh venv's own site-packages wins.
-    site = Path(subprocess.check_output([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip())
+    site = Path(
+        subprocess.check_output(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+        ).strip()
+    )
     # Installed before the borrowing, so pip does not see the running
     # environment's own cmm-cache and skip the install as "already satisfied".
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True)
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True
+    )
     deps = sysconfig.get_paths()["purelib"]
     (site / "_borrowed_deps.pth").write_text(deps + "\n")
     env = {**os.environ, "PATH": f"{env_dir / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     run = subprocess.run(
-        [str(env_dir / "bin" / "cmm-cache"), "datasets"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        [str(env_dir / "bin" / "cmm-cache"), "datasets"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     listing = run.stdout + run.stderr
     for name in ("dtd", "imagenet", "tiny"):
         assert name in listing
-    where = subprocess.check_output([str(py), "-c", "import cmm_cache; print(cmm_cache.__file__)"], cwd=tmp_path, env=env, text=True)
+    where = subprocess.check_output(
+        [str(py), "-c", "import cmm_cache; print(cmm_cache.__file__)"], cwd=tmp_path, env=env, text=True
+    )
     assert str(site) in where, f"imported {where} instead of the installed wheel"
     assert not (site / "cli").exists()

@@ -17,15 +17,45 @@ from cmm_cache import manifests as mf
 from cmm_cache.errors import CmmError
 from cmm_cache.fewshot import load_published, val_shots
 
-PAPER = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft",
-         "sun397", "dtd", "eurosat", "ucf101", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
+PAPER = [
+    "imagenet",
+    "caltech101",
+    "oxford_pets",
+    "stanford_cars",
+    "oxford_flowers",
+    "food101",
+    "fgvc_aircraft",
+    "sun397",
+    "dtd",
+    "eurosat",
+    "ucf101",
+    "imagenetv2",
+    "imagenet_sketch",
+    "imagenet_a",
+    "imagenet_r",
+]
 ALL = mf.list_datasets()
 PROTOCOL = Path(os.environ.get("CMM_PROTOCOL_DIR", "/work/shared/protocol"))
 REPO = Path(__file__).resolve().parents[1]
 # CoOp's class counts (paper Table / CoOp DATASETS.md).
-NUM_CLASSES = {"imagenet": 1000, "caltech101": 100, "oxford_pets": 37, "stanford_cars": 196, "oxford_flowers": 102,
-               "food101": 101, "fgvc_aircraft": 100, "sun397": 397, "dtd": 47, "eurosat": 10, "ucf101": 101,
-               "imagenetv2": 1000, "imagenet_sketch": 1000, "imagenet_a": 200, "imagenet_r": 200, "tiny": 5}
+NUM_CLASSES = {
+    "imagenet": 1000,
+    "caltech101": 100,
+    "oxford_pets": 37,
+    "stanford_cars": 196,
+    "oxford_flowers": 102,
+    "food101": 101,
+    "fgvc_aircraft": 100,
+    "sun397": 397,
+    "dtd": 47,
+    "eurosat": 10,
+    "ucf101": 101,
+    "imagenetv2": 1000,
+    "imagenet_sketch": 1000,
+    "imagenet_a": 200,
+    "imagenet_r": 200,
+    "tiny": 5,
+}
 
 
 def _gz(m, rel):
@@ -96,7 +126,12 @@ def _fewshot_labels(m):
     src = m["split_source"]
     if src["type"] == "shipped":
         sp = _gz(m, src["file"])
-        return (np.asarray(sp["train"]["labels"]), np.asarray(sp["val"]["labels"]), sp["train"]["paths"], sp["val"]["paths"])
+        return (
+            np.asarray(sp["train"]["labels"]),
+            np.asarray(sp["val"]["labels"]),
+            sp["train"]["paths"],
+            sp["val"]["paths"],
+        )
     if src["type"] == "imagenet":
         with np.load(mf.data_file(m, src["pool"])) as z:
             tl, vl = z["train_class"].astype(int), z["val_class"].astype(int)
@@ -124,8 +159,11 @@ def test_published_fewshot_protocol(name):
     m = mf.get_manifest(name)
     groups = load_published(mf.data_file(m, m["fewshot"]["file"]))
     assert sorted(f"shot_{k}-seed_{s}" for k, s in groups) == sorted(m["fewshot"]["groups"])
-    expected = {(k, s) for k in (1, 2, 4, 8) for s in range(1, 6)} if name == "imagenet" else \
-        {(k, s) for k in (1, 2, 4, 8, 16) for s in (1, 2, 3)}
+    expected = (
+        {(k, s) for k in (1, 2, 4, 8) for s in range(1, 6)}
+        if name == "imagenet"
+        else {(k, s) for k in (1, 2, 4, 8, 16) for s in (1, 2, 3)}
+    )
     assert set(groups) == expected
     tl, vl, tp, vp = _fewshot_labels(m)
     C = m["num_classes"]
@@ -154,7 +192,9 @@ def test_imagenet_a_r_subsets(key):
 def test_full_shift_sets(name):
     m, inet = mf.get_manifest(name), mf.get_manifest("imagenet")
     assert m["imagenet_index"] == list(range(1000)) and m["wnids"] == inet["wnids"]
-    assert m["templates"] == inet["templates"] and len(m["templates"]["coop"]) == 7 and len(m["templates"]["clip"]) == 80
+    assert (
+        m["templates"] == inet["templates"] and len(m["templates"]["coop"]) == 7 and len(m["templates"]["clip"]) == 80
+    )
 
 
 def test_imagenet_names_and_wnids():
@@ -213,12 +253,19 @@ def test_build_script_reproduces_the_shipped_data(tmp_path):
     out = tmp_path / "dm"
     out.mkdir()
     (out / "__init__.py").write_text("")
-    subprocess.run([sys.executable, str(REPO / "tools/build_manifests.py"), "--protocol", str(PROTOCOL), "--out", str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "tools/build_manifests.py"), "--protocol", str(PROTOCOL), "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
     shipped = mf.manifests_dir()
+
     def files(d):
-        return sorted(p.relative_to(d) for p in d.rglob("*")
-                      if p.is_file() and "__pycache__" not in p.parts and p.name != "README.md")
+        return sorted(
+            p.relative_to(d)
+            for p in d.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.name != "README.md"
+        )
 
     built, have = files(out), files(shipped)
     assert built == have
@@ -245,6 +292,7 @@ def test_cli_datasets_json_and_table(monkeypatch):
 
 def test_user_manifest_folder_joins_the_registry(tmp_path, monkeypatch):
     from cmm_cache.cli.main import main
+
     from cmm_cache.datasets import load_dataset
 
     m = mf.public(mf.get_manifest("tiny"))

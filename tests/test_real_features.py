@@ -24,17 +24,19 @@ import pytest
 import torch
 
 from cmm_cache.cache import Split, open_cache, write_cache
-from cmm_cache.fit import FitConfig, normalize_rows
+from cmm_cache.fit import FitConfig
 from cmm_cache.results import fit_run
 
 ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "real_features"
-pytestmark = pytest.mark.skipif(not ROOT.is_dir(), reason=f"real features not present at {ROOT} (../shared/real_features)")
+pytestmark = pytest.mark.skipif(
+    not ROOT.is_dir(), reason=f"real features not present at {ROOT} (../shared/real_features)"
+)
 
 
 def convert(folder: Path, out: Path, seed: int = 0) -> tuple[Path, float]:
     """Tip-Adapter folder -> cmm-cache/1 file; returns (path, class-mean baseline test accuracy)."""
     load = lambda name: torch.load(folder / name, map_location="cpu", weights_only=False)  # noqa: E731
-    keys = load("keys_16shots.pt").float().t().numpy()                 # [C·16, d]
+    keys = load("keys_16shots.pt").float().t().numpy()  # [C·16, d]
     ytr = load("values_16shots.pt").float().argmax(1).numpy()
     vf, vl = load("val_f.pt").float().numpy(), load("val_l.pt").numpy()
     tf, tl = load("test_f.pt").float().numpy(), load("test_l.pt").numpy()
@@ -52,13 +54,21 @@ def convert(folder: Path, out: Path, seed: int = 0) -> tuple[Path, float]:
     text = unit(m + np.linalg.norm(m, axis=1, keepdims=True) * g + rng.standard_normal((C, d)) / np.sqrt(d))
     baseline_protos = unit(np.stack([keys[ytr == c].mean(0) for c in range(C)]))
     baseline = 100.0 * float(np.mean((unit(tf) @ baseline_protos.T).argmax(1) == tl))
-    write_cache(out, dataset=folder.name, backbone="vit-b-32", provenance={"model": "ViT-B-32", "source": "Tip-Adapter cache"},
-                classnames=[f"class {c}" for c in range(C)], text={"simulated": (text, ["simulated from val-rest"])},
-                default_templates="simulated",
-                splits={"train": Split(keys[:, None], ytr, np.arange(len(ytr)), ["center"]),
-                        "val": Split(vf[subset][:, None], vl[subset], subset, ["center"]),
-                        "test": Split(tf[:, None], tl, np.arange(len(tl)), ["center"])},
-                fewshot={(16, 1): (np.arange(len(ytr)), np.arange(len(subset)))})
+    write_cache(
+        out,
+        dataset=folder.name,
+        backbone="vit-b-32",
+        provenance={"model": "ViT-B-32", "source": "Tip-Adapter cache"},
+        classnames=[f"class {c}" for c in range(C)],
+        text={"simulated": (text, ["simulated from val-rest"])},
+        default_templates="simulated",
+        splits={
+            "train": Split(keys[:, None], ytr, np.arange(len(ytr)), ["center"]),
+            "val": Split(vf[subset][:, None], vl[subset], subset, ["center"]),
+            "test": Split(tf[:, None], tl, np.arange(len(tl)), ["center"]),
+        },
+        fewshot={(16, 1): (np.arange(len(ytr)), np.arange(len(subset)))},
+    )
     return out, baseline
 
 

@@ -5,15 +5,29 @@ import json
 
 import numpy as np
 import pytest
-
 from _synth import make_cache
+
 from cmm_cache.cache import open_cache
 from cmm_cache.errors import CmmError
 from cmm_cache.fit import FitConfig
-from cmm_cache.results import (RESULT_FIELDS, fit_run, load_run, read_results, summarize, write_csv, write_run)
+from cmm_cache.results import RESULT_FIELDS, fit_run, load_run, read_results, summarize, write_csv, write_run
 
-FIELDS = {"dataset", "backbone", "shots", "seed", "alpha", "val_acc", "test_acc", "zero_shot_test_acc",
-          "cmm_only_test_acc", "fit_seconds", "iterations", "config", "cache_provenance_sha256", "versions"}
+FIELDS = {
+    "dataset",
+    "backbone",
+    "shots",
+    "seed",
+    "alpha",
+    "val_acc",
+    "test_acc",
+    "zero_shot_test_acc",
+    "cmm_only_test_acc",
+    "fit_seconds",
+    "iterations",
+    "config",
+    "cache_provenance_sha256",
+    "versions",
+}
 
 
 @pytest.fixture
@@ -58,9 +72,20 @@ def test_missing_run_is_a_clear_error(tmp_path):
 
 
 def _r(shots, seed, acc):
-    return {"dataset": "d", "backbone": "b", "shots": shots, "seed": seed, "alpha": 1.0, "val_acc": acc,
-            "test_acc": acc, "zero_shot_test_acc": 50.0, "cmm_only_test_acc": acc - 1, "fit_seconds": 1.0,
-            "iterations": 10, "cache_provenance_sha256": "x"}
+    return {
+        "dataset": "d",
+        "backbone": "b",
+        "shots": shots,
+        "seed": seed,
+        "alpha": 1.0,
+        "val_acc": acc,
+        "test_acc": acc,
+        "zero_shot_test_acc": 50.0,
+        "cmm_only_test_acc": acc - 1,
+        "fit_seconds": 1.0,
+        "iterations": 10,
+        "cache_provenance_sha256": "x",
+    }
 
 
 def test_summary_is_mean_and_sample_std_per_shot():
