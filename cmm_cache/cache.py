@@ -1,4 +1,4 @@
-"""The HDF5 feature cache, schema ``cmm-cache/1`` (see DESIGN.md).
+"""The HDF5 feature cache, schema ``cmm-cache/1`` (docs/cache-schema.md).
 
 This module owns the schema: node names, dtypes, the reader every stage-two
 command uses, and a one-shot writer for features already in memory (used for
@@ -12,6 +12,7 @@ Layout of one file::
     classes/wnids            str   [C]   ImageNet family only
     classes/imagenet_index   int64 [C]   shift sets only
     text/<set>/features      f32   [C, d]   attr templates (JSON list)
+    text/<set>/per_template  f32   [C, M, d] optional: raw embedding of each of the M templates
     splits/<split>/features  f16   [n, V, d] attr views (JSON list)
     splits/<split>/labels    int64 [n]
     splits/<split>/index     int64 [n]
@@ -125,6 +126,37 @@ class Cache:
                 self._text_cache[name] = np.asarray(f[f"text/{name}/features"][...], dtype=np.float32)
         return self._text_cache[name]
 
+    def has_per_template(self, name: str | None = None) -> bool:
+        """Whether the optional ``text/<set>/per_template`` node exists (caches from cmm-cache >= 0.2)."""
+        name = name or self.default_templates
+        with _open(self.path) as f:
+            return f"text/{name}/per_template" in f
+
+    def text_per_template(self, name: str | None = None) -> np.ndarray:
+        """Raw per-template text embeddings [C, M, d] float32 of template set `name` (optional node).
+
+        Methods that use each template's embedding as a sample (cross-modal
+        linear probing) need these; caches written before they existed lack them.
+        """
+        name = name or self.default_templates
+        self.text(name)  # an unknown set gets its own clear message
+        key = f"text/{name}/per_template"
+        with _open(self.path) as f:
+            if key not in f:
+                raise CmmError(
+                    f"Cache {self.path} has no per-template text embeddings ({key}): it was written by an "
+                    "older cmm-cache or another tool.",
+                    f"Add them with `cmm-cache extract --dataset {self.dataset} --backbone {self.backbone} "
+                    "--add-text` (text encoder only, the image features are kept).",
+                )
+            try:
+                return np.asarray(f[key][...], dtype=np.float32)
+            except OSError as e:
+                raise CmmError(
+                    f"Cache {self.path} is damaged ({key}): {e}.",
+                    "Run `cmm-cache cache verify` and re-extract it with `cmm-cache extract --force`.",
+                ) from e
+
     def templates(self, name: str | None = None) -> list[str]:
         name = name or self.default_templates
         with _open(self.path) as f:
@@ -207,7 +239,7 @@ def open_cache(path: str | os.PathLike) -> Cache:
         if schema != SCHEMA:
             raise CmmError(
                 f"{path} is not a {SCHEMA} cache (schema attribute: {schema or 'missing'}).",
-                "Only files written by `cmm-cache extract` (or another tool following DESIGN.md's schema) can be read.",
+                "Only files written by `cmm-cache extract` or following docs/cache-schema.md can be read.",
             )
         try:
             prov_json = _str(f.attrs.get("provenance", "{}"))
@@ -262,9 +294,16 @@ def _write_header(
         f.create_dataset("classes/wnids", data=string_array(wnids), **DSET_KW)
     if imagenet_index is not None:
         f.create_dataset("classes/imagenet_index", data=np.asarray(imagenet_index, dtype=INDEX_DTYPE), **DSET_KW)
-    for name, (feats, templates) in text.items():
+    for name, entry in text.items():
+        feats, templates = entry[0], entry[1]
         d = f.create_dataset(f"text/{name}/features", data=np.asarray(feats, dtype=TEXT_DTYPE), **DSET_KW)
         d.attrs["templates"] = json.dumps(list(templates))
+        per_template = entry[2] if len(entry) > 2 else None
+        if per_template is not None:
+            per_template = np.asarray(per_template, dtype=TEXT_DTYPE)
+            if per_template.ndim != 3 or per_template.shape[1] != len(templates):
+                raise ValueError(f"text set {name}: per_template must be [C, {len(templates)}, d]")
+            f.create_dataset(f"text/{name}/per_template", data=per_template, **DSET_KW)
 
 
 def write_cache(
@@ -274,7 +313,7 @@ def write_cache(
     backbone: str,
     provenance: Mapping,
     classnames: Sequence[str],
-    text: Mapping[str, tuple[np.ndarray, Sequence[str]]],
+    text: Mapping[str, tuple],
     default_templates: str,
     splits: Mapping[str, Split],
     fewshot: Mapping[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None,
@@ -283,7 +322,7 @@ def write_cache(
 ) -> Path:
     """Write a whole cache from arrays in memory, atomically (temp file + rename).
 
-    `text` maps set name -> (features [C, d], templates); `splits` maps split
+    `text` maps set name -> (features [C, d], templates[, per_template [C, M, d]]); `splits` maps split
     name -> :class:`Split`; `fewshot` maps (K, seed) -> (train rows, val rows).
     """
     path = Path(path)
@@ -463,6 +502,7 @@ class PartialStore:
 
     # -- text
     def save_text(self, text: Mapping[str, np.ndarray]) -> None:
+        """Per-template raw text embeddings [C, M, d] of every template set."""
         _atomic_savez(
             self.dir / "text.npz",
             **{f"set_{i}": np.asarray(v, dtype=TEXT_DTYPE) for i, v in enumerate(text.values())},
@@ -516,7 +556,7 @@ def assemble_cache(
     backbone: str,
     provenance: dict,
     classnames: Sequence[str],
-    text: Mapping[str, tuple[np.ndarray, Sequence[str]]],
+    text: Mapping[str, tuple],
     default_templates: str,
     splits: Sequence[SplitPlan],
     embed_dim: int,
@@ -817,6 +857,23 @@ def verify_cache(path: str | os.PathLike) -> list[str]:
                 t = arr(key)
                 if t is not None and not np.all(np.isfinite(t)):
                     problems.append(f"{key}: non-finite values")
+                pkey = f"text/{s}/per_template"
+                if pkey in f:  # optional node
+                    pt = f[pkey]
+                    try:
+                        n_tpl = len(json.loads(_str(ds_.attrs.get("templates", "[]"))))
+                    except json.JSONDecodeError:
+                        n_tpl = None
+                        problems.append(f"{key}: attribute templates is not JSON")
+                    if pt.dtype != np.float32 or pt.ndim != 3:
+                        problems.append(f"{pkey}: expected float32 [C, M, d], got {pt.dtype} {pt.shape}")
+                    elif pt.shape[0] != ds_.shape[0] or pt.shape[2] != ds_.shape[1] or pt.shape[1] != n_tpl:
+                        problems.append(
+                            f"{pkey}: shape {pt.shape} does not match {ds_.shape[0]} classes, "
+                            f"{n_tpl} templates, {ds_.shape[1]}-d"
+                        )
+                    if pkey in nonfinite:
+                        problems.append(f"{pkey}: non-finite values")
             dt = _str(f.attrs.get("default_templates", ""))
             if dt and dt not in f["text"]:
                 problems.append(f"default_templates '{dt}' has no text/{dt}/features")

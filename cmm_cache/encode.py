@@ -164,10 +164,25 @@ def iter_encoded(
 
 
 def encode_text(backbone, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 256) -> np.ndarray:
-    """Class text features float32 [C, d]: encode every template, average, L2-normalize (DESIGN.md; paper eq. 2).
+    """Class text features float32 [C, d]: encode every template, average, L2-normalize (paper eq. 2)."""
+    return class_text_features(encode_text_templates(backbone, classnames, templates, batch_size))
 
-    The mean is taken over the raw template embeddings, then normalized.
+
+def class_text_features(per_template: np.ndarray) -> np.ndarray:
+    """[C, M, d] raw per-template embeddings -> [C, d]: the mean of the raw embeddings, then L2-normalized.
+
+    (Paper eq. 2: the average is over raw template embeddings; the class
+    feature is normalized once, after averaging.)
     """
+    feats = np.asarray(per_template, dtype=np.float64).mean(1)
+    feats = feats / np.maximum(np.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)
+    return feats.astype(np.float32)
+
+
+def encode_text_templates(
+    backbone, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 256
+) -> np.ndarray:
+    """Raw (un-normalized) text embeddings float32 [C, M, d] of every class × template prompt."""
     import torch
 
     templates = list(templates)
@@ -180,9 +195,7 @@ def encode_text(backbone, classnames: Sequence[str], templates: Sequence[str], b
         for i in range(0, len(prompts), batch_size):
             tok = backbone.tokenizer(prompts[i : i + batch_size]).to(device)
             out.append(model.encode_text(tok).float().cpu())
-    feats = torch.cat(out, 0).reshape(len(classnames), len(templates), -1).mean(1)
-    feats = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return feats.numpy().astype(np.float32)
+    return torch.cat(out, 0).reshape(len(classnames), len(templates), -1).numpy().astype(np.float32)
 
 
 def configure_cpu_threads(num_workers: int, processes: int = 1) -> int:

@@ -13,32 +13,17 @@ ImageNet test set never needs its full logit matrices in memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from .cache import Cache, Split
 from .errors import CmmError
-from .fit import LOGIT_SCALE, normalize_rows
+from .fit import normalize_rows
+from .heads import CMMHead, Head, Model, fuse, logits
+
+__all__ = ["ALPHA_GRID", "Model", "logits", "fuse", "split_features", "select_alpha", "evaluate", "evaluate_head"]
 
 ALPHA_GRID = [round(0.1 * i, 1) for i in range(1, 21)]  # 0.1, 0.2, ..., 2.0 (paper §4.1)
-
-
-@dataclass
-class Model:
-    """What scoring needs from a run: the trained tensors and the choices that shape the logits."""
-
-    W: torch.Tensor | None  # [d, d] or None (no-map ablation)
-    T: torch.Tensor  # [C, d]
-    T0: torch.Tensor  # [C, d] the cached text features (zero-shot classifier)
-    normalize_T_in_s: bool = False
-    fusion: str = "prob"
-    cmm_only: bool = False
-
-    def to(self, device) -> Model:
-        mv = lambda t: None if t is None else t.to(device, torch.float32)  # noqa: E731
-        return Model(mv(self.W), mv(self.T), mv(self.T0), self.normalize_T_in_s, self.fusion, self.cmm_only)
 
 
 def split_features(split: Split, rows: np.ndarray | None = None, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,22 +33,6 @@ def split_features(split: Split, rows: np.ndarray | None = None, device="cpu") -
     labels = split.labels if rows is None else split.labels[np.asarray(rows)]
     x = torch.from_numpy(np.ascontiguousarray(feats[:, view], dtype=np.float32))
     return normalize_rows(x).to(device), torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
-
-
-def logits(model: Model, x: torch.Tensor, classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cmm, clip) logits of normalized features x, restricted to `classes` columns if given."""
-    T, T0 = model.T, model.T0
-    if classes is not None:
-        T, T0 = T[classes], T0[classes]
-    u = x @ model.W + x if model.W is not None else x
-    T_s = normalize_rows(T) if model.normalize_T_in_s else T
-    return LOGIT_SCALE * normalize_rows(u) @ T_s.t(), LOGIT_SCALE * x @ T0.t()
-
-
-def fuse(cmm: torch.Tensor, clip: torch.Tensor, alpha: float, fusion: str) -> torch.Tensor:
-    if fusion == "logit":
-        return alpha * cmm + clip
-    return alpha * torch.softmax(cmm, -1) + torch.softmax(clip, -1)
 
 
 def _pct(correct: int | float, n: int) -> float:
@@ -90,6 +59,39 @@ def select_alpha(
     return best
 
 
+def evaluate_head(
+    head: Head,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: torch.Tensor | None = None,
+    zero_shot_T0: torch.Tensor | None = None,
+    chunk: int = 8192,
+) -> dict:
+    """Accuracies (percent) of any head on normalized features x with labels y.
+
+    Returns ``acc`` (the head's prediction), ``zero_shot_acc`` when the text
+    classifier ``zero_shot_T0`` is given, and ``<name>_acc`` for each of the
+    head's :meth:`~cmm_cache.heads.Head.components`. With `classes`, only those
+    classes are scored (the labels y then index into `classes`, as for
+    ImageNet-A/-R). Chunked, so a 50k×1000 test set never needs its full logit
+    matrices in memory.
+    """
+    hits: dict[str, int] = {}
+    with torch.no_grad():
+        for i in range(0, len(x), chunk):
+            xb, yb = x[i : i + chunk], y[i : i + chunk]
+            parts = head.all_logits(xb, classes)
+            if zero_shot_T0 is None:
+                parts.pop("zero_shot", None)
+            elif "zero_shot" not in parts:
+                T0 = zero_shot_T0 if classes is None else zero_shot_T0[classes]
+                parts["zero_shot"] = xb @ T0.t()
+            for name, z in parts.items():
+                key = "acc" if name == "head" else f"{name}_acc"
+                hits[key] = hits.get(key, 0) + int((z.argmax(1) == yb).sum())
+    return {k: _pct(v, len(y)) for k, v in hits.items()}
+
+
 def evaluate(
     model: Model,
     x: torch.Tensor,
@@ -98,22 +100,9 @@ def evaluate(
     classes: torch.Tensor | None = None,
     chunk: int = 8192,
 ) -> dict:
-    """Accuracies (percent) of the fused model with `alpha`, of zero-shot CLIP and
-    of the CMM logits alone. With `classes`, only those columns are scored (the
-    labels y then index into `classes`, as for ImageNet-A/-R)."""
-    hits = {"acc": 0, "zero_shot_acc": 0, "cmm_only_acc": 0}
-    with torch.no_grad():
-        for i in range(0, len(x), chunk):
-            cmm, clip = logits(model, x[i : i + chunk], classes)
-            yy = y[i : i + chunk]
-            cmm_hit = (cmm.argmax(1) == yy).sum()
-            hits["cmm_only_acc"] += int(cmm_hit)
-            hits["zero_shot_acc"] += int((clip.argmax(1) == yy).sum())
-            if model.cmm_only or alpha is None:
-                hits["acc"] += int(cmm_hit)
-            else:
-                hits["acc"] += int((fuse(cmm, clip, alpha, model.fusion).argmax(1) == yy).sum())
-    return {k: _pct(v, len(y)) for k, v in hits.items()}
+    """Accuracies (percent) of the fused CMM model with `alpha`, of zero-shot CLIP and
+    of the CMM logits alone (keys acc, zero_shot_acc, cmm_only_acc)."""
+    return evaluate_head(CMMHead(model, alpha), x, y, classes, zero_shot_T0=model.T0, chunk=chunk)
 
 
 # ----------------------------------------------------------------------------

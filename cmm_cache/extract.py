@@ -162,7 +162,13 @@ def extract(
     `skip_bad`, a locked cache, a partial run of a different request).
     """
     from .backbones import load_backbone, resolve_backbone, resolve_device
-    from .encode import configure_cpu_threads, default_num_workers, encode_text, init_distributed
+    from .encode import (
+        class_text_features,
+        configure_cpu_threads,
+        default_num_workers,
+        encode_text_templates,
+        init_distributed,
+    )
     from .paths import cache_path, record_last_extract
 
     t_start = time.perf_counter()
@@ -263,8 +269,10 @@ def extract(
                 text = None
                 if dist.is_main:
                     text = store.load_text()
-                    if text is None or set(text) != set(ds.templates):
-                        text = {name: encode_text(bb, ds.classnames, tpl) for name, tpl in ds.templates.items()}
+                    if text is None or set(text) != set(ds.templates) or any(v.ndim != 3 for v in text.values()):
+                        text = {
+                            name: encode_text_templates(bb, ds.classnames, tpl) for name, tpl in ds.templates.items()
+                        }
                         store.save_text(text)
                 t_enc = time.perf_counter()
                 done, resumed = _encode_share(
@@ -304,7 +312,9 @@ def extract(
                     backbone=bb_name,
                     provenance=provenance,
                     classnames=ds.classnames,
-                    text={name: (text[name], ds.templates[name]) for name in ds.templates},
+                    text={
+                        name: (class_text_features(text[name]), ds.templates[name], text[name]) for name in ds.templates
+                    },
                     default_templates=ds.default_templates,
                     splits=plans,
                     embed_dim=bb.embed_dim,

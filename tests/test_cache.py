@@ -145,3 +145,30 @@ def test_fewshot_rows_outside_a_split_are_refused(tmp_path):
         c.fewshot(1, 1)
     tr, va = c.fewshot(1, 2)
     assert tr.tolist() == [0, 1] and va.tolist() == [1, 2]
+
+
+def _small_cache(path, per_template=None):
+    C, d = 3, 4
+    feats = np.eye(C, d, dtype=np.float32)
+    text = {"set": (feats, ["a {}.", "b {}."]) + ((per_template,) if per_template is not None else ())}
+    split = Split(np.ones((2, 1, d), np.float16), np.array([0, 1]), np.array([0, 1]), ["center"])
+    return write_cache(
+        path, dataset="x", backbone="tiny", provenance={}, classnames=["a", "b", "c"], text=text,
+        default_templates="set", splits={"test": split},
+    )  # fmt: skip
+
+
+def test_per_template_text_is_optional_and_its_absence_says_how_to_add_it(tmp_path):
+    old = open_cache(_small_cache(tmp_path / "old.h5"))
+    assert not old.has_per_template()
+    assert verify_cache(old.path) == []  # a cache without the optional node is sound
+    with pytest.raises(CmmError, match="--add-text"):
+        old.text_per_template()
+    per = np.random.default_rng(0).standard_normal((3, 2, 4)).astype(np.float32)
+    new = open_cache(_small_cache(tmp_path / "new.h5", per))
+    np.testing.assert_array_equal(new.text_per_template("set"), per)
+    assert verify_cache(new.path) == []
+    with h5py.File(new.path, "r+") as f:  # a per-template node of the wrong shape is reported
+        del f["text/set/per_template"]
+        f.create_dataset("text/set/per_template", data=per[:, :1], fletcher32=True)
+    assert any("per_template" in p for p in verify_cache(new.path))

@@ -147,14 +147,20 @@ def test_text_features_are_the_normalized_template_mean(reference, tiny):
     _, path = reference
     c = open_cache(path)
     for name, tpl in TEMPLATES.items():
-        want = []
+        want, raw = [], []
         for cls in CLASSES:
             with torch.no_grad():
                 e = tiny.model.encode_text(tiny.tokenizer([t.format(cls) for t in tpl])).float()
             m = e.mean(0)
             want.append((m / m.norm()).numpy())
+            raw.append(e.numpy())
         np.testing.assert_allclose(c.text(name), np.stack(want), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(np.linalg.norm(c.text(name), axis=1), 1.0, atol=1e-5)
+        # The optional per-template node holds each template's raw embedding, in template order.
+        assert c.has_per_template(name)
+        per = c.text_per_template(name)
+        assert per.shape == (len(CLASSES), len(tpl), c.embed_dim)
+        np.testing.assert_allclose(per, np.stack(raw), rtol=1e-5, atol=1e-5)
 
 
 def test_interrupted_run_resumes_and_ends_identical(reference, ds, tmp_path):
