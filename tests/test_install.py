@@ -57,8 +57,9 @@ def test_wheel_in_fresh_venv_lists_datasets(wheel, tmp_path):
     subprocess.run(
         [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True
     )
-    deps = sysconfig.get_paths()["purelib"]
-    (site / "_borrowed_deps.pth").write_text(deps + "\n")
+    # The running environment's site-packages, and any it borrows itself (a .pth of its own).
+    deps = [sysconfig.get_paths()["purelib"]] + [p for p in sys.path if p.endswith("site-packages")]
+    (site / "_borrowed_deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
     env = {**os.environ, "PATH": f"{env_dir / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     run = subprocess.run(
         [str(env_dir / "bin" / "cmm-cache"), "datasets"],
