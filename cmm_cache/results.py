@@ -20,7 +20,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +29,9 @@ import torch
 from . import __version__
 from .cache import Cache
 from .errors import CmmError
-from .evaluate import Model, evaluate, select_alpha, split_features
-from .fit import FitConfig, fit, train_samples
+from .evaluate import Model, evaluate, evaluate_head, select_alpha, split_features
+from .fit import FitConfig, fit
+from .heads import CMMHead, Head, load_head
 
 RESULT_FIELDS = [
     "dataset",
@@ -84,55 +85,71 @@ def fit_run(
     cache: Cache,
     shots: int,
     seed: int,
-    cfg: FitConfig,
+    cfg: FitConfig | None = None,
     templates: str | None = None,
     progress: Callable[[int, float | None], None] | None = None,
+    *,
+    method: str = "cmm",
+    options: dict | None = None,
+    device: str | torch.device | None = None,
 ) -> tuple[dict, dict]:
-    """Train on the (shots, seed) subset of `cache`, choose alpha on its val subset,
-    evaluate on test. Returns (result dict, arrays {W, T, T0})."""
-    dev = torch.device(cfg.device)
-    train_rows, val_rows = cache.fewshot(shots, seed)
-    train = cache.split("train")
-    x, y = train_samples(train.features[train_rows], train.labels[train_rows], dev)
-    T0 = torch.from_numpy(cache.text(templates)).to(dev)
-    if x.shape[1] != T0.shape[1]:
-        raise CmmError(
-            f"{cache.path}: image features are {x.shape[1]}-d but text features {T0.shape[1]}-d.",
-            "The cache is inconsistent; re-extract it.",
-        )
-    cfg = replace(cfg, seed=int(seed))  # a copy: the caller's config stays as given
-    r = fit(x, y, T0, cfg, progress=progress, log_every=max(cfg.iterations // 100, 1))
-    model = Model(r.W, r.T, T0, cfg.normalize_T_in_s, cfg.fusion, cfg.cmm_only)
+    """Fit `method` on the (shots, seed) subset of `cache`, select its hyper-parameters
+    on the val subset, evaluate on test. Returns (result dict, arrays for weights.npz).
 
-    # Alpha from the val subset only; test is read after alpha is fixed.
-    x_val, y_val = split_features(cache.split("val"), val_rows, dev)
-    alpha, val_acc = select_alpha(model, x_val, y_val, fixed=cfg.alpha)
+    A :class:`FitConfig` as `cfg` is CMM's options (the historical signature);
+    otherwise `options` are the method's (see :mod:`cmm_cache.methods`).
+    """
+    from .methods import fit_data, get_method
+
+    m = get_method(method)
+    if cfg is not None:
+        if method != "cmm":
+            raise CmmError("A FitConfig configures CMM only; pass options=... for other methods.")
+        options = {k: v for k, v in cfg.to_dict().items() if k not in ("seed", "device")}
+        device = device or cfg.device
+    opts = m.resolve(options)
+    dev = torch.device(device or "cpu")
+    data = fit_data(cache, shots, seed, templates, dev)
+    cb = None if progress is None else (lambda done, total, loss: progress(done, loss))
+    fitted = m.fit(data, opts, progress=cb)
+    head = fitted.head
+
+    # Test is read only now, after everything was chosen on val.
     x_te, y_te = split_features(cache.split("test"), None, dev)
-    acc = evaluate(model, x_te, y_te, alpha)
-
+    acc = evaluate_head(head, x_te, y_te, zero_shot_T0=data.T0)
+    hparams = dict(fitted.hparams)
+    kind, params = head.kind, head.state()[1]
     result = {
         "dataset": cache.dataset,
         "backbone": cache.backbone,
+        "method": m.name,
         "shots": int(shots),
         "seed": int(seed),
-        "alpha": alpha,
-        "val_acc": val_acc,
+        "alpha": hparams.get("alpha"),
+        "hparams": hparams,
+        "val_acc": fitted.val_acc,
         "test_acc": acc["acc"],
-        "zero_shot_test_acc": acc["zero_shot_acc"],
-        "cmm_only_test_acc": acc["cmm_only_acc"],
-        "fit_seconds": round(r.seconds, 3),
-        "iterations": r.iterations,
-        "config": {**cfg.to_dict(), "templates": templates or cache.default_templates},
+        "zero_shot_test_acc": acc.get("zero_shot_acc"),
+        "cmm_only_test_acc": acc.get("cmm_only_acc"),
+        "fit_seconds": round(fitted.fit_seconds, 3),
+        "iterations": fitted.iterations,
+        "config": {
+            "method": m.name,
+            **opts,
+            "seed": int(seed),
+            "device": str(dev),
+            "templates": templates or cache.default_templates,
+        },  # fmt: skip
+        "head": {"kind": kind, "params": params},
         "cache_provenance_sha256": cache.provenance_sha256,
         "versions": versions(),
         "cache": str(Path(cache.path).resolve()),
         "num_classes": cache.num_classes,
-        "num_train_samples": int(len(x)),
-        "final_loss": r.losses[-1][1] if r.losses else None,
+        "num_train_samples": int(len(data.x_train)),
+        **{k: v for k, v in fitted.extra.items() if k not in ("head",)},
     }
-    arrays = {"T": r.T.cpu().numpy(), "T0": T0.cpu().numpy()}
-    if r.W is not None:
-        arrays["W"] = r.W.cpu().numpy()
+    arrays = dict(head.state()[0])
+    arrays.setdefault("T0", data.T0.cpu().numpy())  # every run keeps the zero-shot classifier
     return result, arrays
 
 
@@ -166,10 +183,12 @@ def write_run(run_dir: str | os.PathLike, result: dict, arrays: dict, cache: Cac
 class Run:
     path: Path
     result: dict
-    model: Model
+    model: Model | None  # the CMM tensors (None for other methods)
     classnames: list[str]
     wnids: list[str] | None
     provenance: dict
+    head: Head | None = None  # what scores features: use this
+    T0: torch.Tensor | None = None  # the zero-shot text classifier of the run's cache
 
 
 def load_run(run_dir: str | os.PathLike) -> Run:
@@ -187,16 +206,25 @@ def load_run(run_dir: str | os.PathLike) -> Run:
             arr = {k: torch.from_numpy(z[k]) for k in z.files}
     except (OSError, ValueError, KeyError) as e:
         raise CmmError(f"The run at {run_dir} is incomplete or damaged ({e}).", "Fit it again.") from e
+    head = run_head(result, arr)
+    model = head.model if isinstance(head, CMMHead) else None
+    return Run(run_dir, result, model, classes["names"], classes.get("wnids"), provenance, head, arr["T0"])
+
+
+def run_head(result: dict, arrays: dict) -> Head:
+    """The head a run folder describes (runs written before heads existed are CMM runs)."""
+    if "head" in result:
+        return load_head(result["head"]["kind"], arrays, result["head"].get("params", {}))
     cfg = result.get("config", {})
     model = Model(
-        arr.get("W"),
-        arr["T"],
-        arr["T0"],
+        arrays.get("W"),
+        arrays["T"],
+        arrays["T0"],
         bool(cfg.get("normalize_T_in_s", False)),
         cfg.get("fusion", "prob"),
         bool(cfg.get("cmm_only", False)),
     )
-    return Run(run_dir, result, model, classes["names"], classes.get("wnids"), provenance)
+    return CMMHead(model, result.get("alpha"))
 
 
 # ----------------------------------------------------------------------------

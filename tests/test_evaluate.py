@@ -98,11 +98,11 @@ def test_alpha_selection_never_reads_test_labels(tmp_path, monkeypatch):
     cfg = dict(iterations=150, lr=1e-3)
     ra, wa = fit_run(c, 2, 1, FitConfig(**cfg))
 
-    import cmm_cache.results as results_mod
+    import cmm_cache.methods.cmm as cmm_mod
 
     calls = []
-    real_select, real_split = results_mod.select_alpha, type(c).split
-    monkeypatch.setattr(results_mod, "select_alpha", lambda *a, **k: calls.append("select") or real_select(*a, **k))
+    real_select, real_split = cmm_mod.select_alpha, type(c).split
+    monkeypatch.setattr(cmm_mod, "select_alpha", lambda *a, **k: calls.append("select") or real_select(*a, **k))
     monkeypatch.setattr(type(c), "split", lambda self, name: calls.append(name) or real_split(self, name))
     rb, wb = fit_run(open_cache(tmp_path / "b.h5"), 2, 1, FitConfig(**cfg))
     assert calls.index("test") > calls.index("select")

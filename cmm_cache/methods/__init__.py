@@ -1,0 +1,181 @@
+"""Few-shot methods on one cache: a registry of small modules with one interface.
+
+Every method sees the same :class:`FitData` of one (shots, seed) subset — the
+few-shot train features (every view a sample), the few-shot *val* features and
+the class text features — and returns a :class:`MethodResult` whose ``head``
+(:mod:`cmm_cache.heads`) scores normalized image features. Test features are
+not part of :class:`FitData`, so no method can select anything on them:
+hyper-parameters are chosen on the few-shot val subset only.
+
+    from cmm_cache.methods import get_method, list_methods
+    method = get_method("cmm")
+    result = method.fit(data, method.resolve({"iterations": 2000}), progress=None)
+
+``progress(done, total, loss_or_None)`` is an optional callback for trained methods.
+
+A method module registers itself with :func:`register_method`; this package
+imports every module listed in ``_MODULES`` so the registry is complete.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import CmmError
+from ..heads import Head
+
+
+@dataclass
+class FitData:
+    """What a method may learn from: one few-shot subset of one cache (never its test split)."""
+
+    x_train: torch.Tensor  # [N, d] L2-normalized; every view of every train image is its own sample
+    y_train: torch.Tensor  # [N] class ids
+    train_image: torch.Tensor  # [N] which train image each sample is a view of (0..n_images-1)
+    x_val: torch.Tensor  # [n_val, d] L2-normalized, center view
+    y_val: torch.Tensor  # [n_val]
+    T0: torch.Tensor  # [C, d] class text features: template mean, L2-normalized (the zero-shot classifier)
+    classnames: list[str]
+    shots: int
+    seed: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    templates: list[str] = field(default_factory=list)
+    # Raw per-template text embeddings [C, M, d], loaded on demand (only some methods need them).
+    _per_template: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.T0.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.T0.shape[1])
+
+    def text_per_template(self) -> torch.Tensor:
+        """[C, M, d] raw embedding of each template (float32, on `device`); a clear error when the cache lacks them."""
+        if self._per_template is None:
+            raise CmmError(
+                "This method needs per-template text embeddings, and none were given.",
+                "Use a cache written by `cmm-cache extract` (or add them with `extract --add-text`).",
+            )
+        return torch.from_numpy(np.asarray(self._per_template(), dtype=np.float32)).to(self.device)
+
+
+@dataclass
+class MethodResult:
+    """A fitted method: its head, what it chose on val, and what it cost."""
+
+    head: Head
+    hparams: dict  # hyper-parameters chosen on the val subset (and fixed ones that matter)
+    val_acc: float  # accuracy (%) of `head` on the val subset
+    fit_seconds: float
+    iterations: int | None = None  # optimizer steps, for trained methods
+    extra: dict = field(default_factory=dict)  # e.g. final loss, the val search table
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: ``fit(data, options, progress=None) -> MethodResult``.
+
+    ``options`` are the user's settings (CLI flags or Python kwargs); ``defaults``
+    lists every option with its default so a run's resolved config is complete.
+    """
+
+    name: str
+    fit: Callable[..., MethodResult]
+    defaults: dict
+    summary: str
+    source: str  # the paper / official code it follows
+    trained: bool = False  # iterative (reports iterations and time) vs closed form / search only
+    runtime_options: tuple = ()  # options that change speed, not results (left out of a run's identity)
+
+    def resolve(self, options: dict | None) -> dict:
+        """Defaults overlaid with `options`; an unknown option is one clear error."""
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            raise CmmError(
+                f"Method '{self.name}' has no option {', '.join(unknown)}.",
+                f"Its options: {', '.join(sorted(self.defaults)) or 'none'}.",
+            )
+        return {**self.defaults, **options}
+
+
+METHODS: dict[str, Method] = {}
+
+# Method modules, imported on first use of the registry (each calls register_method).
+_MODULES = ("zero_shot", "cmm")
+_loaded = False
+
+
+def register_method(method: Method) -> Method:
+    if method.name in METHODS and METHODS[method.name] is not method:
+        raise ValueError(f"method '{method.name}' registered twice")
+    METHODS[method.name] = method
+    return method
+
+
+def _load_all() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for m in _MODULES:
+            importlib.import_module(f"{__name__}.{m}")
+
+
+def list_methods() -> list[str]:
+    _load_all()
+    return sorted(METHODS)
+
+
+def get_method(name: str) -> Method:
+    _load_all()
+    if name not in METHODS:
+        raise CmmError(f"Unknown method '{name}'.", f"Methods: {', '.join(sorted(METHODS))}.")
+    return METHODS[name]
+
+
+def accuracy(head: Head, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Accuracy (%) of a head; the one definition every method's val search uses."""
+    with torch.no_grad():
+        return 100.0 * float((head.logits(x).argmax(1) == y).sum()) / max(len(y), 1)
+
+
+def fit_data(cache, shots: int, seed: int, templates: str | None = None, device="cpu") -> FitData:
+    """The :class:`FitData` of one (shots, seed) subset of an open cache (train and val only)."""
+    from ..evaluate import split_features
+    from ..fit import train_samples
+
+    dev = torch.device(device)
+    train_rows, val_rows = cache.fewshot(shots, seed)
+    train = cache.split("train")
+    feats = train.features[train_rows]
+    x, y = train_samples(feats, train.labels[train_rows], dev)
+    image = torch.arange(len(train_rows)).repeat_interleave(feats.shape[1]).to(dev)
+    T0 = torch.from_numpy(cache.text(templates)).to(dev)
+    if x.shape[1] != T0.shape[1]:
+        raise CmmError(
+            f"{cache.path}: image features are {x.shape[1]}-d but text features {T0.shape[1]}-d.",
+            "The cache is inconsistent; re-extract it.",
+        )
+    x_val, y_val = split_features(cache.split("val"), val_rows, dev)
+    name = templates or cache.default_templates
+    return FitData(
+        x_train=x,
+        y_train=y,
+        train_image=image,
+        x_val=x_val,
+        y_val=y_val,
+        T0=T0,
+        classnames=list(cache.classnames),
+        shots=int(shots),
+        seed=int(seed),
+        device=dev,
+        templates=cache.templates(name),
+        _per_template=lambda: cache.text_per_template(name),
+    )
