@@ -25,12 +25,15 @@ def bench():
 
 
 def _register() -> None:
-    # Imported here so `cmm-cache --help` does not pay for torch until needed
-    # by a command module that imports it at call time.
-    from . import data_cmds, extract_cmds, fit_cmds
+    # Command modules import torch and the library inside each command, so
+    # `cmm-cache --help` stays fast.
+    from . import bench_cmds, cache_cmds, data_cmds, eval_cmds, extract_cmds, fit_cmds, results_cmds
 
-    for mod in (data_cmds, extract_cmds, fit_cmds):
-        mod.register(main, bench)
+    for mod in (data_cmds, extract_cmds, cache_cmds, fit_cmds, eval_cmds, results_cmds, bench_cmds):
+        for cmd in mod.COMMANDS:
+            main.add_command(cmd)
+        for cmd in getattr(mod, "BENCH_COMMANDS", []):
+            bench.add_command(cmd)
 
 
 _register()

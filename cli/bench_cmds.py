@@ -1,0 +1,160 @@
+"""`cmm-cache bench extract|fit`: benchmarks users can run on their own machine."""
+
+from __future__ import annotations
+
+import click
+
+from .common import (
+    console,
+    device_option,
+    emit_json,
+    handle_errors,
+    json_option,
+)
+
+
+@click.command("extract")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Image folder (one sub-folder per class), e.g. ../shared/real_images/dtd10.",
+)
+@click.option(
+    "--backbone",
+    default="rn50-arch",
+    show_default=True,
+    help="Backbone (rn50-arch = RN50 with random weights, no download).",
+)
+@click.option("--pretrained", type=click.Path(dir_okay=False), default=None)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--workers", default=None, type=click.IntRange(0), help="DataLoader decoding processes [default: as extract]."
+)
+@click.option("--limit", default=None, type=click.IntRange(1), help="Use only the first N images.")
+@click.option(
+    "--repeat",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Alternate the two measurements N times; report medians.",
+)
+@device_option
+@json_option
+@handle_errors
+def bench_extract(data_dir, backbone, pretrained, batch_size, workers, limit, repeat, device, as_json):
+    """End-to-end extraction images/s vs the encoder's bare forward images/s (same batch size)."""
+    from cmm_cache.bench_extract import bench_extract as run
+
+    r = run(
+        data_dir,
+        backbone,
+        pretrained=pretrained,
+        batch_size=batch_size,
+        num_workers=workers,
+        limit=limit,
+        device=device,
+        repeat=repeat,
+        log=None if as_json else console.print,
+    )
+    if as_json:
+        emit_json(r)
+        return
+    console.print(
+        f"[bold]{r['images']} images[/], {r['backbone']} on {r['device']}, batch {r['batch_size']}, "
+        f"{r['workers']} workers, {r['torch_threads']} torch threads"
+    )
+    console.print(
+        f"  end-to-end (decode in workers + encode + write): {r['end_to_end_images_per_s']:.2f} images/s (median "
+        f"of {r['repeat']})"
+    )
+    console.print(
+        f"  bare forward (pre-decoded tensors):              {r['bare_forward_images_per_s']:.2f} images/s "
+        f"(median of {r['repeat']})"
+    )
+    console.print(
+        f"  ratio: {100 * r['ratio']:.1f} % (median of per-run ratios; best/best {100 * r['ratio_of_bests']:.1f} "
+        "%; target >= 90 %)"
+    )
+
+
+@click.command("fit")
+@click.option("--classes", default=1000, show_default=True, type=click.IntRange(2))
+@click.option("--dim", default=1024, show_default=True, type=click.IntRange(2))
+@click.option(
+    "--shots",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Train images per class (two views each become 2×shots samples per class).",
+)
+@click.option("--iterations", default=16000, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--test-size",
+    default=50000,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Synthetic test images for timing alpha search + test evaluation (0: skip).",
+)
+@click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads [default: as fit].")
+@click.option(
+    "--repeat",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Time the fast fit N times; report the fastest.",
+)
+@click.option("--reference", is_flag=True, help="Also time the plain autograd/nn.Module transcription.")
+@click.option(
+    "--reference-iterations",
+    default=None,
+    type=click.IntRange(1),
+    help="Time the reference on fewer iterations and scale to --iterations (marked as extrapolated).",
+)
+@device_option
+@json_option
+@handle_errors
+def bench_fit(
+    classes,
+    dim,
+    shots,
+    iterations,
+    batch_size,
+    test_size,
+    threads,
+    repeat,
+    reference,
+    reference_iterations,
+    device,
+    as_json,
+):
+    """Time one CMM fit on synthetic features (and the plain transcription with --reference).
+
+    \b
+    cmm-cache bench fit --classes 47 --dim 1024 --reference
+    cmm-cache bench fit --classes 1000 --dim 1024 --shots 16
+    """
+    from cmm_cache.bench_fit import bench_fit as run_bench
+
+    out = run_bench(
+        classes=classes,
+        dim=dim,
+        shots=shots,
+        iterations=iterations,
+        batch_size=batch_size,
+        test_size=test_size,
+        threads=threads,
+        repeat=repeat,
+        reference=reference,
+        reference_iterations=reference_iterations,
+        device=device,
+        log=console.print,
+    )
+    if as_json:
+        emit_json(out)
+
+
+COMMANDS = []
+BENCH_COMMANDS = [bench_extract, bench_fit]

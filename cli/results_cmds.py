@@ -1,0 +1,45 @@
+"""`cmm-cache results merge`: one table (and CSV) from many run folders."""
+
+from __future__ import annotations
+
+import click
+
+from .common import (
+    console,
+    emit_json,
+    handle_errors,
+    json_option,
+)
+from .tables import runs_table, summary_table
+
+
+@click.group("results")
+def results_group():
+    """Collect run folders into one table / CSV."""
+
+
+@results_group.command("merge")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Write one row per run here.")
+@json_option
+@handle_errors
+def results_merge(run_dirs, csv_path, as_json):
+    """Merge result.json of RUN_DIRS (run folders, or folders holding them) into one table.
+
+    \b
+    cmm-cache results merge ~/.cache/cmm-cache/runs/dtd --csv dtd.csv
+    """
+    from cmm_cache.results import read_results, summarize, write_csv
+
+    results = read_results(run_dirs)
+    summary = summarize(results)
+    console.print(runs_table(results))
+    console.print(summary_table(summary, "test accuracy (%), mean ± std over seeds"))
+    if csv_path:
+        write_csv(results, csv_path)
+        console.print(f"wrote {len(results)} rows to {csv_path}")
+    if as_json:
+        emit_json({"runs": results, "summary": summary})
+
+
+COMMANDS = [results_group]
