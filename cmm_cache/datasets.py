@@ -51,8 +51,9 @@ from . import paths as _paths
 from .errors import CmmError
 from .fewshot import draw as _draw
 from .fewshot import load_published
+from .paths import IMAGE_EXTENSIONS, is_image_file, is_user_data
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+IMAGE_EXTS = IMAGE_EXTENSIONS
 SPLIT_FRACTIONS = {"train": 0.5, "val": 0.2, "test": 0.3}
 SPLIT_SEED = 0
 SPLIT_ALIASES = {
@@ -203,7 +204,7 @@ def _get_hint(m: dict) -> str:
 
 
 def _is_image(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTS
+    return is_image_file(name)
 
 
 def _list_images(d: Path, recursive: bool = False) -> list[str]:
@@ -856,7 +857,7 @@ def load_dataset(
     """Resolve a registered name/alias, a manifest file, an image folder or a CSV into a Dataset."""
     s = str(name_or_path)
     canon = _mf.resolve_name(s)
-    looks_like_path = os.sep in s or s.startswith(".") or s.lower().endswith((".json", ".csv"))
+    looks_like_path = is_user_data(s)
     if canon is not None and not looks_like_path:
         return load_manifest_dataset(_mf.get_manifest(canon), data_root, download=download, cache_root=cache_root)
     p = Path(s).expanduser()

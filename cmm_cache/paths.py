@@ -16,6 +16,29 @@ from .errors import CmmError
 
 CACHE_SUFFIX = ".h5"
 
+# What counts as an image file wherever a folder is scanned (datasets, bench, predict).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+# Files that describe a dataset of your own: a CSV/TSV/TXT list of images, or a manifest.
+DATASET_FILE_SUFFIXES = (".csv", ".tsv", ".txt", ".json")
+
+
+def is_image_file(name: str | os.PathLike) -> bool:
+    """An image by its extension (hidden files excluded)."""
+    base = os.path.basename(str(name))
+    return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_user_data(dataset: str) -> bool:
+    """Whether a `--dataset` value names your own data (a folder, CSV or manifest file) rather than a
+    registered dataset: it has a path separator, starts with `.` or `~`, ends with a dataset-file suffix,
+    or is no registered name but exists on disk. The one rule for loading and for the cache folder."""
+    s = str(dataset)
+    if any(sep in s for sep in ("/", "\\")) or s.startswith((".", "~")) or s.lower().endswith(DATASET_FILE_SUFFIXES):
+        return True
+    from .manifests import resolve_name
+
+    return resolve_name(s) is None and Path(s).expanduser().exists()
+
 
 def data_root(explicit: str | os.PathLike | None = None, required: bool = False) -> Path | None:
     """`--data-root`, else `$CMM_DATA_ROOT`, else None (or an error if required)."""
@@ -51,12 +74,11 @@ def dataset_key(dataset: str) -> str:
     """The folder name of a dataset under the cache dir.
 
     A registered name or alias becomes the dataset's canonical name. A user's folder, CSV or manifest file
-    (anything with a path separator or a file suffix) becomes
+    (see :func:`is_user_data`) becomes
     `<its name>-<8 hex of its absolute path>`: short, readable, and two
     folders both called `images` do not share a cache.
     """
-    looks_like_path = any(sep in dataset for sep in ("/", "\\")) or dataset.lower().endswith((".csv", ".json"))
-    if not looks_like_path:
+    if not is_user_data(dataset):
         from .manifests import resolve_name  # registered aliases share one folder: imagenet-sketch = imagenet_sketch
 
         return safe_name(resolve_name(dataset) or dataset)
@@ -81,11 +103,9 @@ def _last_file(cache_root) -> Path:
 
 def record_last_extract(dataset: str, backbone: str, path: Path, cache_root=None) -> None:
     """Remember the cache written last, so `fit` without arguments can use it."""
-    f = _last_file(cache_root)
-    f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"dataset": dataset, "backbone": backbone, "path": str(path)}))
-    os.replace(tmp, f)
+    from .atomic import write_json
+
+    write_json(_last_file(cache_root), {"dataset": dataset, "backbone": backbone, "path": str(path)})
 
 
 def last_extract(cache_root=None) -> dict | None:

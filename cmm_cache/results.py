@@ -16,7 +16,6 @@ import csv
 import json
 import os
 import platform
-import shutil
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,7 +66,9 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def run_name(shots: int, seed: int) -> str:
-    return f"shot_{int(shots)}-seed_{int(seed)}"
+    from .fewshot import group_name
+
+    return group_name(shots, seed)  # a run folder is named like the few-shot group it was fitted on
 
 
 def default_run_dir(runs_root: Path, dataset: str, backbone: str, shots: int, seed: int) -> Path:
@@ -158,23 +159,14 @@ def fit_run(
 
 def write_run(run_dir: str | os.PathLike, result: dict, arrays: dict, cache: Cache) -> Path:
     """Write a run folder atomically; an existing run at that path is replaced."""
+    from .atomic import atomic_dir
+
     run_dir = Path(run_dir)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir.with_name(f".{run_dir.name}.tmp-{os.getpid()}")
-    old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
+    with atomic_dir(run_dir) as tmp:
         np.savez(tmp / "weights.npz", **arrays)
         (tmp / "classes.json").write_text(json.dumps({"names": cache.classnames, "wnids": cache.wnids}))
         (tmp / "provenance.json").write_text(json.dumps(cache.provenance, indent=2, sort_keys=True))
         (tmp / "result.json").write_text(json.dumps(result, indent=2, default=str))
-        if run_dir.exists():  # replace: move the old one aside, then swap in the new one
-            os.replace(run_dir, old)
-        os.replace(tmp, run_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return run_dir
 
 
