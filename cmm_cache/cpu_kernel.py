@@ -85,14 +85,18 @@ def _build(cc: str, out_dir: Path) -> tuple[Path | None, str]:
     errors = []
     for arch in ARCH_FLAGS:
         flags = BASE_FLAGS + arch
-        key = hashlib.sha256(b"\0".join([src, cc.encode(), version.encode(), " ".join(flags).encode(), _cpu_flags().encode()]))
+        key = hashlib.sha256(
+            b"\0".join([src, cc.encode(), version.encode(), " ".join(flags).encode(), _cpu_flags().encode()])
+        )
         lib = out_dir / f"cmm_loop-{key.hexdigest()[:16]}.so"
         if lib.is_file():
             return lib, "cached"
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp = tmp_sibling(lib, ".so")
         try:
-            r = subprocess.run([cc, *flags, "-o", str(tmp), str(SOURCE), "-lm"], capture_output=True, text=True, timeout=120)
+            r = subprocess.run(
+                [cc, *flags, "-o", str(tmp), str(SOURCE), "-lm"], capture_output=True, text=True, timeout=120
+            )
             if r.returncode == 0 and tmp.is_file():
                 os.replace(tmp, lib)
                 return lib, "built"
@@ -162,7 +166,13 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 
 class KernelLoop:
-    """One run's state inside the C kernel. Tensors passed in are kept alive here."""
+    """One run's state inside the C kernel (the same interface as fit_torch.TorchLoop).
+
+    The tensors passed in are copied to contiguous CPU float32/int64 once and
+    kept alive here for as long as the C side points at them.
+    """
+
+    name = "compiled CPU loop"
 
     def __init__(self, lib, x, y, p0y, T0, cfg):
         self.lib = lib
@@ -197,8 +207,9 @@ class KernelLoop:
         self.batches = batches.detach().to("cpu", torch.int64).contiguous()
         self.lrs = np.ascontiguousarray(lrs, dtype=np.float64)
 
-    def run(self, t0: int, t1: int, threads: int) -> np.ndarray:
-        """Iterations t0..t1-1; returns their losses."""
+    def run(self, t0: int, t1: int, threads: int | None, want=()) -> dict:
+        """Iterations t0..t1-1 with `threads` threads; returns {iteration + 1: loss} for those in `want`."""
+        threads = threads or 1
         losses = np.empty(t1 - t0, dtype=np.float32)
         rc = self.lib.cmm_run(
             self.h,
@@ -214,7 +225,7 @@ class KernelLoop:
             rc = self.lib.cmm_run(
                 self.h, self.batches.data_ptr(), self.lrs.ctypes.data, len(self.lrs), t0, t1, 1, losses.ctypes.data
             )
-        return losses
+        return {i: float(losses[i - 1 - t0]) for i in want if t0 < i <= t1}
 
     def weights(self) -> tuple[torch.Tensor | None, torch.Tensor]:
         W = torch.empty(self.d, self.d) if self.use_map else None
