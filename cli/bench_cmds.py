@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from .common import (
@@ -80,7 +82,7 @@ def bench_extract(data_dir, backbone, pretrained, batch_size, workers, limit, re
 
 
 @click.command("fit")
-@click.option("--classes", default=1000, show_default=True, type=click.IntRange(2))
+@click.option("--classes", default=None, type=click.IntRange(2), help="[default: 1000; 47 with --all/--protocol]")
 @click.option("--dim", default=1024, show_default=True, type=click.IntRange(2))
 @click.option(
     "--shots",
@@ -98,13 +100,13 @@ def bench_extract(data_dir, backbone, pretrained, batch_size, workers, limit, re
     type=click.IntRange(0),
     help="Synthetic test images for timing alpha search + test evaluation (0: skip).",
 )
-@click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads [default: as fit].")
+@click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads [default: chosen by timing].")
 @click.option(
     "--repeat",
     default=1,
     show_default=True,
     type=click.IntRange(1),
-    help="Time the fast fit N times; report the fastest.",
+    help="Time each measurement N times (interleaved); report the fastest.",
 )
 @click.option("--reference", is_flag=True, help="Also time the plain autograd/nn.Module transcription.")
 @click.option(
@@ -112,6 +114,22 @@ def bench_extract(data_dir, backbone, pretrained, batch_size, workers, limit, re
     default=None,
     type=click.IntRange(1),
     help="Time the reference on fewer iterations and scale to --iterations (marked as extrapolated).",
+)
+@click.option("--busy", is_flag=True, help="Run with CPU-bound processes beside the benchmark (a busy machine).")
+@click.option("--busy-procs", default=1, show_default=True, type=click.IntRange(1), help="How many, with --busy/--all.")
+@click.option(
+    "--compare-threads", is_flag=True, help="Time 1 thread, 2 threads and the default (chosen by timing), interleaved."
+)
+@click.option(
+    "--protocol",
+    is_flag=True,
+    help="Time the whole protocol (shots 1,2,4,8,16 × seeds 1,2,3) end to end, sequential and in parallel processes.",
+)
+@click.option(
+    "--all",
+    "suite",
+    is_flag=True,
+    help="Every figure of the README: quiet and busy × 1/2 threads/default, single run, protocol (DTD-sized).",
 )
 @device_option
 @json_option
@@ -127,31 +145,54 @@ def bench_fit(
     repeat,
     reference,
     reference_iterations,
+    busy,
+    busy_procs,
+    compare_threads,
+    protocol,
+    suite,
     device,
     as_json,
 ):
-    """Time one CMM fit on synthetic features (and the plain transcription with --reference).
+    """Time CMM fits on synthetic features (and the plain transcription with --reference).
 
     \b
+    cmm-cache bench fit --all                                  # the README's figures (~5 min on 2 cores)
     cmm-cache bench fit --classes 47 --dim 1024 --reference
-    cmm-cache bench fit --classes 1000 --dim 1024 --shots 16
+    cmm-cache bench fit --classes 47 --compare-threads --busy
+    cmm-cache bench fit --protocol
     """
-    from cmm_cache.bench_fit import bench_fit as run_bench
+    from cmm_cache import bench_fit as b
 
-    out = run_bench(
-        classes=classes,
-        dim=dim,
-        shots=shots,
-        iterations=iterations,
-        batch_size=batch_size,
-        test_size=test_size,
-        threads=threads,
-        repeat=repeat,
-        reference=reference,
-        reference_iterations=reference_iterations,
-        device=device,
-        log=console.print,
-    )
+    log = console.print
+    if suite:
+        out = b.bench_suite(iterations=iterations, repeat=repeat, busy_procs=busy_procs, log=log)
+    elif compare_threads:
+        conditions = ("busy",) if busy else ("quiet",)
+        out = b.bench_threads(
+            classes or 47, dim, shots, iterations, conditions=conditions, busy_procs=busy_procs, repeat=repeat, log=log
+        )
+    elif protocol:
+        from cmm_cache.bench_protocol import bench_protocol
+
+        with b.BusyLoad(busy_procs) if busy else contextlib.nullcontext():
+            out = bench_protocol(classes=classes or 47, dim=dim, iterations=iterations, log=log)
+    else:
+        with b.BusyLoad(busy_procs) if busy else contextlib.nullcontext():
+            out = b.bench_fit(
+                classes=classes or 1000,
+                dim=dim,
+                shots=shots,
+                iterations=iterations,
+                batch_size=batch_size,
+                test_size=test_size,
+                threads=threads,
+                repeat=repeat,
+                reference=reference,
+                reference_iterations=reference_iterations,
+                device=device,
+                log=log,
+            )
+        out["busy_procs"] = busy_procs if busy else 0
     if as_json:
         emit_json(out)
 
