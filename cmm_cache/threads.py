@@ -11,8 +11,9 @@ load changes during a run. So the loop runs in segments, and
 * after a short warm-up it probes every candidate for a few dozen iterations
   and keeps the fastest;
 * it then re-probes the others now and then (the interval doubles while the
-  choice holds, up to ``longest`` iterations, and resets when it changes), so
-  a run adapts when load starts or stops.
+  choice holds, up to ``longest`` iterations, and resets when it changes), and
+  at once when the chosen count gets 20 % slower or faster than it was (load
+  started or stopped), so a run adapts while it runs.
 
 Probes are short: with a 3× slower alternative the probing costs a few per cent
 of a 16k-iteration run. The compiled loop gives bit-identical results for any
@@ -53,6 +54,7 @@ class ThreadChooser:
         first: int = 512,
         longest: int = 4096,
         margin: float = 0.05,
+        shift: float = 1.2,
     ):
         self.options = list(options)
         self.warmup, self.probe_seconds, self.first, self.longest, self.margin = (
@@ -67,6 +69,9 @@ class ThreadChooser:
         self.interval = first
         self.plan: list[tuple[int, int, str]] = []  # queued (threads, iterations, kind)
         self.since_probe = 0
+        self.shift = shift  # a choice whose speed moves by this factor is re-probed at once
+        self.ref_rate: float | None = None
+        self.window = (0, 0.0)  # (iterations, seconds) of the current choice since its last check
         self.log: list[tuple[int, int, float, str]] = []  # (threads, iterations, seconds, kind)
         if len(self.options) > 1:
             self.plan = [(self.options[-1], warmup, "warmup")] + [
@@ -108,15 +113,26 @@ class ThreadChooser:
             self._decide()
         elif kind == "exploit":
             self.since_probe += iterations
-            if self.since_probe >= self.interval:
+            self.window = (self.window[0] + iterations, self.window[1] + seconds)
+            changed = False
+            if self.window[0] >= 128 and self.window[1] >= self.probe_seconds:
+                rate = self.window[1] / self.window[0]
+                ref = self.ref_rate or rate
+                changed = not (ref / self.shift < rate < ref * self.shift)  # load started or stopped
+                self.ref_rate = ref if not changed else None
+                self.window = (0, 0.0)
+            if changed or self.since_probe >= self.interval:
+                if changed:
+                    self.interval = self.first
                 self.plan = [(n, self._probe_len(n), "probe") for n in self.options if n != self.best]
                 self.since_probe = 0
 
     def _measure(self, threads: int, kind: str) -> None:
-        """Rate of `threads` over its latest stretch of consecutive segments of one kind."""
+        """Rate of `threads` over its latest consecutive segments of one kind (at most the last 256 iterations
+        of a choice in use, so a probe is compared with how fast the choice runs now)."""
         its = secs = 0.0
         for n, i, s, k in reversed(self.log):
-            if n != threads or k != kind:
+            if n != threads or k != kind or (kind == "exploit" and its >= 256):
                 break
             its, secs = its + i, secs + s
         self.rate[threads] = secs / its
@@ -128,6 +144,7 @@ class ThreadChooser:
             self.best, self.interval = challenger, self.first
         else:
             self.interval = min(self.interval * 2, self.longest)
+        self.ref_rate, self.window = None, (0, 0.0)  # the next window of the choice sets its reference
 
     def summary(self) -> dict:
         """Iterations run with each thread count, and the choice at the end."""
