@@ -165,7 +165,7 @@ def bench_fit(
 
     log = console.print
     if suite:
-        out = b.bench_suite(iterations=iterations, repeat=repeat, busy_procs=busy_procs, log=log)
+        out = b.bench_suite(classes or 47, dim, iterations, repeat=repeat, busy_procs=busy_procs, log=log)
     elif compare_threads:
         conditions = ("busy",) if busy else ("quiet",)
         out = b.bench_threads(

@@ -102,6 +102,7 @@ def bench_fit(
     log=print,
 ) -> dict:
     """Time the trainer (and optionally the plain transcription) on random features of a given size."""
+    log = log or _quiet
     dev = resolve_device(device)
     x, y, T0 = synthetic(classes, dim, shots, dev)
     cfg = FitConfig(iterations=iterations, batch_size=batch_size, device=str(dev), threads=threads)
@@ -177,6 +178,7 @@ def bench_threads(
     Within a condition the choices alternate (1, 2, default, 1, 2, default, ...),
     so a change of load during the benchmark hits all of them alike.
     """
+    log = log or _quiet
     x, y, T0 = synthetic(classes, dim, shots)
     out = {"classes": classes, "dim": dim, "shots": shots, "iterations": iterations, "busy_procs": busy_procs}
     for cond in conditions:
@@ -208,17 +210,26 @@ def _name(choice) -> str:
     return "default" if choice is None else f"{choice} thread{'s' if choice > 1 else ''}"
 
 
-def bench_suite(iterations=16000, repeat=1, busy_procs=1, protocol=True, log=print) -> dict:
-    """Every figure the README's speed section quotes, in one run (DTD-sized: 47 classes × 1024-d)."""
+def bench_suite(
+    classes=47, dim=1024, iterations=16000, repeat=1, busy_procs=1, protocol=True, protocol_kw=None, log=print
+) -> dict:
+    """Every figure the README's speed section quotes, in one run (default: DTD-sized, 47 classes × 1024-d)."""
+    log = log or _quiet
     from .bench_protocol import bench_protocol
 
     out = {"machine": machine()}
     m = out["machine"]
     log(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['versions']['torch']}, kernel: {m['kernel']['reason']}")
-    log("single DTD-sized run (47 classes × 1024-d, 16 shots × 2 views, 16k iterations):")
-    out["threads"] = bench_threads(iterations=iterations, repeat=repeat, busy_procs=busy_procs, log=log)
+    log(f"single run ({classes} classes × {dim}-d, 16 shots × 2 views, {iterations} iterations), fit seconds:")
+    out["threads"] = bench_threads(classes, dim, 16, iterations, repeat=repeat, busy_procs=busy_procs, log=log)
     out["single_run_seconds"] = out["threads"]["quiet"]["seconds"]["default"]
     log(f"single run (quiet, default threads): {out['single_run_seconds']:.2f} s")
     if protocol:
-        out["protocol"] = bench_protocol(iterations=iterations, log=log)
+        out["protocol"] = bench_protocol(
+            classes=classes, dim=dim, iterations=iterations, log=log, **(protocol_kw or {})
+        )
     return out
+
+
+def _quiet(*args, **kwargs) -> None:
+    pass

@@ -105,6 +105,7 @@ def bench_protocol(
     log=print,
 ) -> dict:
     """Wall time of the whole protocol in each mode, with its breakdown."""
+    log = log or _quiet
     from .fit_many import default_processes, parallel_map
 
     out = {"classes": classes, "dim": dim, "shots": list(shots), "seeds": list(seeds), "iterations": iterations}
@@ -143,3 +144,7 @@ def bench_protocol(
     out["seconds"] = out[out["best_mode"]]["seconds"]
     log(f"protocol: {out['seconds']:.1f} s ({out['best_mode']})")
     return out
+
+
+def _quiet(*args, **kwargs) -> None:
+    pass
