@@ -385,15 +385,29 @@ static float dot(const float *p, const float *q, int L) {
   return hsum(s0 + s1);
 }
 
-/* Dots of one row t with up to 8 rows q[0..n): out[r * stride] = q_r · t. */
-static inline void dots8(const float *t, const float *const *q, int n, int L, float *out, size_t stride) {
-  vf acc[8];
-  for (int r = 0; r < 8; r++) acc[r] = splat(0);
-  for (int k = 0; k < L; k += VL) {
-    vf tk = ld(t + k);
-    for (int r = 0; r < n; r++) acc[r] += ld(q[r] + k) * tk;
+/* Dots of rows t0 (and t1, if not NULL) with up to 8 rows q[0..n): out0[r * stride] = q_r · t0, likewise out1.
+ * Two T rows share each load of q (the loads, not the FMAs, bound this pass). */
+static inline void dots8x2(const float *t0, const float *t1, const float *const *q, int n, int L, float *out0,
+                           float *out1, size_t stride) {
+  vf a0[8], a1[8];
+  for (int r = 0; r < 8; r++) a0[r] = a1[r] = splat(0);
+  if (t1) {
+    for (int k = 0; k < L; k += VL) {
+      vf x0 = ld(t0 + k), x1 = ld(t1 + k);
+      for (int r = 0; r < n; r++) {
+        vf qk = ld(q[r] + k);
+        a0[r] += qk * x0;
+        a1[r] += qk * x1;
+      }
+    }
+    for (int r = 0; r < n; r++) out1[r * stride] = hsum(a1[r]);
+  } else {
+    for (int k = 0; k < L; k += VL) {
+      vf x0 = ld(t0 + k);
+      for (int r = 0; r < n; r++) a0[r] += ld(q[r] + k) * x0;
+    }
   }
-  for (int r = 0; r < n; r++) out[r * stride] = hsum(acc[r]);
+  for (int r = 0; r < n; r++) out0[r * stride] = hsum(a0[r]);
 }
 
 /* T pass 1, the chunk's classes j: R[a, j] = A_a · T_j, 1/|T_j|, and v̂ T0ᵀ for logit fusion. */
@@ -404,13 +418,22 @@ static void tpass1(void *arg, int chunk) {
   const float *rows[2 * MAXB], *xrows[MAXB];
   for (int a = 0; a < na; a++) rows[a] = arow(c, a);
   for (int b = 0; b < B; b++) xrows[b] = c->xb + (size_t)b * L;
-  for (int j = j0; j < j1; j++) {
-    const float *t = c->T + (size_t)j * L;
-    for (int a = 0; a < na; a += 8) dots8(t, rows + a, na - a < 8 ? na - a : 8, L, c->R + (size_t)a * C + j, C);
+  for (int j = j0; j < j1; j += 2) {
+    int two = j + 1 < j1;
+    const float *t = c->T + (size_t)j * L, *t1 = two ? t + L : NULL;
+    for (int a = 0; a < na; a += 8) {
+      float *o = c->R + (size_t)a * C + j;
+      dots8x2(t, t1, rows + a, na - a < 8 ? na - a : 8, L, o, o + 1, C);
+    }
     c->inv[j] = 1.0f / sqrtf(dot(t, t, L));
-    if (c->logit)
-      for (int b = 0; b < B; b += 8)
-        dots8(c->T0 + (size_t)j * L, xrows + b, B - b < 8 ? B - b : 8, L, c->Z0 + (size_t)b * C + j, C);
+    if (two) c->inv[j + 1] = 1.0f / sqrtf(dot(t1, t1, L));
+    if (c->logit) {
+      const float *z = c->T0 + (size_t)j * L;
+      for (int b = 0; b < B; b += 8) {
+        float *o = c->Z0 + (size_t)b * C + j;
+        dots8x2(z, two ? z + L : NULL, xrows + b, B - b < 8 ? B - b : 8, L, o, o + 1, C);
+      }
+    }
   }
 }
 

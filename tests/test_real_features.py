@@ -76,7 +76,10 @@ def test_cmm_on_real_features_beats_class_means_and_zero_shot(tmp_path):
     path, baseline = convert(ROOT / "oxford_pets", tmp_path / "pets.h5")
     assert 74 < baseline < 76  # the README's 75.0 %: the conversion kept rows and labels aligned
     cache = open_cache(path)
-    # 3,000 iterations at lr 1e-3 instead of 16,000 at 1e-4, to keep the test short.
-    result, _ = fit_run(cache, 16, 1, FitConfig(iterations=3000, lr=1e-3))
+    # The paper's schedule (16,000 iterations at lr 1e-4): a few seconds with the compiled loop. A shortcut
+    # such as 3,000 iterations at lr 1e-3 is chaotic enough that float rounding alone moves test accuracy
+    # by ±3 points (float64 gives 74.5 %, one float32 order of operations 78.9 %); this schedule gives
+    # 81.5-81.6 % for every implementation and seed.
+    result, _ = fit_run(cache, 16, 1, FitConfig())
     assert result["test_acc"] > baseline + 2
     assert result["test_acc"] > result["zero_shot_test_acc"] + 20
