@@ -132,7 +132,7 @@ class TorchLoop:
             torch.set_num_threads(threads)
         out = {}
         try:
-            with torch.no_grad():
+            with torch.no_grad(), ops.flush_denormals(cpu):
                 for t in range(t0, t1):
                     out.update(self._step(t, (t + 1) in want))
         finally:
