@@ -289,3 +289,14 @@ def test_cuda_adamw_paths_agree():
         out[kind] = p.cpu()
     for v in out.values():
         _close(v, out["foreach"], rtol=1e-6, atol=1e-7)
+
+
+def test_the_loop_flushes_denormals_only_while_it_runs():
+    x, y, T0 = _data()
+    assert not fit_ops.denormals_flushed()
+    with fit_ops.flush_denormals():
+        assert fit_ops.denormals_flushed()
+    assert not fit_ops.denormals_flushed()
+    for engine in ("auto", "torch"):
+        fit(x, y, T0, FitConfig(iterations=20), engine=engine)
+        assert not fit_ops.denormals_flushed()  # the caller's floating-point mode is left as it was
