@@ -219,7 +219,9 @@ def bench_suite(
 
     out = {"machine": machine()}
     m = out["machine"]
-    log(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['versions']['torch']}, kernel: {m['kernel']['reason']}")
+    k = m["kernel"]
+    loop = f"compiled CPU loop ({k['reason']})" if k["available"] else f"torch path (no compiled loop: {k['reason']})"
+    log(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['versions']['torch']}; trainer: {loop}")
     log(f"single run ({classes} classes × {dim}-d, 16 shots × 2 views, {iterations} iterations), fit seconds:")
     out["threads"] = bench_threads(classes, dim, 16, iterations, repeat=repeat, busy_procs=busy_procs, log=log)
     out["single_run_seconds"] = out["threads"]["quiet"]["seconds"]["default"]

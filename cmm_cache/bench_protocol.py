@@ -136,8 +136,8 @@ def bench_protocol(
             }
             log(
                 f"  {mode:10s} ({procs} process{'es' if procs > 1 else ''}): {wall:6.1f} s  "
-                f"[loops {loops:.1f} s, rest of the runs {other:.1f} s (sums over runs), "
-                f"start-up/idle {out[mode]['overhead_seconds']:.1f} s]"
+                f"(sums over runs: loops {loops:.1f} s, rest of the runs {other:.1f} s; "
+                f"start-up/idle {out[mode]['overhead_seconds']:.1f} s)"
             )
     done = [m for m in modes if m in out]
     out["best_mode"] = min(done, key=lambda m: out[m]["seconds"])
