@@ -20,218 +20,11 @@
  * it holds. Python decides the thread count per segment by measuring.
  */
 #include <math.h>
-#if defined(__SSE__)
-#include <xmmintrin.h>
-#endif
-#include <pthread.h>
-#include <sched.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define VL 16                 /* floats per vector (64 bytes) */
-#define MAXB 64               /* largest batch the kernel takes (Python falls back above) */
-#define MAXT 8                /* threads */
-#define NCHUNK 8              /* chunks of every parallel pass (fixed: determinism) */
-typedef float vf __attribute__((vector_size(VL * 4)));
-
-/* Unaligned vector access typed as float (memcpy would let every store alias the context's pointer fields,
- * forcing the compiler to reload them in the inner loops). */
-typedef float vfu __attribute__((vector_size(VL * 4), aligned(4)));
-static inline vf ld(const float *p) { return *(const vfu *)p; }
-static inline void st(float *p, vf a) { *(vfu *)p = a; }
-static inline vf splat(float a) { return (vf){0} + a; } /* one broadcast (a lane loop became 16 masked ones) */
-static inline vf vsqrt(vf a) { vf r; for (int k = 0; k < VL; k++) r[k] = sqrtf(a[k]); return r; }
-typedef float vf8 __attribute__((vector_size(32)));
-typedef float vf4 __attribute__((vector_size(16)));
-/* Horizontal sum as a tree (a chain of 15 scalar adds would dominate the T pass). */
-static inline float hsum(vf a) {
-  vf8 lo, hi;
-  memcpy(&lo, &a, sizeof lo);
-  memcpy(&hi, (char *)&a + sizeof lo, sizeof hi);
-  vf8 s8 = lo + hi;
-  vf4 l4, h4;
-  memcpy(&l4, &s8, sizeof l4);
-  memcpy(&h4, (char *)&s8 + sizeof l4, sizeof h4);
-  vf4 s4 = l4 + h4;
-  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
-}
-
-/* ------------------------------------------------------------------------ */
-/* Denormals: as the loss saturates, gradients and the AdamW moments of many weights decay
- * through the subnormal range (below 1e-38), where x86 arithmetic is many times slower (a
- * DTD-sized run measured 3× slower). Values that small change no update (eps = 1e-8 dominates
- * the AdamW denominator), so the loop flushes them to zero (FTZ/DAZ) and restores the caller's mode. */
-
-static unsigned flush_denormals(void) {
-#if defined(__SSE__)
-  unsigned old = _mm_getcsr();
-  _mm_setcsr(old | 0x8040); /* FTZ | DAZ */
-  return old;
-#elif defined(__aarch64__)
-  uint64_t old;
-  __asm__ __volatile__("mrs %0, fpcr" : "=r"(old));
-  __asm__ __volatile__("msr fpcr, %0" : : "r"(old | (1ull << 24))); /* FZ */
-  return (unsigned)old;
-#else
-  return 0;
-#endif
-}
-
-static void restore_denormals(unsigned old) {
-#if defined(__SSE__)
-  _mm_setcsr(old);
-#elif defined(__aarch64__)
-  uint64_t v = old;
-  __asm__ __volatile__("msr fpcr, %0" : : "r"(v));
-#else
-  (void)old;
-#endif
-}
-
-/* ------------------------------------------------------------------------ */
-/* A small pool: chunks are claimed with one compare-and-swap on (gen, next). */
-
-typedef void (*chunk_fn)(void *arg, int chunk);
-
-typedef struct {
-  _Atomic uint64_t state;      /* generation << 32 | chunks << 16 | next chunk */
-  _Atomic int done;
-  _Atomic int quit;
-  _Atomic int sleepers;
-  chunk_fn fn;
-  void *arg;
-  int nhelpers;
-  pthread_t th[MAXT];
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-} pool_t;
-
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield");
-#endif
-}
-
-/* Claim and run chunks of generation `gen` until none is left. The chunk count
- * lives in the state word, so a successful claim proves the pass is still the
- * current one (fn and arg are not rewritten before all its chunks are done). */
-static void take_chunks(pool_t *p, uint32_t gen) {
-  for (;;) {
-    uint64_t s = atomic_load_explicit(&p->state, memory_order_acquire);
-    uint32_t g = (uint32_t)(s >> 32), n = (uint32_t)(s >> 16) & 0xffff, next = (uint32_t)s & 0xffff;
-    if (g != gen || next >= n) return;
-    if (atomic_compare_exchange_weak_explicit(&p->state, &s, s + 1, memory_order_acq_rel, memory_order_acquire)) {
-      p->fn(p->arg, (int)next);
-      atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
-    }
-  }
-}
-
-static void *helper_main(void *arg) {
-  pool_t *p = (pool_t *)arg;
-  flush_denormals(); /* this thread only ever runs the loop's passes */
-  uint32_t seen = (uint32_t)(atomic_load(&p->state) >> 32);
-  while (!atomic_load(&p->quit)) {
-    uint32_t gen = seen;
-    /* Spin ~100 µs for the next pass (a step's serial part is shorter), then sleep. */
-    for (int i = 0; i < 20000; i++) {
-      gen = (uint32_t)(atomic_load_explicit(&p->state, memory_order_acquire) >> 32);
-      if (gen != seen || atomic_load(&p->quit)) break;
-      cpu_relax();
-    }
-    if (gen == seen) {
-      pthread_mutex_lock(&p->mu);
-      atomic_fetch_add(&p->sleepers, 1);
-      while (!atomic_load(&p->quit) && (uint32_t)(atomic_load(&p->state) >> 32) == seen)
-        pthread_cond_wait(&p->cv, &p->mu);
-      atomic_fetch_sub(&p->sleepers, 1);
-      pthread_mutex_unlock(&p->mu);
-      continue;
-    }
-    seen = gen;
-    take_chunks(p, gen);
-  }
-  return NULL;
-}
-
-static int pool_grow(pool_t *p, int nhelpers) {
-  while (p->nhelpers < nhelpers && p->nhelpers < MAXT - 1) {
-    if (pthread_create(&p->th[p->nhelpers], NULL, helper_main, p) != 0) return -1;
-    p->nhelpers++;
-  }
-  return 0;
-}
-
-/* Run fn(arg, 0..nchunks-1), on the caller and (if use_helpers) the helpers. */
-static void pool_run(pool_t *p, int use_helpers, chunk_fn fn, void *arg, int nchunks) {
-  if (!use_helpers || p->nhelpers == 0) {
-    for (int c = 0; c < nchunks; c++) fn(arg, c);
-    return;
-  }
-  p->fn = fn;
-  p->arg = arg;
-  atomic_store_explicit(&p->done, 0, memory_order_relaxed);
-  uint32_t gen = (uint32_t)(atomic_load(&p->state) >> 32) + 1;
-  atomic_store_explicit(&p->state, (uint64_t)gen << 32 | (uint64_t)nchunks << 16, memory_order_release);
-  if (atomic_load(&p->sleepers) > 0) {
-    pthread_mutex_lock(&p->mu);
-    pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-  }
-  take_chunks(p, gen);
-  /* Only chunks a helper already holds are left: wait, yielding the core after a short spin. */
-  for (int i = 0; atomic_load_explicit(&p->done, memory_order_acquire) < nchunks; i++) {
-    if (i < 4000) cpu_relax(); else sched_yield();
-  }
-}
-
-static void pool_stop(pool_t *p) {
-  pthread_mutex_lock(&p->mu);
-  atomic_store(&p->quit, 1);
-  pthread_cond_broadcast(&p->cv);
-  pthread_mutex_unlock(&p->mu);
-  for (int i = 0; i < p->nhelpers; i++) pthread_join(p->th[i], NULL);
-  p->nhelpers = 0;
-}
-
-/* ------------------------------------------------------------------------ */
-/* The state of one run. Rows are padded to `ld` floats (a multiple of VL, zero */
-/* in the padding, and not a multiple of 1 KiB so rows do not alias in caches).  */
-
-typedef struct {
-  int B, C, d, N, ld;
-  int tch;             /* chunks of the T passes: 1 for a small T (never split), else NCHUNK */
-  int use_map, triplet, norm_T, cmm_only, logit;
-  float alpha, margin, wd, beta1, beta2, eps;
-  const float *x;      /* [N, d] normalized samples (caller's memory) */
-  const int64_t *y;    /* [N] */
-  const float *p0y;    /* [N] softmax(100 v̂ T0ᵀ)[y] (probability fusion) */
-  float *block;        /* one allocation holding everything below */
-  float *W, *mW, *vW;  /* [d, ld]: W with u = v̂ W + v̂ (row i of W = input feature i) */
-  float *T, *mT, *vT;  /* [C, ld] */
-  float *T0;           /* [C, ld] (logit fusion) */
-  float *xb, *xn;      /* [B, ld] this step's and the next step's samples */
-  float *xt, *xnt;     /* [d, B] the same, transposed (x[b, i] for one i are adjacent) */
-  float *u, *uh;       /* [B, ld] u = v̂ W + v̂ and û */
-  float un[MAXB];      /* |u_b| */
-  float *guh, *gu;     /* [B, ld] ∂L/∂û, ∂L/∂u */
-  float *part;         /* [NCHUNK, B, ld] partial sums of the parallel passes */
-  float *R;            /* [2B, C] A Tᵀ, A = [û; v̂] */
-  float *Z0;           /* [B, C] v̂ T0ᵀ (logit fusion) */
-  float *Gs, *Gc;      /* [B, C] ∂L/∂s (scaled by 1/|T_j| when T is normalized in s); triplet ∂L/∂c / |T_j| */
-  float *GsT, *GcT;    /* [C, B] the same, transposed for the T pass */
-  float *inv, *cf;     /* [C] 1/|T_j|, coefficient of T_j in gT */
-  char *tri_row;       /* [C] row j has a triplet term this step */
-  int64_t u_step;      /* the iteration whose u is in `u` (-1: none) */
-  pool_t pool;
-  /* per-pass arguments */
-  const int64_t *cur, *nxt;
-  double step_size, inv_bc2s, decay;
-} ctx_t;
+#include "cmm_ctx.h"
 
 static size_t round_up(size_t a, size_t m) { return (a + m - 1) / m * m; }
 
@@ -300,10 +93,6 @@ void cmm_get(void *h, float *W, float *T) {
 /* ------------------------------------------------------------------------ */
 /* Passes */
 
-static inline void chunk_range(int n, int chunk, int nchunks, int *a, int *b) {
-  *a = (int)((int64_t)n * chunk / nchunks);
-  *b = (int)((int64_t)n * (chunk + 1) / nchunks);
-}
 
 /* Load a batch: rows into xs [B, ld] (zero padding stays) and transposed into xts [d, B]. */
 static void gather(ctx_t *c, const int64_t *idx, float *xs, float *xts) {
@@ -416,16 +205,6 @@ static inline const float *arow(const ctx_t *c, int a) {
   return a < c->B ? c->uh + (size_t)a * c->ld : c->xb + (size_t)(a - c->B) * c->ld;
 }
 
-static float dot(const float *p, const float *q, int L) {
-  vf s0 = splat(0), s1 = splat(0);
-  int k = 0;
-  for (; k + 2 * VL <= L; k += 2 * VL) {
-    s0 += ld(p + k) * ld(q + k);
-    s1 += ld(p + k + VL) * ld(q + k + VL);
-  }
-  for (; k < L; k += VL) s0 += ld(p + k) * ld(q + k);
-  return hsum(s0 + s1);
-}
 
 /* Dots of rows t0 (and t1, if not NULL) with up to 8 rows q[0..n): out0[r * stride] = q_r · t0, likewise out1.
  * Two T rows share each load of q (the loads, not the FMAs, bound this pass). */

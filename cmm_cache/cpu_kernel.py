@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 SOURCE = Path(__file__).with_name("cmm_loop.c")
+HEADERS = [Path(__file__).with_name(n) for n in ("cmm_ctx.h", "cmm_pool.h")]  # included by the source
 ABI_VERSION = 1
 MAX_BATCH = 64  # MAXB in cmm_loop.c
 BASE_FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-pthread", "-fno-math-errno", "-fno-trapping-math"]
@@ -77,7 +78,7 @@ def _build(cc: str, out_dir: Path) -> tuple[Path | None, str]:
     """Compile the source (cached by hash); returns (library path or None, reason)."""
     from .atomic import tmp_sibling
 
-    src = SOURCE.read_bytes()
+    src = b"".join(p.read_bytes() for p in [SOURCE, *HEADERS])
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:

@@ -38,6 +38,8 @@ def test_wheel_layout(wheel):
     assert not any(n.startswith("cli/") for n in names), "a bare top-level `cli` package would be installed"
     assert any(n.startswith("cmm_cache/data_manifests/") and n.endswith(".json") for n in names)
     assert any(n.startswith("cmm_cache/backbone_configs/") and n.endswith(".json") for n in names)
+    # the CPU training loop's source, compiled on first use
+    assert {"cmm_cache/cmm_loop.c", "cmm_cache/cmm_ctx.h", "cmm_cache/cmm_pool.h"} <= set(names)
 
 
 def test_wheel_in_fresh_venv_lists_datasets(wheel, tmp_path):
