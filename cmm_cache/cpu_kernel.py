@@ -110,6 +110,19 @@ def _build(cc: str, out_dir: Path) -> tuple[Path | None, str]:
     return None, f"compiling with {cc} failed: {errors[0][0] if errors and errors[0] else 'no output'}"
 
 
+def _build_somewhere(cc: str) -> tuple[Path | None, str]:
+    """Build into the cache dir, or (read-only or full) a per-user temporary folder."""
+    import tempfile
+
+    reasons = []
+    for where in (_kernel_dir(), Path(tempfile.gettempdir()) / f"cmm-cache-kernels-{os.getuid()}"):
+        try:
+            return _build(cc, where)
+        except OSError as e:
+            reasons.append(f"cannot write {where} ({e.strerror or e})")
+    return None, "; ".join(reasons)
+
+
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     lib.cmm_new.restype = p
@@ -135,7 +148,7 @@ def load() -> ctypes.CDLL | None:
             if cc is None:
                 reason = "no C compiler found (set CC)"
             else:
-                path, reason = _build(cc, _kernel_dir())
+                path, reason = _build_somewhere(cc)
                 if path is not None:
                     try:
                         lib = _bind(ctypes.CDLL(str(path)))

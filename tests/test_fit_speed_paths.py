@@ -300,3 +300,10 @@ def test_the_loop_flushes_denormals_only_while_it_runs():
     for engine in ("auto", "torch"):
         fit(x, y, T0, FitConfig(iterations=20), engine=engine)
         assert not fit_ops.denormals_flushed()  # the caller's floating-point mode is left as it was
+
+
+def test_an_unwritable_cache_dir_builds_elsewhere(kernel, fresh_probes, tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("CMM_CACHE_DIR", str(tmp_path / "a-file" / "cache"))  # no folder can be made there
+    st = cpu_kernel.status()
+    assert st["available"] and "a-file" not in st["path"]
