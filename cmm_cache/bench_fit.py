@@ -16,6 +16,7 @@ do not matter for speed.
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import subprocess
 import sys
@@ -44,11 +45,20 @@ def machine() -> dict:
     return {
         "cpu": model,
         "cores": usable_cores(),
+        "load_average": _load(),
         "torch_threads": torch.get_num_threads(),
         "kernel": cpu_kernel.status(),
         "torch_path": fit_ops.describe(torch.device("cpu")),
         "versions": versions(),
     }
+
+
+def _load() -> float | None:
+    """The 1-minute load average (how busy the machine was: other work makes every figure slower)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 class BusyLoad:
@@ -194,7 +204,7 @@ def bench_threads(
                     log(f"  {cond:5s} {_name(c):>9s}: {r['fit_seconds']:6.2f} s")
         best = {k: min(v) for k, v in times.items()}
         fixed = [v for k, v in best.items() if k != "default"]
-        row = {"seconds": best, "all": times, "default_threads": picks}
+        row = {"seconds": best, "all": times, "default_threads": picks, "load_average_after": _load()}
         if "default" in best and fixed:
             row["default_vs_best_fixed"] = best["default"] / min(fixed)
         out[cond] = row
@@ -202,7 +212,7 @@ def bench_threads(
         extra = (
             f" (default / best fixed = {row['default_vs_best_fixed']:.3f})" if "default_vs_best_fixed" in row else ""
         )
-        log(f"{cond}: {line}{extra}")
+        log(f"{cond}: {line}{extra}; load average {row['load_average_after']}")
     return out
 
 
@@ -222,6 +232,7 @@ def bench_suite(
     k = m["kernel"]
     loop = f"compiled CPU loop ({k['reason']})" if k["available"] else f"torch path (no compiled loop: {k['reason']})"
     log(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['versions']['torch']}; trainer: {loop}")
+    log(f"load average before: {m['load_average']} (anything well above 0 means other work is running)")
     log(f"single run ({classes} classes × {dim}-d, 16 shots × 2 views, {iterations} iterations), fit seconds:")
     out["threads"] = bench_threads(classes, dim, 16, iterations, repeat=repeat, busy_procs=busy_procs, log=log)
     out["single_run_seconds"] = out["threads"]["quiet"]["seconds"]["default"]

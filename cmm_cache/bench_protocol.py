@@ -20,6 +20,7 @@ writing), and what is left (worker start-up, idle cores at the end).
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -127,6 +128,8 @@ def bench_protocol(
             loops = sum(r["loop_seconds"] for r in runs)
             other = sum(r["other_seconds"] for r in runs)
             out[mode] = {
+                "load_average_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+                "write_seconds_sum": sum(r["write_seconds"] for r in runs),
                 "processes": procs,
                 "seconds": wall,
                 "loop_seconds_sum": loops,
@@ -136,8 +139,9 @@ def bench_protocol(
             }
             log(
                 f"  {mode:10s} ({procs} process{'es' if procs > 1 else ''}): {wall:6.1f} s  "
-                f"(sums over runs: loops {loops:.1f} s, rest of the runs {other:.1f} s; "
-                f"start-up/idle {out[mode]['overhead_seconds']:.1f} s)"
+                f"(sums over runs: loops {loops:.1f} s, rest of the runs {other:.1f} s of which writing "
+                f"{out[mode]['write_seconds_sum']:.1f} s; start-up/idle {out[mode]['overhead_seconds']:.1f} s; "
+                f"load average {out[mode]['load_average_after']:.2f})"
             )
     done = [m for m in modes if m in out]
     out["best_mode"] = min(done, key=lambda m: out[m]["seconds"])
