@@ -141,7 +141,7 @@ def bench_protocol(
                 f"  {mode:10s} ({procs} process{'es' if procs > 1 else ''}): {wall:6.1f} s  "
                 f"(sums over runs: loops {loops:.1f} s, rest of the runs {other:.1f} s of which writing "
                 f"{out[mode]['write_seconds_sum']:.1f} s; start-up/idle {out[mode]['overhead_seconds']:.1f} s; "
-                f"load average {out[mode]['load_average_after']:.2f})"
+                f"load average {out[mode]['load_average_after']})"
             )
     done = [m for m in modes if m in out]
     out["best_mode"] = min(done, key=lambda m: out[m]["seconds"])
