@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +92,22 @@ def make_dataset(root: Path, per_class=(6, 3, 4), shift=False, seed=0) -> TinyDa
         wnids=["n01", "n02", "n03"] if shift else None,
         root=root,
     )
+
+
+class InjectedFailure(RuntimeError):
+    """What `fail_after` raises: a run stopped from outside after some chunk files were written."""
+
+
+def fail_after(chunks: int, kill: bool = False):
+    """An `on_chunk` observer that stops the run once `chunks` chunk files are on disk.
+
+    `kill=True` dies like `kill -9` instead (no cleanup code runs); use it in a subprocess.
+    """
+
+    def on_chunk(event):
+        if event.written >= chunks:
+            if kill:
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise InjectedFailure(f"injected failure after {event.written} chunk(s)")
+
+    return on_chunk

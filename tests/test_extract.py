@@ -17,10 +17,10 @@ from cmm_cache.backbones import load_backbone
 from cmm_cache.cache import SCHEMA, CacheLock, open_cache, partial_dir, verify_cache
 from cmm_cache.encode import load_image
 from cmm_cache.errors import CmmError
-from cmm_cache.extract import InjectedFailure, extract
+from cmm_cache.extract import extract
 
 sys.path.insert(0, str(Path(__file__).parent))
-from extract_helpers import CLASSES, TEMPLATES, make_dataset  # noqa: E402
+from extract_helpers import CLASSES, TEMPLATES, InjectedFailure, fail_after, make_dataset  # noqa: E402
 
 SHOTS, SEEDS = [1, 2], [1, 2]
 KW = dict(shots=SHOTS, seeds=SEEDS, chunk_rows=4, batch_size=4, num_workers=0)
@@ -167,7 +167,7 @@ def test_interrupted_run_resumes_and_ends_identical(reference, ds, tmp_path):
     _, ref = reference
     out = tmp_path / "c.h5"
     with pytest.raises(InjectedFailure):
-        extract(ds, "tiny", out=out, fail_after_chunks=3, **KW)
+        extract(ds, "tiny", out=out, on_chunk=fail_after(3), **KW)
     assert not out.exists()  # never a lie at the final path
     assert len(list(partial_dir(out).glob("*.*.npz"))) == 3
     r = extract(ds, "tiny", out=out, **KW)
@@ -196,12 +196,12 @@ def test_killed_process_resumes_and_ends_identical(reference, image_root, tmp_pa
     out = tmp_path / "k.h5"
     code = (
         f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from extract_helpers import make_dataset\n"
+        "from extract_helpers import fail_after, make_dataset\n"
         "from cmm_cache.extract import extract\n"
-        f"extract(make_dataset({str(image_root)!r}), 'tiny', out={str(out)!r}, **{KW!r})\n"
+        f"extract(make_dataset({str(image_root)!r}), 'tiny', out={str(out)!r}, on_chunk=fail_after(2, kill=True), "
+        f"**{KW!r})\n"
     )
-    env = {**os.environ, "CMM_CACHE_FAIL_AFTER_CHUNKS": "2", "CMM_CACHE_FAIL_MODE": "kill"}
-    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == -9, p.stderr[-2000:]
     assert not out.exists() and len(list(partial_dir(out).glob("*.*.npz"))) == 2
     r = extract(make_dataset(image_root), "tiny", out=out, **KW)
@@ -214,7 +214,7 @@ def test_killed_process_resumes_and_ends_identical(reference, image_root, tmp_pa
 def test_partial_run_of_a_different_request_is_refused(ds, tmp_path):
     out = tmp_path / "c.h5"
     with pytest.raises(InjectedFailure):
-        extract(ds, "tiny", out=out, fail_after_chunks=1, **KW)
+        extract(ds, "tiny", out=out, on_chunk=fail_after(1), **KW)
     with pytest.raises(CmmError, match="unfinished extraction for a different request"):
         extract(ds, "tiny", out=out, **{**KW, "seeds": [1]})
     assert extract(ds, "tiny", out=out, force=True, **{**KW, "seeds": [1]}).images_resumed == 0
