@@ -106,7 +106,7 @@ def test_file_follows_the_schema_node_by_node(reference, ds):
     assert c.num_classes == 3 and c.embed_dim == 32 and c.fewshot_groups == [(k, s) for k in SHOTS for s in SEEDS]
     # no work files left behind
     assert not partial_dir(path).exists()
-    assert sorted(p.name for p in path.parent.iterdir() if not p.name.endswith(".lock")) == [path.name]
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no lock file either
 
 
 def test_train_union_and_fewshot_groups_point_at_the_right_images(reference, ds):
@@ -254,6 +254,29 @@ def test_locked_cache_is_refused_at_once(ds, tmp_path):
     assert extract(ds, "tiny", out=out, **KW).status == "written"
 
 
+def test_lock_of_a_killed_extraction_is_free_at_once(image_root, tmp_path):
+    """An extraction killed (SIGKILL) while its DataLoader workers run: the lock is free the moment it is dead.
+
+    Forked workers share the lock's open file; unless they drop it, they keep a dead writer's lock
+    until their watchdog notices the parent is gone (seconds later).
+    """
+    out = tmp_path / "k.h5"
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from extract_helpers import fail_after, make_dataset\n"
+        "from cmm_cache.extract import extract\n"
+        f"extract(make_dataset({str(image_root)!r}), 'tiny', out={str(out)!r}, on_chunk=fail_after(1, kill=True), "
+        f"**{ {**KW, 'shots': [1], 'seeds': [1], 'num_workers': 2}!r})\n"
+    )
+    # No pipes: reading the child's output to the end would wait for its orphaned workers too.
+    with open(tmp_path / "stderr.txt", "w") as err:
+        p = subprocess.run([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=err, timeout=120)
+    assert p.returncode == -9, (tmp_path / "stderr.txt").read_text()[-2000:]
+    CacheLock(out).acquire().release()  # no wait, no retry
+    r = extract(make_dataset(image_root), "tiny", out=out, **{**KW, "shots": [1], "seeds": [1]})
+    assert r.status == "written" and r.images_resumed == 3  # the one train chunk (1 image per class)
+
+
 def test_shift_set_writes_test_and_imagenet_index(image_root, tmp_path):
     ds = make_dataset(image_root, shift=True)
     out = tmp_path / "shift.h5"
@@ -307,3 +330,99 @@ def test_cli_bench_extract_reports_both_figures(image_root):
     out = json.loads(r.stdout)
     assert out["images"] == 12 and out["batch_size"] == 4
     assert out["end_to_end_images_per_s"] > 0 and out["bare_forward_images_per_s"] > 0 and out["ratio"] > 0
+
+
+def test_run_killed_while_assembling_leaves_no_temp_file_once_resumed(reference, image_root, tmp_path):
+    """Killed (SIGKILL) half-way through writing the HDF5 file: a `<final>.tmp-<pid>` stays behind; the resume
+    finishes from the chunk files and removes it."""
+    _, ref = reference
+    out = tmp_path / "work" / "a.h5"
+    code = (
+        f"import os, signal, sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from extract_helpers import make_dataset\n"
+        "from cmm_cache.cache import writer\n"
+        "from cmm_cache.extract import extract\n"
+        "orig = writer._stream_split\n"
+        "def stream_then_die(f, store, sp, *a):\n"
+        "    orig(f, store, sp, *a)\n"
+        "    f.flush()\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "writer._stream_split = stream_then_die\n"
+        f"extract(make_dataset({str(image_root)!r}), 'tiny', out={str(out)!r}, **{KW!r})\n"
+    )
+    with open(tmp_path / "stderr.txt", "w") as err:
+        p = subprocess.run([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=err, timeout=120)
+    assert p.returncode == -9, (tmp_path / "stderr.txt").read_text()[-2000:]
+    stale = list(out.parent.glob("a.h5.tmp-*"))
+    assert not out.exists() and len(stale) == 1 and stale[0].stat().st_size > 0
+    r = extract(make_dataset(image_root), "tiny", out=out, **KW)
+    assert r.status == "written" and r.images_encoded == 0 and r.images_resumed == sum(r.splits.values())
+    assert [p.name for p in out.parent.iterdir()] == ["a.h5"]
+    assert verify_cache(out) == []
+    a, b = open_cache(ref), open_cache(out)
+    for s in ("train", "val", "test"):
+        assert np.array_equal(a.split(s).features, b.split(s).features), s
+
+
+def test_damaged_cache_at_the_final_path_is_called_damaged(ds, tmp_path):
+    out = tmp_path / "c.h5"
+    extract(ds, "tiny", out=out, **KW)
+    data = out.read_bytes()
+    out.write_bytes(data[: len(data) // 3])  # truncated, e.g. by a full disk during a copy
+    with pytest.raises(CmmError) as e:
+        extract(ds, "tiny", out=out, **KW)
+    msg = str(e.value)
+    assert "damaged" in msg and "different request" not in msg
+    assert f"cmm-cache cache verify {out}" in msg and "--force" in msg
+    r = extract(ds, "tiny", out=out, force=True, **KW)
+    assert r.status == "written" and verify_cache(out) == []
+
+
+def test_cache_not_written_by_extract_is_not_taken_for_another_request(ds, tmp_path):
+    from cmm_cache.cache import Split, write_cache
+
+    out = tmp_path / "c.h5"
+    split = Split(np.zeros((1, 1, 4), np.float16), np.array([0]), np.array([0]), ["center"])
+    text = {"t": (np.ones((1, 4), np.float32), ["{}"])}
+    write_cache(
+        out, dataset="x", backbone="tiny", provenance={}, classnames=["a"], text=text, default_templates="t",
+        splits={"test": split},
+    )  # fmt: skip
+    with pytest.raises(CmmError, match="not written by `cmm-cache extract`"):
+        extract(ds, "tiny", out=out, **KW)
+
+
+def test_resume_keeps_the_chunk_size_it_started_with(reference, ds, tmp_path):
+    """Resume at chunk granularity: a run started with 4-row chunks and repeated with another chunk size (a
+    newer default) finishes with 4-row chunks, reusing what is on disk, and ends identical."""
+    _, ref = reference
+    out = tmp_path / "c.h5"
+    with pytest.raises(InjectedFailure):
+        extract(ds, "tiny", out=out, on_chunk=fail_after(2), **KW)
+    r = extract(ds, "tiny", out=out, **{**KW, "chunk_rows": 64})
+    assert r.images_resumed == 8
+    a, b = open_cache(ref), open_cache(out)
+    for s in ("train", "val", "test"):
+        assert np.array_equal(a.split(s).features, b.split(s).features), s
+    # the chunk size does not make another request: the cache is up to date for any chunk size
+    assert extract(ds, "tiny", out=out, **{**KW, "chunk_rows": 7}).status == "up-to-date"
+
+
+def test_cache_of_an_earlier_version_is_still_up_to_date(ds, tmp_path):
+    """Earlier versions hashed the chunk size (always 1024 from the CLI) into the request fingerprint."""
+    import hashlib
+
+    from cmm_cache.extract_plan import plan_splits, request_fingerprint
+
+    out = tmp_path / "c.h5"
+    extract(ds, "tiny", out=out, **KW)
+    bb = load_backbone("tiny")
+    fp = request_fingerprint(ds, bb, *plan_splits(ds, SHOTS, SEEDS, 4))
+    legacy = {k: v for k, v in fp.items() if k not in ("sha256", "legacy_sha256")}
+    legacy["chunk_rows"] = 1024
+    old_sha = hashlib.sha256(json.dumps(legacy, sort_keys=True, default=str).encode()).hexdigest()
+    with h5py.File(out, "r+") as f:  # as the earlier version wrote it
+        prov = json.loads(f.attrs["provenance"])
+        assert prov["request_sha256"] != old_sha
+        f.attrs["provenance"] = json.dumps({**prov, "request_sha256": old_sha}, sort_keys=True)
+    assert extract(ds, "tiny", out=out, **KW).status == "up-to-date"
