@@ -426,3 +426,31 @@ def test_cache_of_an_earlier_version_is_still_up_to_date(ds, tmp_path):
         assert prov["request_sha256"] != old_sha
         f.attrs["provenance"] = json.dumps({**prov, "request_sha256": old_sha}, sort_keys=True)
     assert extract(ds, "tiny", out=out, **KW).status == "up-to-date"
+
+
+def test_progress_log_lines_now_and_then():
+    """Not on a terminal: a line at the start, one per interval, one at the end (a fake clock, no waiting)."""
+    from cmm_cache.cli.progress import LogLines
+
+    lines = []
+    clock = iter([0.0, 1.0, 2.0, 12.5, 13.0, 20.0]).__next__
+    log = LogLines("extract x", interval=10, clock=clock, emit=lines.append)
+    for done in (4, 10, 20, 50, 60, 100):
+        log(done, 100)
+    assert lines == [
+        "extract x: 4/100 images (4 already done by an earlier run)",
+        "extract x: 50/100 images (50.0 %), 3.7 images/s, about 14s left",  # (50 - 4) / 12.5 s; 50 left
+        "extract x: 100/100 images (100.0 %), 4.8 images/s",
+    ]
+
+
+def test_cli_extract_logs_progress_when_stderr_is_not_a_terminal():
+    r = CliRunner().invoke(
+        main, ["extract", "--dataset", "tiny", "--backbone", "tiny", "--shots", "1", "--seeds", "1", "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)  # stdout holds the JSON object only
+    n = out["images_encoded"]
+    lines = [line for line in r.stderr.splitlines() if line.startswith("extract tiny × tiny: ")]
+    assert n > 0 and lines[0] == f"extract tiny × tiny: 0/{n} images", r.stderr
+    assert lines[-1].startswith(f"extract tiny × tiny: {n}/{n} images (100.0 %), "), r.stderr
