@@ -1,6 +1,8 @@
 """`extract --add-text`: per-template text embeddings added to a cache written without them."""
 
 import json
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -56,7 +58,10 @@ def test_cli_add_text_to_a_cache_without_it():
     assert r.exit_code == 0 and json.loads(r.stdout)["status"] == "up-to-date"
     assert "--add-text" in " ".join(json.loads(r.stdout)["notes"])
 
-    r = CliRunner().invoke(main, [*EXTRACT, "--add-text", "--json"])
+    # ... and that command does it
+    note = " ".join(json.loads(r.stdout)["notes"])
+    cmd = shlex.split(re.search(r"`(cmm-cache extract [^`]*--add-text)`", note).group(1))
+    r = CliRunner().invoke(main, [*cmd[1:], "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["status"] == "text-added"
     c = open_cache(path)
@@ -142,3 +147,17 @@ def test_add_text_refuses_text_features_it_cannot_reproduce(tmp_path):
     with pytest.raises(CmmError, match="do not match the cache's"):
         at.add_text("x", "tiny", out=out, device="cpu")
     assert not open_cache(out).has_per_template()
+
+
+def test_the_readers_hint_for_a_missing_node_works(tmp_path):
+    """A cache anywhere (`fit --cache PATH`) without the node: the reader's message names a command that adds it."""
+    out = tmp_path / "elsewhere" / "mine.h5"
+    r = CliRunner().invoke(main, [*EXTRACT, "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    _strip_per_template(out)
+    with pytest.raises(CmmError) as e:
+        open_cache(out).text_per_template()
+    cmd = shlex.split(re.search(r"`(cmm-cache extract [^`]*--add-text)`", e.value.hint).group(1))
+    r = CliRunner().invoke(main, cmd[1:])
+    assert r.exit_code == 0, r.output
+    assert open_cache(out).has_per_template() and verify_cache(out) == []

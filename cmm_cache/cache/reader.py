@@ -103,7 +103,7 @@ class Cache:
                     f"Cache {self.path} has no per-template text embeddings ({key}): it was written by an "
                     "older cmm-cache or another tool.",
                     f"Add them with `cmm-cache extract --dataset {self.dataset} --backbone {self.backbone} "
-                    "--add-text` (text encoder only, the image features are kept).",
+                    f"--out {self.path} --add-text` (text encoder only, the image features are kept).",
                 )
             try:
                 return np.asarray(f[key][...], dtype=np.float32)
