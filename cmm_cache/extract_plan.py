@@ -67,8 +67,8 @@ class ExtractableDataset(Protocol):
         """The largest K a seeded draw supports (every class has K train and min(K, 4) val images)."""
         ...
 
-    def verify(self, rows: Mapping[str, np.ndarray] | None = None) -> None:
-        """Raise CmmError naming the missing files among `rows` (split -> row positions)."""
+    def verify(self, rows_by_split: Mapping[str, np.ndarray] | None = None, /) -> None:
+        """Raise CmmError naming the missing files among the given rows (split -> row positions); None: all."""
         ...
 
 
