@@ -14,10 +14,13 @@ import signal
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cmm_cache.datasets import Dataset, SplitList
 
 CLASSES = ["red square", "green stripe", "blue dot"]
+SHOTS, SEEDS = [1, 2], [1, 2]
+KW = dict(shots=SHOTS, seeds=SEEDS, chunk_rows=4, batch_size=4, num_workers=0)  # small chunks: several per split
 TEMPLATES = {
     "simple": ["a photo of a {}."],
     "ensemble": ["a photo of a {}.", "a drawing of a {}.", "a close-up photo of the {}."],
@@ -111,3 +114,29 @@ def fail_after(chunks: int, kill: bool = False):
             raise InjectedFailure(f"injected failure after {event.written} chunk(s)")
 
     return on_chunk
+
+
+# --------------------------------------------------------------------------- fixtures of the extraction tests
+# (import them into a test module to use them)
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    make_dataset(root)
+    return root
+
+
+@pytest.fixture
+def ds(image_root):
+    return make_dataset(image_root)
+
+
+@pytest.fixture(scope="module")
+def reference(image_root, tmp_path_factory):
+    """One uninterrupted extraction, shared by the read-only checks."""
+    out = tmp_path_factory.mktemp("ref") / "ref.h5"
+    from cmm_cache.extract import extract
+
+    r = extract(make_dataset(image_root), "tiny", out=out, record_last=False, **KW)
+    return r, out
