@@ -30,7 +30,9 @@ def test_fit_cache_file_several_runs_json(tmp_path):
     out = _json(r)
     assert [(x["shots"], x["seed"]) for x in out["runs"]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     assert [s["shots"] for s in out["summary"]] == [1, 2] and out["summary"][0]["runs"] == 2
-    run = paths.runs_dir() / "synth" / "synth-bb" / "shot_2-seed_1"
+    key = out["runs"][2]["config_key"]
+    assert len({r["config_key"] for r in out["runs"]}) == 1 and len(key) == 8 and int(key, 16) >= 0
+    run = paths.runs_dir() / "synth" / "synth-bb" / f"cmm-{key}" / "shot_2-seed_1"
     assert out["runs"][2]["run"] == str(run)
     assert json.loads((run / "result.json").read_text())["test_acc"] == out["runs"][2]["test_acc"]
     assert out["runs"][0]["config"]["iterations"] == 60
@@ -76,7 +78,7 @@ def test_fit_uses_last_extract_and_says_which(tmp_path):
     paths.record_last_extract("synth", "synth-bb", path)
     r = _run(["fit", *FAST])
     assert "extracted last" in r.output and "synth" in r.output
-    assert (paths.runs_dir() / "synth" / "synth-bb" / "shot_2-seed_1" / "result.json").is_file()
+    assert len(list((paths.runs_dir() / "synth" / "synth-bb").glob("cmm-*/shot_2-seed_1/result.json"))) == 1
     _run(["fit", "--dataset", "synth", "--backbone", "synth-bb", *FAST])
     # eval with no arguments: the last extract's dataset/backbone, the largest K fitted with seed 1
     assert _json(_run(["eval", "--json"]))["shots"] == 2
