@@ -95,9 +95,7 @@ def find_run_path(run_path, shift, dataset, backbone, method, shots, seed, runs_
 @device_option
 @json_option
 @handle_errors
-def eval_cmd(
-    run_path, shift, dataset, backbone, method, shots, seed, cache_file, runs_dir, cache_dir, device, as_json
-):
+def eval_cmd(run_path, shift, dataset, backbone, method, shots, seed, cache_file, runs_dir, cache_dir, device, as_json):
     """Re-evaluate a fitted run (any method) on its test split, or an ImageNet run on a shift set.
 
     \b

@@ -107,7 +107,9 @@ def _run_line(cache, r: dict) -> str:
     )
     if r.get("run"):
         line += f"  -> {r['run']}" + (" (replaced the earlier run of this config)" if r.get("replaced") else "")
-    return line
+    from rich.markup import escape
+
+    return escape(line)
 
 
 @click.command("fit")
