@@ -202,6 +202,9 @@ def fit_cmd(ctx, cache_file, dataset, backbone, shots, seeds, method, set_pairs,
     """Fit a method (default: CMM, training W and T) on cached features; choose its
     hyper-parameters on val; evaluate on test. Each configuration gets its own run folder.
 
+    The flags --iterations ... --threads are CMM's options; they set the option
+    of that name of any method that has one. Other options: --set KEY=VALUE.
+
     \b
     cmm-cache fit --shots 4                       # the cache extracted last
     cmm-cache fit --dataset dtd --backbone rn50 --shots 1,2,4,8,16 --seeds 1,2,3

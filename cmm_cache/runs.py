@@ -156,7 +156,7 @@ def check_target(path: Path, key: str, force: bool = False) -> bool:
                 f"{path} exists and is not a run folder.",
                 "Pass another --out, or --force to replace it.",
             )
-        return Path(path).exists()
+        return False
     try:
         old = result_config_key(json.loads(f.read_text()))
     except (OSError, ValueError):
