@@ -24,6 +24,7 @@ import copy
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -32,16 +33,40 @@ from .errors import CmmError
 
 SCHEMA = "cmm-manifest/1"
 KINDS = ("coop", "shift", "synthetic", "custom")
-SPLIT_SOURCES = (
-    "shipped",  # compact split file shipped beside the manifest: {split: {paths, labels}} (json or json.gz)
-    "coop_split_file",  # CoOp split_zhou_*.json read from the dataset folder (not shipped)
-    "fgvc_variant_files",  # FGVC-Aircraft's official images_variant_*.txt + variants.txt
-    "imagenet",  # few-shot pool + rest of images/train; test = images/val
-    "class_folders",  # shift sets: <image_dir>/<wnid or index>/* -> test
-    "synthetic",  # tiny: generated under the cache dir
-    "image_folder",  # custom: one sub-folder per class (optionally train/val/test/)
-    "csv",  # custom: path,label[,split]
-)
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """One kind of `split_source.type`: where a dataset's split lists come from (the one list of kinds;
+    `cmm_cache.datasets.SPLIT_READERS` holds a reader for each)."""
+
+    doc: str
+    listing: str  # how `cmm-cache datasets` says where the split lists come from
+    split_shipped: bool  # the split lists (or what builds them) ship with cmm-cache; else a file the user fetches
+    needs_data_root: bool = True
+
+
+SPLIT_SOURCES: dict[str, SplitSource] = {
+    "shipped": SplitSource(
+        "compact split file shipped beside the manifest: {split: {paths, labels}} (json or json.gz)", "shipped", True
+    ),
+    "coop_split_file": SplitSource(
+        "CoOp split_zhou_*.json read from the dataset folder (not shipped)", "needs the split file", False
+    ),
+    "fgvc_variant_files": SplitSource(
+        "FGVC-Aircraft's official images_variant_*.txt + variants.txt", "official lists (archive)", True
+    ),
+    "imagenet": SplitSource("few-shot pool + rest of images/train; test = images/val", "pool shipped + disk", True),
+    "class_folders": SplitSource("shift sets: <image_dir>/<wnid or index>/* -> test", "listed from disk", True),
+    "synthetic": SplitSource("tiny: generated under the cache dir", "generated", True, needs_data_root=False),
+    "image_folder": SplitSource(
+        "your own data: one sub-folder per class (optionally train/val/test/)",
+        "your folder",
+        False,
+        needs_data_root=False,
+    ),
+    "csv": SplitSource("your own data: rows path,label[,split]", "your CSV", False, needs_data_root=False),
+}
 REQUIRED = ("schema", "name", "kind", "classnames", "templates", "default_templates", "split_source")
 
 # Private keys the loader adds; never part of the content hash.
@@ -116,7 +141,11 @@ def validate_manifest(m: dict, *, check_files: bool = True) -> list[str]:
     if not isinstance(src, dict) or src.get("type") not in SPLIT_SOURCES:
         p.append(f"split_source.type must be one of {', '.join(SPLIT_SOURCES)}")
         src = {}
-    if m["kind"] not in ("synthetic", "custom") and src.get("type") not in ("image_folder", "csv"):
+    if (
+        m["kind"] not in ("synthetic", "custom")
+        and src.get("type") in SPLIT_SOURCES
+        and SPLIT_SOURCES[src["type"]].needs_data_root
+    ):
         for k in ("folder", "layout"):
             if not isinstance(m.get(k), str) or not m.get(k):
                 p.append(f"{k} is required for a dataset read from the data root")
