@@ -87,11 +87,9 @@ def _print_user_data(info: dict) -> None:
 
     splits = list(info["split_sizes"])
     console.print(f"[bold]{info['name']}[/] — your own data at {info['root']}")
-    console.print(
-        f"classes: {info['num_classes']}   split sizes: "
-        + ", ".join(f"{s} {n}" for s, n in info["split_sizes"].items())
-        + f"   split: {info['split']}"
-    )
+    sizes = ", ".join(f"{s} {n}" for s, n in info["split_sizes"].items())
+    console.print(f"classes: {info['num_classes']}   split sizes: {sizes}")
+    console.print(f"split: {info['split']}")
     t = Table(title="images per class", show_lines=False)
     for col in ["class", *splits]:
         t.add_column(col, no_wrap=col == "class", justify="left" if col == "class" else "right")
