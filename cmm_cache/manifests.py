@@ -82,6 +82,59 @@ def _norm(name: str) -> str:
     return str(name).strip().lower().replace("-", "_")
 
 
+def _class_problems(m: dict) -> list[str]:
+    p = []
+    names = m["classnames"]
+    if not isinstance(names, list) or not names or not all(isinstance(c, str) and c.strip() for c in names):
+        p.append("classnames must be a non-empty list of non-empty strings")
+        names = []
+    # Not required unique: CLIP's published ImageNet names repeat "missile" and
+    # "sunglasses" (two WordNet ids each), and the protocol uses them as published.
+    if "num_classes" in m and m["num_classes"] != len(names):
+        p.append(f"num_classes is {m['num_classes']} but there are {len(names)} classnames")
+    for key in ("wnids", "imagenet_index"):
+        if m.get(key) is not None and len(m[key]) != len(names):
+            p.append(f"{key} has {len(m[key])} entries for {len(names)} classes")
+    if m.get("imagenet_index") is not None and not all(
+        isinstance(i, int) and 0 <= i < 1000 for i in m["imagenet_index"]
+    ):
+        p.append("imagenet_index must hold ints in 0..999")
+    if m["kind"] == "shift" and m.get("imagenet_index") is None:
+        p.append("a shift set needs imagenet_index")
+    return p
+
+
+def _template_problems(t, default) -> list[str]:
+    p = []
+    if not isinstance(t, dict) or not t:
+        p.append("templates must be a non-empty {set name: [templates]} object")
+    else:
+        for k, v in t.items():
+            if not isinstance(v, list) or not v:
+                p.append(f"template set {k!r} is empty")
+            elif not all(isinstance(s, str) and s.count("{}") == 1 for s in v):
+                p.append(f"template set {k!r}: every template needs exactly one '{{}}'")
+        if default not in t:
+            p.append(f"default_templates {default!r} is not one of {', '.join(t)}")
+    return p
+
+
+def _missing_files(m: dict, src: dict, fs) -> list[str]:
+    """Data files the manifest names that are not beside it."""
+    files = []
+    if src.get("type") == "shipped":
+        files.append(src.get("file"))
+    if src.get("pool"):
+        files.append(src["pool"])
+    if isinstance(fs, dict) and fs.get("file"):
+        files.append(fs["file"])
+    return [
+        f"data file {f!r} not found next to the manifest"
+        for f in files
+        if not f or not (Path(m["_base"]) / f).is_file()
+    ]
+
+
 def validate_manifest(m: dict, *, check_files: bool = True) -> list[str]:
     """Problems with a manifest (an empty list means valid).
 
@@ -109,34 +162,8 @@ def validate_manifest(m: dict, *, check_files: bool = True) -> list[str]:
         p.append("aliases must be a list of strings")
     if m["kind"] not in KINDS:
         p.append(f"kind {m['kind']!r} is not one of {', '.join(KINDS)}")
-    names = m["classnames"]
-    if not isinstance(names, list) or not names or not all(isinstance(c, str) and c.strip() for c in names):
-        p.append("classnames must be a non-empty list of non-empty strings")
-        names = []
-    # Not required unique: CLIP's published ImageNet names repeat "missile" and
-    # "sunglasses" (two WordNet ids each), and the protocol uses them as published.
-    if "num_classes" in m and m["num_classes"] != len(names):
-        p.append(f"num_classes is {m['num_classes']} but there are {len(names)} classnames")
-    for key in ("wnids", "imagenet_index"):
-        if m.get(key) is not None and len(m[key]) != len(names):
-            p.append(f"{key} has {len(m[key])} entries for {len(names)} classes")
-    if m.get("imagenet_index") is not None and not all(
-        isinstance(i, int) and 0 <= i < 1000 for i in m["imagenet_index"]
-    ):
-        p.append("imagenet_index must hold ints in 0..999")
-    if m["kind"] == "shift" and m.get("imagenet_index") is None:
-        p.append("a shift set needs imagenet_index")
-    t = m["templates"]
-    if not isinstance(t, dict) or not t:
-        p.append("templates must be a non-empty {set name: [templates]} object")
-    else:
-        for k, v in t.items():
-            if not isinstance(v, list) or not v:
-                p.append(f"template set {k!r} is empty")
-            elif not all(isinstance(s, str) and s.count("{}") == 1 for s in v):
-                p.append(f"template set {k!r}: every template needs exactly one '{{}}'")
-        if m["default_templates"] not in t:
-            p.append(f"default_templates {m['default_templates']!r} is not one of {', '.join(t)}")
+    p += _class_problems(m)
+    p += _template_problems(m["templates"], m["default_templates"])
     src = m["split_source"]
     if not isinstance(src, dict) or src.get("type") not in SPLIT_SOURCES:
         p.append(f"split_source.type must be one of {', '.join(SPLIT_SOURCES)}")
@@ -154,16 +181,7 @@ def validate_manifest(m: dict, *, check_files: bool = True) -> list[str]:
         if not isinstance(fs, dict) or "file" not in fs or not isinstance(fs.get("groups"), list):
             p.append("fewshot must be null or {file, groups}")
     if check_files and "_base" in m:
-        files = []
-        if src.get("type") == "shipped":
-            files.append(src.get("file"))
-        if src.get("pool"):
-            files.append(src["pool"])
-        if isinstance(fs, dict) and fs.get("file"):
-            files.append(fs["file"])
-        for f in files:
-            if not f or not (Path(m["_base"]) / f).is_file():
-                p.append(f"data file {f!r} not found next to the manifest")
+        p += _missing_files(m, src, fs)
     dl = m.get("download")
     if dl is not None and (
         not isinstance(dl, dict) or not all(isinstance(a, dict) and a.get("url") for a in dl.get("archives", []))

@@ -366,3 +366,14 @@ def test_user_manifest_folder_joins_the_registry(tmp_path, monkeypatch):
     (tmp_path / "dtd2.json").write_text(json.dumps(m))
     with pytest.raises(CmmError, match="used by both"):
         mf.list_datasets()
+
+
+def test_user_manifest_data_files_must_be_beside_it(tmp_path):
+    m = mf.public(mf.get_manifest("dtd"))
+    m.update(name="mine", aliases=[], fewshot={"file": "mine/fewshot.npz", "groups": []})
+    m["split_source"] = {"type": "shipped", "file": "mine/split.json.gz"}
+    (tmp_path / "mine.json").write_text(json.dumps(m))
+    with pytest.raises(CmmError) as e:
+        mf.load_manifest_file(tmp_path / "mine.json")
+    assert "'mine/split.json.gz' not found next to the manifest" in e.value.message
+    assert "'mine/fewshot.npz' not found" in e.value.message
