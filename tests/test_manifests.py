@@ -316,7 +316,7 @@ def test_build_script_needs_a_protocol_folder(tmp_path):
     r = subprocess.run(
         [sys.executable, str(REPO / "tools/build_manifests.py"), "--help"], text=True, capture_output=True
     )
-    assert "coop_splits/" in r.stdout and "fewshot_indices/" in r.stdout and "../shared" not in r.stdout
+    assert "coop_splits/" in r.stdout and "fewshot_indices/" in r.stdout and "shared" not in r.stdout
 
 
 def test_every_split_source_kind_has_a_reader():

@@ -53,8 +53,6 @@ split lists. A violation stops the build (the data is never "fixed").
 from __future__ import annotations
 
 import argparse
-import ast
-import collections
 import filecmp
 import gzip
 import io
@@ -70,9 +68,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO)]
-from manifest_sources import ATTRIBUTION, DATASETS, SHIFTS  # noqa: E402  (the static facts, beside this script)
+from manifest_sources import ATTRIBUTION, DATASETS, IMAGENET, SHIFTS, tiny_manifest  # noqa: E402  (static facts, beside it)
+from protocol_files import check_group, load_fewshot_files, prompt_name, read_common, rel_after  # noqa: E402
 
-from cmm_cache.fewshot import group_name, parse_group  # noqa: E402  (the one shot_K-seed_S rule)
+from cmm_cache.fewshot import group_name  # noqa: E402  (the one shot_K-seed_S rule)
 
 HAND_WRITTEN = ("__init__.py", "README.md")  # in the output folder, never touched
 COOP_INSTRUCTIONS = "CoOp DATASETS.md: https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
@@ -91,87 +90,6 @@ def write_npz(path: Path, arrays: dict) -> None:
     # np.savez_compressed stamps zip entries with a fixed date, so output is reproducible.
     with open(path, "wb") as f:
         np.savez_compressed(f, **{k: arrays[k] for k in sorted(arrays)})
-
-
-def clip_md_templates(md: str) -> dict[str, list[str]]:
-    """`## Name` sections of CLIP's data/prompts.md -> its `templates = [...]` list."""
-    out = {}
-    for sec in re.split(r"^## ", md, flags=re.M)[1:]:
-        name = sec.split("\n", 1)[0].strip()
-        m = re.search(r"^templates = (\[.*?^\])", sec, flags=re.M | re.S)
-        if m:
-            out[name] = list(ast.literal_eval(m.group(1)))
-    return out
-
-
-def tip_templates(py: str) -> dict[str, list[str]]:
-    """The Tip-Adapter hand-crafted sets (evaluated as literal data, not executed)."""
-    tree = ast.parse(py)
-    lists = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.List):
-            lists[node.targets[0].id] = ast.literal_eval(node.value)
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and node.targets[0].id == "TIP_ADAPTER_TEMPLATES":
-            return {ast.literal_eval(k): lists[v.id] for k, v in zip(node.value.keys, node.value.values)}
-    raise SystemExit("TIP_ADAPTER_TEMPLATES not found")
-
-
-def prompt_name(raw: str) -> str:
-    """CoOp prompts with `classname.replace("_", " ")`."""
-    return raw.replace("_", " ")
-
-
-def load_fewshot_files(folder: Path):
-    """[(K, S, data)] of the `shot_K-seed_S.json` files, sorted by K, S."""
-    out = []
-    for f in folder.glob("shot_*-seed_*.json"):
-        K, S = parse_group(f.name.removesuffix(".json"))
-        out.append((K, S, json.loads(f.read_text())))
-    return sorted(out, key=lambda t: (t[0], t[1]))
-
-
-def check_group(name, K, S, d):
-    """The protocol: K per class in train, min(K, 4) per class in val, disjoint."""
-    for part, exp in (("train", K), ("val", min(K, 4))):
-        c = collections.Counter(r["label"] for r in d[part]["data"])
-        bad = {lab: n for lab, n in c.items() if n != exp}
-        if bad:
-            raise SystemExit(
-                f"{name} {group_name(K, S)} {part}: {len(bad)} classes do not have {exp} images: "
-                f"{list(bad.items())[:5]}"
-            )
-        if len(d[part]["indices"]) != len(d[part]["data"]) or len(set(d[part]["indices"])) != len(d[part]["indices"]):
-            raise SystemExit(f"{name} {group_name(K, S)} {part}: indices not unique / not aligned")
-    tp = {r["impath"] for r in d["train"]["data"]}
-    vp = {r["impath"] for r in d["val"]["data"]}
-    if tp & vp:
-        raise SystemExit(f"{name} {group_name(K, S)}: {len(tp & vp)} images in both train and val")
-
-
-def rel_after(impath: str, marker: str) -> str:
-    """'./data/dtd/images/banded/x.jpg' with marker 'dtd/images/' -> 'banded/x.jpg'."""
-    i = impath.find(marker)
-    if i < 0:
-        raise SystemExit(f"{impath!r} does not contain {marker!r}")
-    return impath[i + len(marker) :]
-
-
-def read_common(protocol: Path) -> dict:
-    """Templates and ImageNet class names / WordNet ids, used by several datasets."""
-    in80 = [t for t in (protocol / "templates/openai_imagenet_80_templates.txt").read_text().splitlines() if t.strip()]
-    in_names = [t for t in (protocol / "classnames/imagenet_classnames_clip.txt").read_text().splitlines() if t.strip()]
-    in_wnids = [t for t in (protocol / "classnames/imagenet_wnids.txt").read_text().splitlines() if t.strip()]
-    assert len(in_names) == 1000 and len(in_wnids) == 1000 and len(set(in_wnids)) == 1000
-    assert len(in80) == 80
-    return {
-        "tip": tip_templates((protocol / "templates/cross_modal_adaptation_hand_crafted.py").read_text()),
-        "clipmd": clip_md_templates((protocol / "templates/openai_CLIP_data_prompts.md").read_text()),
-        "in80": in80,
-        "in_names": in_names,
-        "in_wnids": in_wnids,
-        "wnid_pos": {w: i for i, w in enumerate(in_wnids)},
-    }
 
 
 def _source(homepage: str, citation: str) -> dict:
@@ -339,18 +257,13 @@ def _imagenet_pool(protocol: Path, common: dict, out: Path) -> tuple[dict, list]
 
 def build_imagenet(protocol: Path, out: Path, common: dict) -> dict:
     sizes, groups = _imagenet_pool(protocol, common, out)
+    info = IMAGENET
     return {
         "schema": "cmm-manifest/1",
         "name": "imagenet",
-        "title": "ImageNet-1k (ILSVRC 2012)",
-        "aliases": ["imagenet1k", "imagenet-1k", "ilsvrc2012", "in1k"],
+        **{k: info[k] for k in ("title", "aliases")},
         "kind": "coop",
-        "folder": "imagenet",
-        "image_dir": "images",
-        "layout": (
-            "imagenet/\n|-- images/\n|   |-- train/   (1000 folders n01440764 ..., n01440764_10026.JPEG "
-            "...)\n|   |-- val/     (1000 folders n01440764 ..., the official validation images)"
-        ),
+        **{k: info[k] for k in ("folder", "image_dir", "layout")},
         "classnames": common["in_names"],
         "wnids": common["in_wnids"],
         "templates": {"coop": common["tip"]["imagenet"], "clip": common["in80"]},
@@ -360,33 +273,18 @@ def build_imagenet(protocol: Path, out: Path, common: dict) -> dict:
         "split_source": {
             "type": "imagenet",
             "pool": "imagenet/pool.npz",
-            "origin": (
-                "train / val = the published few-shot pool (unique images of the shipped index files, "
-                "held out of ImageNet train by cross_modal_adaptation) followed by the rest of images/train, "
-                "split 80/20 by sha1 of the relative path; test = images/val (the official validation set)."
-            ),
+            "origin": info["split_origin"],
             "rest_val_fraction": 0.2,
         },
         "split_sizes": {**sizes, "train+val": 1281167, "test": 50000},
         "fewshot": {
             "file": "imagenet/fewshot.npz",
             "groups": [group_name(K, S) for K, S, _ in groups],
-            "origin": "cross_modal_adaptation few-shot index files for ImageNet (shots 1, 2, 4, 8; seeds 1-5), "
-            "re-indexed into the shipped pool; other groups (16 shots) are a seeded draw",
+            "origin": info["fewshot_origin"],
         },
-        "source": _source(
-            "https://image-net.org/download.php",
-            "Deng et al. ImageNet: A Large-Scale Hierarchical Image Database. CVPR 2009.",
-        ),
+        "source": _source(info["homepage"], info["citation"]),
         "download": None,
-        "download_note": (
-            "ImageNet needs an account: download ILSVRC2012 train and val from "
-            "https://image-net.org/download.php and arrange val into one folder per WordNet id."
-        ),
-        "license": (
-            "ImageNet: terms of access at https://image-net.org/download.php (non-commercial research). Class "
-            "names: OpenAI CLIP (MIT)."
-        ),
+        **{k: info[k] for k in ("download_note", "license")},
     }
 
 
@@ -429,43 +327,6 @@ def build_shift(name: str, protocol: Path, common: dict) -> dict:
         **({"download_note": info["download_note"]} if info.get("download_note") else {}),
         "license": info["license"],
         "attribution": [ATTRIBUTION["coop"], ATTRIBUTION["clip"]],
-    }
-
-
-def tiny_manifest() -> dict:
-    return {
-        "schema": "cmm-manifest/1",
-        "name": "tiny",
-        "title": "tiny (synthetic, for tests and demos)",
-        "aliases": ["tiny-synthetic"],
-        "kind": "synthetic",
-        "folder": "tiny",
-        "image_dir": "",
-        "layout": "<cache-dir>/data/tiny/<split>/<class>/<n>.png (generated on first use)",
-        "classnames": ["red square", "green circle", "blue stripes", "yellow cross", "purple checkerboard"],
-        "num_classes": 5,
-        "templates": {
-            "coop": ["a photo of a {}."],
-            "clip": ["a photo of a {}.", "a drawing of a {}.", "a {} pattern."],
-        },
-        "default_templates": "coop",
-        "split_source": {
-            "type": "synthetic",
-            "per_class": {"train": 16, "val": 4, "test": 6},
-            "image_size": 32,
-            "seed": 0,
-            "origin": "deterministic numpy drawing, written once under <cache-dir>/data/tiny/",
-        },
-        "split_sizes": {"train": 80, "val": 20, "test": 30},
-        "fewshot": None,
-        "source": {
-            "homepage": "https://github.com/ (part of cmm-cache)",
-            "instructions": "generated, needs no data root",
-            "citation": "",
-        },
-        "download": None,
-        "license": "MIT (generated by cmm-cache)",
-        "attribution": [],
     }
 
 
