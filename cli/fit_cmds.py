@@ -101,7 +101,7 @@ def _run_line(cache, r: dict) -> str:
     zs = "-" if r.get("zero_shot_test_acc") is None else f"{r['zero_shot_test_acc']:.2f}"
     only = "" if r.get("cmm_only_test_acc") is None else f", CMM logits only {r['cmm_only_test_acc']:.2f}"
     line = (
-        f"{cache.dataset} × {cache.backbone}  {r['method']} {r['shots']}-shot seed {r['seed']}: "
+        f"{cache.dataset_name} × {cache.backbone}  {r['method']} {r['shots']}-shot seed {r['seed']}: "
         f"test {r['test_acc']:.2f} %  (zero-shot {zs}{only}{a}, val {r['val_acc']:.2f})  "
         f"{r['fit_seconds']:.1f} s"
     )
@@ -246,7 +246,7 @@ def fit_cmd(ctx, cache_file, dataset, backbone, shots, seeds, method, set_pairs,
                 console.print(f"[yellow]warning[/]: {w}")
     summary = summarize(results)
     if len(results) > 1:
-        console.print(summary_table(summary, f"{cache.dataset} × {cache.backbone}: test accuracy (%), mean ± std"))
+        console.print(summary_table(summary, f"{cache.dataset_name} × {cache.backbone}: test accuracy (%), mean ± std"))
     if as_json:
         emit_json(results[0] if len(results) == 1 else {"runs": results, "summary": summary})
 

@@ -208,7 +208,7 @@ def _fit_one(cache: ReadOnceCache, shots, seed, m, opts: dict, templates, dev, s
     config = {"method": m.name, **opts, "seed": int(seed), "device": str(dev)}
     config["templates"] = templates or cache.default_templates
     result = {
-        "dataset": cache.dataset,
+        "dataset": cache.dataset_name,  # the short name: what tables show and --dataset accepts later
         "backbone": cache.backbone,
         "method": m.name,
         "shots": int(shots),

@@ -104,14 +104,11 @@ def config_changes(result: dict) -> dict:
 
 
 def locate_cache(dataset: str, backbone: str, cache_dir=None) -> Path:
-    """The cache file of (dataset, backbone) in the cache dir: the one lookup fit and eval use.
+    """The cache file of (dataset, backbone) in the cache dir: the one lookup fit and eval use
+    (:func:`cmm_cache.paths.find_cache`: a registered name, a path, or your data's short name)."""
+    from .paths import find_cache
 
-    (To be answered by ``paths.find_cache`` — which also resolves a bare short
-    name such as ``dtd10`` — once that exists.)
-    """
-    from .paths import cache_path
-
-    return cache_path(dataset, backbone, cache_dir)
+    return find_cache(dataset, backbone, cache_dir)
 
 
 def dataset_folder(cache: Cache) -> str:

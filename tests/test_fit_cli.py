@@ -140,7 +140,7 @@ def test_eval_shift_refuses_another_backbone_or_class_space(tmp_path):
     r = _run(["eval", "--shift", "imagenet-r"], ok=False)
     assert r.exit_code == 2 and "WordNet" in r.output
     r = _run(["eval", "--shift", "imagenet-v2"], ok=False)
-    assert r.exit_code == 2 and "No cache file" in r.output
+    assert r.exit_code == 2 and "No cache of dataset 'imagenet-v2'" in r.output and "cmm-cache extract" in r.output
 
 
 def test_results_merge_csv(tmp_path):

@@ -54,7 +54,11 @@ def test_predict_on_a_folder_dataset_matches_eval(tmp_path):
     data = write_folder_dataset(tmp_path / "colours")
     cd = tmp_path / "cache"
     cli(["extract", "--dataset", data, "--backbone", "tiny", "--cache-dir", cd])
-    fitted = cli_json(["fit", "--cache-dir", cd, "--shots", "2", "--seed", "1", "--iterations", "200"])
+    # your data goes by one name: the folder's, in results and for --dataset later
+    fit = ["fit", "--cache-dir", cd, "--dataset", "colours", "--backbone", "tiny", "--shots", "2", "--seed", "1"]
+    fitted = cli_json([*fit, "--iterations", "200"])
+    assert fitted["dataset"] == "colours" and "/colours-" in fitted["run"]
+    assert cli_json(["eval", "--cache-dir", cd, "--dataset", "colours"])["run"] == fitted["run"]
     out = cli_json(["predict", "--run", fitted["run"], data, "--workers", "0"])
     assert len(out["predictions"]) == 30
     test_paths = load_dataset(str(data)).splits["test"].paths
