@@ -1,8 +1,11 @@
-"""Progress of a long image loop (`extract`): a rich bar on a terminal, plain log lines elsewhere.
+"""Progress bars and progress lines.
 
-Logs (a batch job's stderr, `2> log`, CI) get one line at the start, one every
-``interval`` seconds (``CMM_CACHE_PROGRESS_SECONDS``, default 10) and one at the end,
-each readable on its own: images done of total, percent, images/s, time left.
+- :class:`Bars`: rich bars for `fit` (iterations of each run) and `predict` (images): silent with --json or
+  off a terminal.
+- :class:`ImageProgress`: `extract`'s images: a rich bar on a terminal, plain log lines elsewhere. Logs (a
+  batch job's stderr, `2> log`, CI) get one line at the start, one every ``interval`` seconds
+  (``CMM_CACHE_PROGRESS_SECONDS``, default 10) and one at the end, each readable on its own: images done of
+  total, percent, images/s, time left.
 """
 
 from __future__ import annotations
@@ -126,4 +129,43 @@ class ImageProgress:
     def __exit__(self, *exc) -> bool:
         if self.bar is not None:
             self.bar.p.__exit__(*exc)
+        return False
+
+
+class Bars:
+    """``with Bars(enabled) as bars: update = bars.task(label, total, unit)`` then ``update(done, note=None)``."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.p = enabled and console.is_terminal, None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.p = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[unit]} {task.fields[note]}"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
+            self.p.__enter__()
+        return self
+
+    def task(self, label: str, total: int | None, unit: str = ""):
+        """A callback ``update(done, total=None, note=None)``, or None when the bar is off."""
+        if not self.p:
+            return None
+        tid = self.p.add_task(label, total=total, unit=unit, note="")
+
+        def update(done, total=None, note=None):
+            self.p.update(tid, completed=done, **({"total": total} if total else {}), note=note or "")
+
+        return update
+
+    def __exit__(self, *exc):
+        if self.p:
+            self.p.__exit__(*exc)
         return False

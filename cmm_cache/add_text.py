@@ -124,13 +124,14 @@ def add_text(
 ) -> ExtractResult:
     """Add ``text/<set>/per_template`` to the cache of (`dataset`, `backbone`) (or the file `out`)."""
     from .backbones import resolve_device
-    from .paths import cache_path
+    from .paths import find_cache
 
-    final = Path(out) if out else cache_path(dataset, backbone, cache_root)
+    final = Path(out) if out else find_cache(dataset, backbone, cache_root)  # as fit finds it (short names too)
     if not final.exists():
         raise CmmError(
             f"No cache at {final} to add text embeddings to.",
-            f"Extract it: `cmm-cache extract --dataset {dataset} --backbone {backbone}` (new caches hold them).",
+            f"Extract it: `cmm-cache extract --dataset {dataset} --backbone {backbone} --out {final}` "
+            "(new caches hold them).",
         )
     dev = resolve_device(device)
     result = ExtractResult(path=str(final), dataset=dataset, backbone=backbone, status="up-to-date", device=dev)

@@ -85,7 +85,10 @@ def test_cli_add_text_to_a_cache_without_it():
 def test_add_text_without_a_cache_says_how_to_make_one():
     r = CliRunner().invoke(main, [*EXTRACT, "--add-text"])
     out = " ".join(r.output.split())
-    assert r.exit_code == 2 and "No cache at" in out and "cmm-cache extract --dataset tiny" in out
+    assert r.exit_code == 2 and "No cache of dataset 'tiny'" in out and "cmm-cache extract --dataset tiny" in out
+    r = CliRunner().invoke(main, [*EXTRACT, "--out", "nowhere.h5", "--add-text"])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and "No cache at nowhere.h5" in out and "--out nowhere.h5" in out
 
 
 @pytest.fixture(scope="module")
