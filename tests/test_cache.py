@@ -233,3 +233,26 @@ def test_per_template_text_is_optional_and_its_absence_says_how_to_add_it(tmp_pa
         del f["text/set/per_template"]
         f.create_dataset("text/set/per_template", data=per[:, :1], fletcher32=True)
     assert any("per_template" in p for p in verify_cache(new.path))
+
+
+def test_verify_checks_root_attributes_and_classes(tmp_path):
+    """The root-attribute and classes/ checkers: a missing attribute, non-JSON provenance, class vectors that
+    disagree with classes/names."""
+    f = _small_cache(tmp_path / "c.h5")
+    assert verify_cache(f) == []
+    with h5py.File(f, "r+") as h:
+        del h.attrs["backbone"]
+        h.attrs["provenance"] = "{not json"
+        h.create_dataset("classes/wnids", data=np.array([b"n1", b"n2"]), fletcher32=True)  # 2 for 3 classes
+        h.create_dataset("classes/imagenet_index", data=np.array([0, 5, 1000]), fletcher32=True)
+        h.create_dataset("extra/no_checksum", data=np.zeros(3))
+    problems = "\n".join(verify_cache(f))
+    for want in (
+        "attribute 'backbone' missing",
+        "attribute provenance is not valid JSON",
+        "classes/wnids length differs from classes/names",
+        "classes/imagenet_index outside 0..999",
+        "extra/no_checksum: stored without a checksum",
+    ):
+        assert want in problems, want
+    assert "imagenet_index length" not in problems  # 3 entries for 3 classes: only the range is wrong
