@@ -21,15 +21,15 @@ def main():
 
 @main.group()
 def bench():
-    """Benchmarks users can run: `bench extract`, `bench fit`."""
+    """Benchmarks users can run: `bench extract`, `bench fit`, `bench methods`."""
 
 
 def _register() -> None:
     # Command modules import torch and the library inside each command, so
     # `cmm-cache --help` stays fast.
-    from . import bench_cmds, cache_cmds, data_cmds, eval_cmds, extract_cmds, fit_cmds, results_cmds
+    from . import bench_cmds, cache_cmds, compare_cmds, data_cmds, eval_cmds, extract_cmds, fit_cmds, results_cmds
 
-    for mod in (data_cmds, extract_cmds, cache_cmds, fit_cmds, eval_cmds, results_cmds, bench_cmds):
+    for mod in (data_cmds, extract_cmds, cache_cmds, fit_cmds, eval_cmds, results_cmds, compare_cmds, bench_cmds):
         for cmd in mod.COMMANDS:
             main.add_command(cmd)
         for cmd in getattr(mod, "BENCH_COMMANDS", []):
