@@ -23,7 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from . import FitData, Method, MethodResult, register_method
+from . import FitData, Method, MethodResult, register_method, scoped
 from .linear_head import LinearHead
 from .linear_trainer import LOGIT_SCALE, TEXT_RATIO
 from .wise_ft import ALPHAS, DEFAULTS, choose_alpha, search_table, train_linear, wise_mix
@@ -60,10 +60,12 @@ def _fit(data: FitData, options: dict, progress, wise: bool) -> MethodResult:
     )
 
 
+@scoped
 def fit_lp(data, options, progress=None):
     return _fit(data, options, progress, wise=False)
 
 
+@scoped
 def fit_wise(data, options, progress=None):
     return _fit(data, options, progress, wise=True)
 

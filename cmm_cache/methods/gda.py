@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from . import FitData, Method, MethodResult, accuracy, register_method
+from . import FitData, Method, MethodResult, accuracy, register_method, scoped
 from .linear_head import LinearHead
 
 ALPHAS = [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0]
@@ -46,6 +46,7 @@ def gda_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[
     return W.to(x.dtype), b.to(x.dtype)
 
 
+@scoped
 def fit(data: FitData, options: dict, progress=None) -> MethodResult:
     t0 = time.perf_counter()
     W, b = gda_classifier(data.x_train, data.y_train, data.num_classes)

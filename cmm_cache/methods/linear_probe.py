@@ -33,7 +33,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from . import FitData, Method, MethodResult, register_method
+from . import FitData, Method, MethodResult, register_method, scoped
 from .linear_head import LinearHead
 
 C_START = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)  # CoOp's search initialization, in their order
@@ -129,6 +129,7 @@ def coop_search(val_acc, start=C_START, steps: int = 8) -> tuple[float, list]:
     return final, tried
 
 
+@scoped
 def fit(data: FitData, options: dict, progress=None) -> MethodResult:
     t0 = time.perf_counter()
     path = _Path(

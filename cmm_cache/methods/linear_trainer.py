@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CmmError
-from . import flush_denormals
 
 LOGIT_SCALE = math.exp(4.60517)  # their LogitHead: CLIP's initial temperature, not learned
 GRID = {"lr": [1e-3, 1e-4], "weight_decay": [0.0, 1e-2, 1e-4], "batch_size": [8, 32]}
@@ -137,7 +136,7 @@ def train_grid(pool_x, pool_y, n_image, W0, x_val, y_val, configs, iterations, s
     step = torch.zeros((), dtype=torch.float32)
     best_W, best_val = W.clone(), torch.full((len(configs),), -1.0, dtype=torch.float64)
     best_iter = torch.zeros(len(configs), dtype=torch.long)
-    with torch.no_grad(), flush_denormals():
+    with torch.no_grad():
         for i in range(iterations):
             for a, z, bs, rows in groups:
                 b = rows[i]

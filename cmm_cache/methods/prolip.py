@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..heads import Head, register_head
-from . import FitData, Method, MethodResult, flush_denormals, register_method
+from . import FitData, Method, MethodResult, register_method, scoped
 
 
 @register_head
@@ -114,6 +114,7 @@ def train_maps(views_x, y, T0, lrs, lams, epochs, progress=None) -> torch.Tensor
     return W.detach()
 
 
+@scoped
 def fit(data: FitData, options: dict, progress=None) -> MethodResult:
     t0 = time.perf_counter()
     n_img = int(data.train_image.max()) + 1
@@ -123,8 +124,7 @@ def fit(data: FitData, options: dict, progress=None) -> MethodResult:
     lams = options["lambdas"] if options["lambdas"] is not None else [1.0 / data.shots]
     pairs = [(lr, lam) for lr in options["lrs"] for lam in lams]  # their loop order: lr outer, λ inner
     epochs = int(options["epochs"])
-    with flush_denormals():
-        W = train_maps(views, y, data.T0, [p[0] for p in pairs], [p[1] for p in pairs], epochs, progress)
+    W = train_maps(views, y, data.T0, [p[0] for p in pairs], [p[1] for p in pairs], epochs, progress)
     best = (0, -1.0)
     with torch.no_grad():
         for k in range(len(pairs)):

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..heads import Head, register_head
-from . import FitData, Method, MethodResult, flush_denormals, register_method
+from . import FitData, Method, MethodResult, register_method, scoped
 
 # Their configs/<dataset>.yaml: (search_scale, init_alpha, train_epoch); init_beta is 1 everywhere.
 CONFIGS = {
@@ -150,6 +150,7 @@ def _options_for(data: FitData, options: dict) -> tuple:
     )
 
 
+@scoped
 def fit_tip(data: FitData, options: dict, progress=None) -> MethodResult:
     t0 = time.perf_counter()
     scale, steps, _, _ = _options_for(data, options)
@@ -198,16 +199,14 @@ def train_keys(data: FitData, keys, values, alpha, beta, epochs, lr, batch, max_
     return best, best_epoch, history, steps
 
 
+@scoped
 def fit_tip_f(data: FitData, options: dict, progress=None) -> MethodResult:
     t0 = time.perf_counter()
     scale, steps, init_alpha, epochs = _options_for(data, options)
     keys, labels = cache_model(data)
     values = F.one_hot(labels, data.num_classes).to(keys.dtype)
     lr, batch, cap = options["lr"], options["batch_size"], options["max_iterations"]
-    with flush_denormals():
-        trained, best_epoch, history, n = train_keys(
-            data, keys, values, init_alpha, 1.0, epochs, lr, batch, cap, progress
-        )
+    trained, best_epoch, history, n = train_keys(data, keys, values, init_alpha, 1.0, epochs, lr, batch, cap, progress)
     beta, alpha, acc = search_hp(trained, values, data.T0, data.x_val, data.y_val, scale, steps)
     return MethodResult(
         head=TipHead(trained, labels, data.T0, alpha, beta),

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from . import FitData, Method, MethodResult, accuracy, register_method
+from . import FitData, Method, MethodResult, accuracy, register_method, scoped
 from .linear_head import LinearHead
 from .linear_trainer import GRID, ITERATIONS, LOGIT_SCALE, grid_configs, train_grid
 
@@ -60,6 +60,7 @@ def search_table(r) -> list[dict]:
     ]
 
 
+@scoped
 def fit(data: FitData, options: dict, progress=None) -> MethodResult:
     t0 = time.perf_counter()
     W_zs = data.T0
