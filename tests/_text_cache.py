@@ -22,7 +22,9 @@ from _synth import World
 
 from cmm_cache.cache import Split, write_cache
 
-REAL_ROOT = Path(os.environ.get("CMM_REAL_FEATURES", Path(__file__).resolve().parents[1].parent / "shared" / "real_features"))
+REAL_ROOT = Path(
+    os.environ.get("CMM_REAL_FEATURES", Path(__file__).resolve().parents[1].parent / "shared" / "real_features")
+)
 
 
 def _unit(a):
