@@ -7,7 +7,7 @@ Real: the Tip-Adapter-format CLIP ViT-B/32 features (path in CMM_REAL_FEATURES, 
 folder beside the checkout; no text features there). As tests/test_real_features.py does, the CoOp
 val split is divided per class: 4 images per class are the val pool (the few-shot val subsets come
 from it), the rest ("val-rest") only build the simulated text: template j of class k is
-``s·(m_k + |m_k|·g + ξ_k/√d + 0.5·ζ_kj/√d)`` — the class mean of val-rest, a common modality-gap
+``s·(m_k + |m_k|·g + 0.25·ξ_k/√d + 0.5·ζ_kj/√d)`` — the class mean of val-rest, a common modality-gap
 offset g, a per-class prompt error ξ_k and a per-template error ζ_kj, at a CLIP-like raw scale s.
 Few-shot train subsets draw K of the 16 cached images per class with each seed.
 """
@@ -89,7 +89,7 @@ def convert_real(folder: Path, out: Path, shots=(1, 16), seeds=(1, 2, 3), M=7, s
     pool, rest = np.sort(np.concatenate(pool)), np.concatenate(rest)
     m = np.stack([_unit(vf[rest][vl[rest] == c]).mean(0) for c in range(C)])
     g = _unit(rng.standard_normal(d))
-    xi = rng.standard_normal((C, 1, d)) / np.sqrt(d)
+    xi = 0.25 * rng.standard_normal((C, 1, d)) / np.sqrt(d)
     zeta = 0.5 * rng.standard_normal((C, M, d)) / np.sqrt(d)
     per = 8.0 * (m[:, None] + np.linalg.norm(m, axis=1)[:, None, None] * g + xi + zeta)
     write_cache(
