@@ -192,5 +192,27 @@ def bench_methods_cmd(methods, classes, dim, shots, repeat, threads, as_json):
         console.print(out["machine"])
 
 
+@click.command("compare")
+@click.option("--methods", default="all", show_default=True)
+@click.option("--classes", default=47, show_default=True, type=click.IntRange(2))
+@click.option("--dim", default=1024, show_default=True, type=click.IntRange(2))
+@click.option("--shots", default="1,2,4,8,16", show_default=True, callback=int_list)
+@click.option("--seeds", default="1,2,3", show_default=True, callback=int_list)
+@click.option("--max-iterations", default=None, type=click.IntRange(1), help="As compare's (default: full schedules).")
+@json_option
+@handle_errors
+def bench_compare_cmd(methods, classes, dim, shots, seeds, max_iterations, as_json):
+    """Wall time of `compare` on a synthetic cache of DTD's size (47 classes × 1024-d, 36 test images per class)."""
+    from cmm_cache.bench_methods import bench_compare
+
+    out = bench_compare(methods, classes, dim, shots, seeds, max_iterations, log=None if as_json else console.print)
+    if as_json:
+        emit_json({k: v for k, v in out.items() if k != "table"})
+        return
+    console.print(f"[bold]compare: {out['runs']} runs in {out['wall_seconds']:.1f} s[/] ({out['machine']})")
+    for name, secs in out["fit_seconds_per_method"].items():
+        console.print(f"  {name:22s} {secs:9.2f} s of fitting")
+
+
 COMMANDS = [compare_cmd]
-BENCH_COMMANDS = [bench_methods_cmd]
+BENCH_COMMANDS = [bench_methods_cmd, bench_compare_cmd]

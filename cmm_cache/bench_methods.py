@@ -101,3 +101,113 @@ def bench_methods(
         "repeat": repeat,
         "methods": rows,
     }
+
+
+def synthetic_cache(
+    path,
+    classes=47,
+    dim=1024,
+    shots=(1, 2, 4, 8, 16),
+    seeds=(1, 2, 3),
+    templates=1,
+    train_per_class=16,
+    val_per_class=4,
+    test_per_class=36,
+    seed=0,
+):
+    """A cache file of the given size (DTD's shape by default: 47 classes, 36 test images per class,
+    1 template as `extract --dataset dtd` writes by default) with few-shot subsets for every (K, seed)."""
+    import numpy as np
+
+    from .cache import Split, write_cache
+
+    full = synthetic_fit_data(classes, dim, train_per_class, 2, templates, val_per_class + test_per_class, seed)
+    n_val = classes * (val_per_class + test_per_class)
+    xv, yv = full.x_val.view(classes, -1, dim), full.y_val.view(classes, -1)
+    val_x, val_y = xv[:, :val_per_class].reshape(-1, dim), yv[:, :val_per_class].reshape(-1)
+    test_x, test_y = xv[:, val_per_class:].reshape(-1, dim), yv[:, val_per_class:].reshape(-1)
+    assert len(val_y) + len(test_y) == n_val
+    per = full._per_template()
+    ytr = full.y_train.view(-1, 2)[:, 0].numpy()
+    fewshot = {}
+    for s in seeds:
+        r = np.random.default_rng(1000 + s)
+        for k in shots:
+            tr = np.concatenate([r.choice(np.flatnonzero(ytr == c), k, replace=False) for c in range(classes)])
+            va = np.concatenate(
+                [r.choice(np.flatnonzero(val_y.numpy() == c), min(k, 4), replace=False) for c in range(classes)]
+            )
+            fewshot[(k, s)] = (np.sort(tr), np.sort(va))
+
+    def split(x, y, views):
+        return Split(x.view(len(y), views, dim).numpy(), y.numpy(), np.arange(len(y)), ["center", "hflip"][:views])
+
+    return write_cache(
+        path,
+        dataset="synthetic",
+        backbone=f"synthetic-{dim}d",
+        provenance={"model": "synthetic", "embed_dim": dim, "note": "cmm_cache.bench_methods.synthetic_cache"},
+        classnames=list(full.classnames),
+        text={"synthetic": (full.T0.numpy(), [f"template {j} {{}}" for j in range(templates)], per)},
+        default_templates="synthetic",
+        splits={
+            "train": split(full.x_train, torch.from_numpy(ytr), 2),
+            "val": split(val_x, val_y, 1),
+            "test": split(test_x, test_y, 1),
+        },
+        fewshot=fewshot,
+    )
+
+
+def bench_compare(
+    methods="all",
+    classes=47,
+    dim=1024,
+    shots=(1, 2, 4, 8, 16),
+    seeds=(1, 2, 3),
+    max_iterations=None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Wall time of `compare` (all fits, test evaluations and run folders) on a synthetic cache of that size."""
+    import tempfile
+    from pathlib import Path
+
+    from .cache import open_cache
+    from .compare import compare
+
+    with tempfile.TemporaryDirectory(prefix="cmm-bench-compare-") as tmp:
+        cache = open_cache(synthetic_cache(Path(tmp) / "bench.h5", classes, dim, shots, seeds))
+        t0 = time.perf_counter()
+
+        def progress(done, total, r):
+            if log:
+                log(
+                    f"  [{done}/{total}] {r['method']:22s} {r['shots']:>2}-shot seed {r['seed']}: "
+                    f"{r['fit_seconds'] or 0:.2f} s fit, test {r['test_acc']:.2f} %"
+                )
+
+        out = compare(
+            cache,
+            methods,
+            list(shots),
+            list(seeds),
+            max_iterations=max_iterations,
+            runs_root=Path(tmp) / "runs",
+            progress=progress,
+        )
+        wall = time.perf_counter() - t0
+    per_method = {}
+    for r in out["runs"]:
+        per_method[r["method"]] = per_method.get(r["method"], 0.0) + float(r["fit_seconds"] or 0.0)
+    return {
+        "classes": classes,
+        "dim": dim,
+        "shots": list(shots),
+        "seeds": list(seeds),
+        "runs": len(out["runs"]),
+        "max_iterations": max_iterations,
+        "wall_seconds": round(wall, 1),
+        "fit_seconds_per_method": {k: round(v, 2) for k, v in per_method.items()},
+        "table": out["table"],
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+    }
