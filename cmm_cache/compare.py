@@ -5,8 +5,8 @@
     out["table"]   # one row per method: per shot mean ± std over seeds, the best per shot marked
 
 Every run goes through :func:`cmm_cache.results.fit_run` (same few-shot subsets, same val-only
-selection, same test evaluation for every method) and is saved as an ordinary run folder by
-:func:`save_run` — the one place that decides where a compare run lives.
+selection, same test evaluation for every method) and is saved as an ordinary run folder, both
+in :func:`fit_one` — the one place where compare meets the run-folder layer.
 """
 
 from __future__ import annotations
@@ -86,12 +86,6 @@ def run_dir_for(runs_root, dataset: str, backbone: str, method: str, shots: int,
     return Path(runs_root) / dataset_key(dataset) / safe_name(backbone) / safe_name(method) / run_name(shots, seed)
 
 
-def save_run(runs_root, result: dict, arrays: dict, cache: Cache) -> Path:
-    """Write one compare run as a run folder (``<runs>/<dataset>/<backbone>/<method>/shot_K-seed_S``)."""
-    d = run_dir_for(runs_root, cache.dataset, cache.backbone, result["method"], result["shots"], result["seed"])
-    return write_run(d, result, arrays, cache)
-
-
 RUN_KEYS = (
     "method",
     "shots",
@@ -103,6 +97,27 @@ RUN_KEYS = (
     "fit_seconds",
     "iterations",
 )
+
+
+def save_run(runs_root, result: dict, arrays: dict, cache: Cache) -> Path:
+    """Write one compare run as a run folder (``<runs>/<dataset>/<backbone>/<method>/shot_K-seed_S``)."""
+    d = run_dir_for(runs_root, cache.dataset, cache.backbone, result["method"], result["shots"], result["seed"])
+    return write_run(d, result, arrays, cache)
+
+
+def fit_one(
+    cache: Cache, method: str, shots: int, seed: int, options: dict, runs_root=None, templates=None, device="cpu"
+) -> dict:
+    """Fit one run, save its folder (unless `runs_root` is None) and return its summary row.
+
+    The one place where compare meets the run-folder layer: point it at another runs API and
+    nothing else here changes.
+    """
+    result, arrays = fit_run(cache, shots, seed, method=method, options=options, templates=templates, device=device)
+    row = {key: result.get(key) for key in RUN_KEYS}
+    if runs_root is not None:
+        row["run"] = str(save_run(runs_root, result, arrays, cache))
+    return row
 
 
 def compare(
@@ -132,10 +147,7 @@ def compare(
         opts = cap_options(m, (options or {}).get(name), max_iterations)
         for k in shots:
             for s in seeds:
-                result, arrays = fit_run(cache, k, s, method=name, options=opts, templates=templates, device=device)
-                row = {key: result.get(key) for key in RUN_KEYS}
-                if runs_root is not None:
-                    row["run"] = str(save_run(runs_root, result, arrays, cache))
+                row = fit_one(cache, name, k, s, opts, runs_root, templates, device)
                 runs.append(row)
                 if progress is not None:
                     progress(len(runs), total, row)
