@@ -11,6 +11,15 @@ from cmm_cache.methods.gda import gda_classifier
 from cmm_cache.methods.tip_adapter import cache_model, dataset_config, search_grid, search_hp, tip_logits
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is fastest, and immune to a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def problem(C=5, d=12, shots=3, views=2, n_val=3, seed=0, spread=0.6):
     """A small random FitData (every view a sample, image-major) with per-template text."""
     g = torch.Generator().manual_seed(seed)
