@@ -59,9 +59,13 @@ def fit_logreg(x, y, num_classes, C, iterations=1000, tol=1e-4, init=None):
         line_search_fn="strong_wolfe",
     )
 
-    def closure():
+    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1)  # bias as a last feature
+    scale = 1.0 / (2.0 * C * len(x))
+
+    def closure():  # logreg_objective, with one contiguous matmul for weights and bias
         opt.zero_grad()
-        loss = logreg_objective(x, y, theta[:, :d], theta[:, d], C)
+        W = theta[:, :d]
+        loss = F.cross_entropy(x1 @ theta.t(), y) + scale * (W * W).sum()
         loss.backward()
         return loss
 
