@@ -123,20 +123,61 @@ def search_grid(scale: float, steps: int) -> list[float]:
     return [i * (scale - 0.1) / steps + 0.1 for i in range(steps)]
 
 
-def search_hp(keys, values, T0, x_val, y_val, scale, steps) -> tuple[float, float, float]:
-    """Their ``search_hp`` on val: (beta, alpha, accuracy); β outer, α inner, strictly better wins."""
+def _class_sums(values: torch.Tensor):
+    """E -> E @ values as a function. With every class holding the same number of keys (a few-shot
+    cache always does) it is a reshape-and-sum over the keys sorted by class: n·N additions instead
+    of an n·N·C matmul (0.25 s of 0.3 s for 200 betas at 100 classes × 16 shots)."""
+    labels = values.argmax(1)
+    counts = torch.bincount(labels, minlength=values.shape[1])
+    if int(counts.min()) == int(counts.max()) and int(counts.min()) > 0:
+        order = torch.argsort(labels, stable=True)
+        per = int(counts[0])
+        return order, lambda E: E.view(*E.shape[:-1], values.shape[1], per).sum(-1)
+    return None, lambda E: E @ values
+
+
+def _alpha_hits(clip, cache, alphas: torch.Tensor, y) -> torch.Tensor:
+    """[b, len(alphas)] val hits of argmax(clip + α·cache) for every β row of cache [b, n, C] and α.
+
+    Exact and cheaper than scoring all C classes at every α: each class's fused logit is a line in
+    α, so a class whose line lies below another's over the whole α range can never be the arg-max
+    (kept with a margin far above float rounding); only the few remaining candidates are scored, in
+    class order, so ties go to the first index as in a full argmax.
+    """
+    z0, z1 = clip + alphas[0] * cache, clip + alphas[-1] * cache
+    upper = torch.maximum(z0, z1)
+    floor = torch.minimum(z0, z1).amax(-1, keepdim=True)
+    keep = upper >= floor - 1e-4 * (floor.abs() + 1.0)
+    k = int(keep.sum(-1).max())
+    idx = upper.topk(k, dim=-1).indices.sort(-1).values  # [b, n, k]
+    cz, cc = clip.expand_as(cache).gather(-1, idx), cache.gather(-1, idx)
+    z = cz[:, None] + alphas[None, :, None, None] * cc[:, None]  # [b, a, n, k]
+    pred = idx[:, None].expand(z.shape).gather(-1, z.argmax(-1, keepdim=True))[..., 0]
+    return (pred == y).sum(-1)
+
+
+def search_hp(keys, values, T0, x_val, y_val, scale, steps, chunk: int = 8) -> tuple[float, float, float]:
+    """Their ``search_hp`` on val: (beta, alpha, accuracy); β outer, α inner, strictly better wins.
+
+    Betas are scored `chunk` at a time; the order of the comparisons is theirs.
+    """
     betas, alphas = search_grid(scale[0], steps[0]), search_grid(scale[1], steps[1])
-    A = torch.tensor(alphas, dtype=x_val.dtype, device=x_val.device)[:, None, None]
+    order, sums = _class_sums(values)
     affinity, clip = x_val @ keys.t(), 100.0 * x_val @ T0.t()
+    if order is not None:
+        affinity = affinity[:, order]
+    A = torch.tensor(alphas, dtype=x_val.dtype, device=x_val.device)  # ascending, as their grid
     best = (0.0, 0.0, 0.0)
     with torch.no_grad():
-        for beta in betas:
-            cache = torch.exp(-beta * (1.0 - affinity)) @ values
-            hits = ((clip[None] + A * cache[None]).argmax(2) == y_val[None]).sum(1)  # one per alpha
-            for alpha, h in zip(alphas, hits.tolist()):
-                acc = 100.0 * h / max(len(y_val), 1)
-                if acc > best[2]:
-                    best = (beta, alpha, acc)
+        for i in range(0, len(betas), chunk):
+            B = torch.tensor(betas[i : i + chunk], dtype=x_val.dtype, device=x_val.device)[:, None, None]
+            cache = sums(torch.exp(-B * (1.0 - affinity)))  # [b, n, C]
+            hits = _alpha_hits(clip, cache, A, y_val).tolist()  # [b, alphas]
+            for beta, row in zip(betas[i : i + chunk], hits):
+                for alpha, h in zip(alphas, row):
+                    acc = 100.0 * h / max(len(y_val), 1)
+                    if acc > best[2]:
+                        best = (beta, alpha, acc)
     return best
 
 
