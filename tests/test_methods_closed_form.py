@@ -8,7 +8,15 @@ import torch.nn.functional as F
 
 from cmm_cache.methods import FitData, get_method
 from cmm_cache.methods.gda import gda_classifier
-from cmm_cache.methods.tip_adapter import cache_model, dataset_config, search_grid, search_hp, tip_logits
+from cmm_cache.methods.tip_adapter import (
+    _alpha_hits,
+    _class_sums,
+    cache_model,
+    dataset_config,
+    search_grid,
+    search_hp,
+    tip_logits,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -124,6 +132,26 @@ def test_tip_adapter_cache_model_search_and_logits_are_theirs():
     direct = 100.0 * x @ data.T0.t() + want[1] * ((-1) * (want[0] - want[0] * (x @ keys.t()))).exp() @ values
     torch.testing.assert_close(r.head.logits(x), direct)
     torch.testing.assert_close(tip_logits(x, keys, values, data.T0, want[1], want[0]), direct)
+
+
+def test_tip_adapter_fast_paths_equal_the_plain_computation():
+    """The search's shortcuts (class sums by reshape, only the classes that can win scored) change no hit."""
+    g = torch.Generator().manual_seed(0)
+    alphas = torch.tensor(search_grid(3, 20))
+    for t in range(100):  # integer-valued cases are full of exact ties
+        ints = t % 2 == 0
+        clip = torch.randint(0, 5, (7, 6), generator=g).float() if ints else 3 * torch.randn(7, 6, generator=g)
+        cache = torch.randint(0, 3, (4, 7, 6), generator=g).float() if ints else torch.rand(4, 7, 6, generator=g)
+        y = torch.randint(0, 6, (7,), generator=g)
+        full = ((clip[None, None] + alphas[None, :, None, None] * cache[:, None]).argmax(-1) == y).sum(-1)
+        assert torch.equal(_alpha_hits(clip, cache, alphas, y), full)
+    E = torch.rand(2, 3, 8, generator=g)
+    for labels in (torch.tensor([1, 0, 1, 0, 2, 3, 2, 3]), torch.tensor([0, 0, 0, 1, 2, 3, 3, 1])):
+        values = F.one_hot(labels, 4).float()
+        order, sums = _class_sums(values)
+        want = E @ values
+        torch.testing.assert_close(sums(E[..., order] if order is not None else E), want)
+    assert _class_sums(F.one_hot(torch.tensor([0, 0, 1]), 2).float())[0] is None  # unequal counts: matmul
 
 
 def test_tip_adapter_grids_and_published_configs():

@@ -133,7 +133,7 @@ def coop_search(val_acc, start=C_START, steps: int = 8) -> tuple[float, list]:
     return final, tried
 
 
-@scoped
+@scoped(single_thread=True)
 def fit(data: FitData, options: dict, progress=None) -> MethodResult:
     t0 = time.perf_counter()
     path = _Path(
