@@ -1,5 +1,7 @@
 """Every registered method: its head's contract, val-only selection, the registry itself."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -123,3 +125,17 @@ def test_cap_options_caps_each_kind_of_budget():
     assert cap_options(get_method("prolip-linear"), {}, 9)["epochs"] == 9
     assert cap_options(get_method("gda"), {"alpha": 1.0}, 9) == {"alpha": 1.0}
     assert cap_options(get_method("cross-modal-lp"), {}, None) == {}
+
+
+def test_a_saved_run_of_any_method_loads_in_a_fresh_process(tmp_path, caches):
+    """load_run must find every head kind without the caller importing the method registry first."""
+    import subprocess
+
+    from cmm_cache.compare import fit_one
+
+    opts = {"gda": {}, "prolip-linear": {"epochs": 5}, "tip-adapter": {}}
+    rows = [fit_one(caches[0], name, 1, 1, o, tmp_path) for name, o in opts.items()]
+    code = "import sys; from cmm_cache.results import load_run; print([load_run(p).head.kind for p in sys.argv[1:]])"
+    out = subprocess.run([sys.executable, "-c", code, *[r["run"] for r in rows]], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['linear', 'linear-map', 'tip-adapter']"

@@ -254,3 +254,8 @@ def fit_data(cache, shots: int, seed: int, templates: str | None = None, device=
         dataset=str(cache.dataset),
         _per_template=lambda: cache.text_per_template(name),
     )
+
+
+# Import every method module now: they register their heads too, and a run folder of any method
+# must load (``heads.load_head`` imports this package) without the caller touching the registry.
+_load_all()
