@@ -182,9 +182,10 @@ def scoped(fit: Callable[..., MethodResult] | None = None, *, single_thread: boo
     """Decorator: run a method's ``fit(data, options, progress)`` inside :func:`fit_scope`.
 
     ``@scoped(single_thread=True)`` for methods whose steps are small ops at any d (L-BFGS on a
-    linear head): one thread is as fast there, and far faster on a busy machine (measured: linear
-    probe at 47 classes × 1024-d, 16 shots: 1.0 s on one thread vs 14 s on two under load; Lin et
-    al.'s batched heads, by contrast, run 2× faster on two threads at d = 1024).
+    linear head, Lin et al.'s batched heads): one thread costs at most 2× on an idle machine and
+    saves 10× on a busy one (measured at 47 classes × 1024-d: linear probe 1.0 s on one thread vs
+    14 s on two under load; 12,800 steps of the 12 cross-modal heads ~22 s on one thread, ~12 s
+    on two when idle, 190-280 s on two while other processes ran).
     """
 
     def wrap(f):

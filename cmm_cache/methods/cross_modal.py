@@ -60,12 +60,12 @@ def _fit(data: FitData, options: dict, progress, wise: bool) -> MethodResult:
     )
 
 
-@scoped
+@scoped(single_thread=True)
 def fit_lp(data, options, progress=None):
     return _fit(data, options, progress, wise=False)
 
 
-@scoped
+@scoped(single_thread=True)
 def fit_wise(data, options, progress=None):
     return _fit(data, options, progress, wise=True)
 

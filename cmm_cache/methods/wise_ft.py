@@ -60,7 +60,7 @@ def search_table(r) -> list[dict]:
     ]
 
 
-@scoped
+@scoped(single_thread=True)
 def fit(data: FitData, options: dict, progress=None) -> MethodResult:
     t0 = time.perf_counter()
     W_zs = data.T0
