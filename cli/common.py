@@ -75,19 +75,28 @@ def emit_json(obj) -> None:
 
 
 def handle_errors(f):
-    """Turn a CmmError into one clear message on stderr and exit status 2."""
+    """Turn a CmmError into one clear message on stderr and exit status 2.
+
+    With --json, stdout also gets one JSON object ``{"error": ..., "hint": ...}``,
+    so a script reading stdout always gets JSON back.
+    """
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
+        as_json = bool(kwargs.get("as_json"))
         try:
             return f(*args, **kwargs)
         except CmmError as e:
             console.print(f"[bold red]error:[/] {e.message}")
             if e.hint:
                 console.print(e.hint)
+            if as_json:
+                emit_json({"error": e.message, "hint": e.hint, "exit_code": 2})
             sys.exit(2)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: nothing half-written is left; run the same command again to resume.")
+            if as_json:
+                emit_json({"error": "interrupted", "hint": "run the same command again to resume", "exit_code": 130})
             sys.exit(130)
 
     return wrapper

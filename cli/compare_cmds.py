@@ -10,26 +10,6 @@ import click
 from .common import cache_dir_option, console, device_option, emit_json, handle_errors, int_list, json_option
 
 
-def _cache_path(cache, dataset, backbone, cache_dir) -> Path:
-    from cmm_cache import paths
-    from cmm_cache.errors import CmmError
-
-    if cache:
-        return Path(cache)
-    if dataset or backbone:
-        if not (dataset and backbone):
-            raise CmmError("Give both --dataset and --backbone (or --cache PATH).")
-        return paths.cache_path(dataset, backbone, cache_dir)
-    last = paths.last_extract(cache_dir)
-    if not last:
-        raise CmmError(
-            f"No cache to compare on: nothing was extracted into {paths.cache_dir(cache_dir)} yet.",
-            "Run `cmm-cache extract --dataset NAME --backbone NAME` first, or pass --cache PATH.",
-        )
-    console.print(f"Using the cache extracted last: [bold]{last['dataset']}[/] × [bold]{last['backbone']}[/]")
-    return Path(last["path"])
-
-
 def _method_options(pairs) -> dict:
     """--option METHOD.KEY=VALUE (VALUE as JSON, else a string) -> {method: {key: value}}."""
     from cmm_cache.errors import CmmError
@@ -120,7 +100,9 @@ def compare_cmd(
     from cmm_cache.compare import compare, json_table, plot, resolve_methods, write_table_csv
     from cmm_cache.results import resolve_device
 
-    cache = open_cache(_cache_path(cache_file, dataset, backbone, cache_dir))
+    from .fit_cmds import resolve_cache  # the lookup fit uses (--cache, --dataset/--backbone, last extract)
+
+    cache = open_cache(resolve_cache(cache_file, dataset, backbone, cache_dir))
     names = resolve_methods(methods)
     opts = _method_options(method_options)
     for name in opts:

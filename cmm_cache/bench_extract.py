@@ -18,8 +18,7 @@ import numpy as np
 
 from .datasets import Dataset, SplitList
 from .errors import CmmError
-
-IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+from .paths import is_image_file
 
 
 class _FolderDataset(Dataset):
@@ -46,7 +45,7 @@ def folder_dataset(data_dir: str | Path, limit: int | None = None) -> Dataset:
     paths, labels = [], []
     for c, name in enumerate(classes):
         for p in sorted((root / name).iterdir()):
-            if p.suffix.lower() in IMAGE_EXT:
+            if is_image_file(p):
                 paths.append(str(p))
                 labels.append(c)
     if limit:

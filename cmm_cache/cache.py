@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +31,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .atomic import atomic_path, write_text
 from .errors import CmmError
+from .fewshot import GROUP_RE, group_name, parse_group
 
 SCHEMA = "cmm-cache/1"
 FEATURE_DTYPE = np.float16
 TEXT_DTYPE = np.float32
 INDEX_DTYPE = np.int64
-FEWSHOT_RE = re.compile(r"^shot_(\d+)-seed_(\d+)$")
 
 # Checksums (fletcher32) on every dataset so `cache verify` and any read detect
 # a flipped byte; fletcher32 requires chunked storage, which h5py then picks.
@@ -50,10 +50,6 @@ def string_array(values: Sequence[str]) -> np.ndarray:
     encoded = [str(v).encode("utf-8") for v in values]
     width = max([len(b) for b in encoded] + [1])
     return np.array(encoded, dtype=h5py.string_dtype("utf-8", width))
-
-
-def fewshot_group_name(shots: int, seed: int) -> str:
-    return f"shot_{int(shots)}-seed_{int(seed)}"
 
 
 def provenance_sha256(provenance_json: str) -> str:
@@ -100,6 +96,12 @@ class Cache:
     @property
     def provenance_sha256(self) -> str:
         return provenance_sha256(self.provenance_json)
+
+    @property
+    def dataset_name(self) -> str:
+        """The dataset's short name: the registered name, or your folder/CSV's name (``dtd10`` for
+        ``extract --dataset path/to/dtd10``); the ``dataset`` attribute keeps the name as given."""
+        return str(self.provenance.get("dataset_resolved") or self.dataset)
 
     @property
     def num_classes(self) -> int:
@@ -191,14 +193,14 @@ class Cache:
                 f"It holds: {have}. Re-run `cmm-cache extract` with --shots/--seeds covering it.",
             )
         with _open(self.path) as f:
-            g = f[f"fewshot/{fewshot_group_name(shots, seed)}"]
+            g = f[f"fewshot/{group_name(shots, seed)}"]
             rows = {part: g[part][...].astype(np.int64) for part in ("train", "val")}
             # Another tool may have written this file: never index past a split.
             for part, r in rows.items():
                 n = f[f"splits/{part}/labels"].shape[0] if f"splits/{part}/labels" in f else 0
                 if r.size and (r.min() < 0 or r.max() >= n):
                     raise CmmError(
-                        f"Cache {self.path}: few-shot group {fewshot_group_name(shots, seed)}/{part} points at "
+                        f"Cache {self.path}: few-shot group {group_name(shots, seed)}/{part} points at "
                         f"rows outside splits/{part} ({n} rows).",
                         "The file does not follow the schema; run `cmm-cache cache verify` and re-extract it.",
                     )
@@ -251,9 +253,8 @@ def open_cache(path: str | os.PathLike) -> Cache:
             split_names = sorted(f["splits"].keys()) if "splits" in f else []
             groups = []
             for key in f["fewshot"].keys() if "fewshot" in f else []:
-                m = FEWSHOT_RE.match(key)
-                if m:
-                    groups.append((int(m.group(1)), int(m.group(2))))
+                if GROUP_RE.match(key):
+                    groups.append(parse_group(key))
             default = _str(f.attrs.get("default_templates", text_sets[0] if text_sets else ""))
             dataset = _str(f.attrs["dataset"])
             backbone = _str(f.attrs["backbone"])
@@ -326,9 +327,7 @@ def write_cache(
     name -> :class:`Split`; `fewshot` maps (K, seed) -> (train rows, val rows).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             _write_header(f, dataset, backbone, provenance, default_templates, classnames, wnids, imagenet_index, text)
             for name, s in splits.items():
@@ -340,13 +339,9 @@ def write_cache(
                 f.create_dataset(f"splits/{name}/labels", data=np.asarray(s.labels, dtype=INDEX_DTYPE), **DSET_KW)
                 f.create_dataset(f"splits/{name}/index", data=np.asarray(s.index, dtype=INDEX_DTYPE), **DSET_KW)
             for (k, seed), (tr, va) in (fewshot or {}).items():
-                g = f"fewshot/{fewshot_group_name(k, seed)}"
+                g = f"fewshot/{group_name(k, seed)}"
                 f.create_dataset(f"{g}/train", data=np.asarray(tr, dtype=INDEX_DTYPE), **DSET_KW)
                 f.create_dataset(f"{g}/val", data=np.asarray(va, dtype=INDEX_DTYPE), **DSET_KW)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -432,21 +427,12 @@ class CacheLock:
 
 
 def _atomic_savez(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}.npz")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 class PartialStore:
@@ -572,8 +558,6 @@ def assemble_cache(
     listed in the provenance. Returns (final path, skipped list).
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(final.name + f".tmp-{os.getpid()}")
     skipped: list[dict] = []
     keep: dict[str, np.ndarray] = {}
     # First pass over the small ok/errors arrays only, to size every dataset.
@@ -601,7 +585,7 @@ def assemble_cache(
         keep[sp.name] = mask
     prov = dict(provenance)
     prov["skipped"] = skipped
-    try:
+    with atomic_path(final) as tmp:
         with h5py.File(tmp, "w") as f:
             _write_header(f, dataset, backbone, prov, default_templates, classnames, wnids, imagenet_index, text)
             for sp in splits:
@@ -643,7 +627,7 @@ def assemble_cache(
                 m[keep[sp.name]] = np.arange(int(keep[sp.name].sum()))
                 remap[sp.name] = m
             for (k, seed), (tr, va) in sorted((fewshot or {}).items()):
-                g = f"fewshot/{fewshot_group_name(k, seed)}"
+                g = f"fewshot/{group_name(k, seed)}"
                 for part, pos in (("train", tr), ("val", va)):
                     pos = np.asarray(pos, dtype=np.int64)
                     if part in remap:
@@ -656,12 +640,6 @@ def assemble_cache(
                         chunks=(max(1, min(len(pos), 65536)),),
                         **DSET_KW,
                     )
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return final, skipped
 
 
@@ -909,7 +887,7 @@ def verify_cache(path: str | os.PathLike) -> list[str]:
             if f"{base}/features" in nonfinite:
                 problems.append(f"{base}/features: non-finite values")
         for g in f["fewshot"] if "fewshot" in f else []:
-            if not FEWSHOT_RE.match(g):
+            if not GROUP_RE.match(g):
                 problems.append(f"fewshot/{g}: name does not match shot_<K>-seed_<S>")
             for part in ("train", "val"):
                 key = f"fewshot/{g}/{part}"

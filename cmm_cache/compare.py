@@ -21,7 +21,7 @@ from pathlib import Path
 from .cache import Cache
 from .errors import CmmError
 from .methods import Method, get_method, registered_methods
-from .results import fit_run, write_run
+from .results import fit_run
 
 # ----------------------------------------------------------------------------
 # What to run
@@ -79,13 +79,6 @@ def default_grid(cache: Cache, shots=None, seeds=None) -> tuple[list[int], list[
 # Running
 
 
-def run_dir_for(runs_root, dataset: str, backbone: str, method: str, shots: int, seed: int) -> Path:
-    from .paths import dataset_key, safe_name
-    from .results import run_name
-
-    return Path(runs_root) / dataset_key(dataset) / safe_name(backbone) / safe_name(method) / run_name(shots, seed)
-
-
 RUN_KEYS = (
     "method",
     "shots",
@@ -99,12 +92,6 @@ RUN_KEYS = (
 )
 
 
-def save_run(runs_root, result: dict, arrays: dict, cache: Cache) -> Path:
-    """Write one compare run as a run folder (``<runs>/<dataset>/<backbone>/<method>/shot_K-seed_S``)."""
-    d = run_dir_for(runs_root, cache.dataset, cache.backbone, result["method"], result["shots"], result["seed"])
-    return write_run(d, result, arrays, cache)
-
-
 def fit_one(
     cache: Cache, method: str, shots: int, seed: int, options: dict, runs_root=None, templates=None, device="cpu"
 ) -> dict:
@@ -113,10 +100,12 @@ def fit_one(
     The one place where compare meets the run-folder layer: point it at another runs API and
     nothing else here changes.
     """
+    from .runs import save_run
+
     result, arrays = fit_run(cache, shots, seed, method=method, options=options, templates=templates, device=device)
     row = {key: result.get(key) for key in RUN_KEYS}
-    if runs_root is not None:
-        row["run"] = str(save_run(runs_root, result, arrays, cache))
+    if runs_root is not None:  # <runs>/<dataset>/<backbone>/<method>-<config key>/shot_K-seed_S
+        row["run"] = str(save_run(cache, result, arrays, runs_root))
     return row
 
 
@@ -136,7 +125,7 @@ def compare(
     """Fit every (method, shots, seed); returns {cache, dataset, backbone, methods, shots, seeds, table, runs}.
 
     `options` maps a method name to its options; `max_iterations` caps every trained method
-    (see :func:`cap_options`); with `runs_root` each run is saved (:func:`save_run`).
+    (see :func:`cap_options`); with `runs_root` each run is saved (:func:`fit_one`).
     `progress(done, total, run_summary)` is called after each run.
     """
     names = resolve_methods(methods)

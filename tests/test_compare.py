@@ -10,10 +10,11 @@ from click.testing import CliRunner
 from cmm_cache.cli.main import main
 
 from cmm_cache.cache import open_cache
-from cmm_cache.compare import compare, default_grid, long_rows, plot, resolve_methods, run_dir_for, table
+from cmm_cache.compare import compare, default_grid, long_rows, plot, resolve_methods, table
 from cmm_cache.errors import CmmError
 from cmm_cache.methods import registered_methods
 from cmm_cache.results import load_run
+from cmm_cache.runs import target_dir
 
 
 def _runs(values):
@@ -72,7 +73,8 @@ def test_compare_fits_every_run_saves_it_and_tabulates_it(tmp_path):
     for r in out["runs"]:
         run = load_run(r["run"])
         assert run.result["method"] == r["method"] and run.result["test_acc"] == r["test_acc"]
-        assert r["run"] == str(run_dir_for(tmp_path / "runs", "synth", "synth-bb", r["method"], r["shots"], r["seed"]))
+        assert r["run"] == str(target_dir(cache, run.result, tmp_path / "runs"))  # the shared runs layout
+        assert f"/{r['method']}-" in r["run"] and r["run"].endswith(f"shot_{r['shots']}-seed_{r['seed']}")
     cmm = [r for r in out["runs"] if r["method"] == "cmm"]
     assert all(load_run(r["run"]).result["config"]["iterations"] == 30 for r in cmm)  # the cap is recorded
     zs = out["table"][0]["cells"][4]

@@ -38,6 +38,10 @@ def test_wheel_layout(wheel):
     assert not any(n.startswith("cli/") for n in names), "a bare top-level `cli` package would be installed"
     assert any(n.startswith("cmm_cache/data_manifests/") and n.endswith(".json") for n in names)
     assert any(n.startswith("cmm_cache/backbone_configs/") and n.endswith(".json") for n in names)
+    # Every subpackage of the source tree ships (pyproject lists them by hand).
+    for init in (REPO / "cmm_cache").rglob("__init__.py"):
+        rel = init.relative_to(REPO).as_posix()
+        assert rel in names, f"{rel} is missing from the wheel: add its package to pyproject.toml"
 
 
 def test_wheel_in_fresh_venv_lists_datasets(wheel, tmp_path):
