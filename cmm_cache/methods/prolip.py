@@ -14,7 +14,8 @@ setting searches lr ∈ {1e-2, …, 1e-8} × λ ∈ {10, 1, 0.1, 0.01, 1e-3, 1e-
 of 300 full-batch d×d steps, ~5 minutes per 16-shot run at 47 classes × 1024-d on a 2-core CPU.
 Scaled here: λ follows their validation-free rule λ = 1/N (N = shots), which they show "almost
 match[es] grid search results", and only the lr is chosen on val from {1e-2, 1e-3, 1e-4, 1e-5}
-(the four lrs of their λ = 1/N runs) — 4 trainings, trained together. Pass ``lambdas`` (and
+(the four lrs of their λ = 1/N runs) — 4 trainings, trained together (~16 s at 1 shot, ~60 s at
+16 shots for 47 classes × 1024-d on one thread). Pass ``lambdas`` (and
 ``lrs``) for their full grid.
 """
 
@@ -114,7 +115,7 @@ def train_maps(views_x, y, T0, lrs, lams, epochs, progress=None) -> torch.Tensor
     return W.detach()
 
 
-@scoped
+@scoped(single_thread=True)
 def fit(data: FitData, options: dict, progress=None) -> MethodResult:
     t0 = time.perf_counter()
     n_img = int(data.train_image.max()) + 1
