@@ -22,7 +22,7 @@ def main():
 
 @main.group()
 def bench():
-    """Benchmarks users can run: `bench extract`, `bench fit`."""
+    """Benchmarks users can run: `bench extract`, `bench fit`, `bench methods`, `bench compare`."""
 
 
 def _register() -> None:
@@ -31,6 +31,7 @@ def _register() -> None:
     from . import (
         bench_cmds,
         cache_cmds,
+        compare_cmds,
         data_cmds,
         eval_cmds,
         export_cmds,
@@ -49,6 +50,7 @@ def _register() -> None:
         predict_cmds,
         export_cmds,
         results_cmds,
+        compare_cmds,
         bench_cmds,
     )
     for mod in mods:
