@@ -16,14 +16,13 @@ from .common import (
 
 
 def _row(m: dict, root) -> dict:
+    from cmm_cache.fewshot import parse_group
+    from cmm_cache.manifests import SPLIT_SOURCES
 
     src = m["split_source"]
-    fs = m.get("fewshot") or {}
-    groups = fs.get("groups", [])
-    shots = sorted({int(g.split("_")[1].split("-")[0]) for g in groups})
-    seeds = sorted({int(g.split("_")[2]) for g in groups})
+    groups = [parse_group(g) for g in (m.get("fewshot") or {}).get("groups", [])]
     present = None
-    if root is not None and m.get("folder") and src["type"] != "synthetic":
+    if root is not None and m.get("folder") and SPLIT_SOURCES[src["type"]].needs_data_root:
         present = (Path(root) / m["folder"]).is_dir()
     return {
         "name": m["name"],
@@ -33,11 +32,10 @@ def _row(m: dict, root) -> dict:
         "classes": len(m["classnames"]),
         "split_sizes": m.get("split_sizes", {}),
         "split_source": src["type"],
-        "split_file_shipped": src["type"]
-        in ("shipped", "synthetic", "class_folders", "imagenet", "fgvc_variant_files"),
+        "split_file_shipped": SPLIT_SOURCES[src["type"]].split_shipped,
         "split_file_needed": src.get("filename"),
-        "fewshot_shots": shots,
-        "fewshot_seeds": seeds,
+        "fewshot_shots": sorted({k for k, _ in groups}),
+        "fewshot_seeds": sorted({s for _, s in groups}),
         "templates": {k: len(v) for k, v in m["templates"].items()},
         "default_templates": m["default_templates"],
         "folder": m.get("folder"),
@@ -48,13 +46,76 @@ def _row(m: dict, root) -> dict:
     }
 
 
+def _print_manifest(m: dict, root) -> None:
+    r = _row(m, root)
+    console.print(f"[bold]{m['name']}[/] — {m.get('title', '')}")
+    console.print(f"aliases: {', '.join(m.get('aliases', [])) or '-'}")
+    console.print(
+        f"classes: {r['classes']}   split sizes: {r['split_sizes']}   split source: {r['split_source']}"
+        + (f" (needs {r['split_file_needed']} in {m['folder']}/)" if r["split_file_needed"] else "")
+    )
+    console.print(
+        f"few-shot published: shots {r['fewshot_shots'] or '-'} x seeds {r['fewshot_seeds'] or '-'} (others: "
+        "seeded draw)"
+    )
+    console.print("templates: " + _templates(r["templates"], m["default_templates"]))
+    if m.get("layout"):
+        console.print("layout under the data root:\n" + m["layout"])
+    src = m.get("source") or {}
+    console.print(f"get it: {src.get('homepage', '-')}" + ("  (--download available)" if r["download"] else ""))
+    if m.get("download_note"):
+        console.print(m["download_note"])
+    console.print(f"license: {m.get('license', '-')}")
+
+
+def _templates(counts: dict, default: str) -> str:
+    return ", ".join(f"{k} ({n})" + (" \\[default]" if k == default else "") for k, n in counts.items())
+
+
+def _user_data(path: str) -> dict:
+    """Your own folder / CSV loaded as `extract --dataset PATH` would, described (+ where its cache goes)."""
+    from cmm_cache.datasets import load_dataset
+    from cmm_cache.paths import dataset_key
+
+    info = load_dataset(path).describe()
+    info["cache_folder"] = dataset_key(path)
+    return info
+
+
+def _print_user_data(info: dict) -> None:
+    from rich.table import Table
+
+    splits = list(info["split_sizes"])
+    console.print(f"[bold]{info['name']}[/] — your own data at {info['root']}")
+    sizes = ", ".join(f"{s} {n}" for s, n in info["split_sizes"].items())
+    console.print(f"classes: {info['num_classes']}   split sizes: {sizes}")
+    console.print(f"split: {info['split']}")
+    t = Table(title="images per class", show_lines=False)
+    for col in ["class", *splits]:
+        t.add_column(col, no_wrap=col == "class", justify="left" if col == "class" else "right")
+    for c in info["classes"]:
+        t.add_row(c["name"], *[str(c["images"][s]) for s in splits])
+    console.print(t)
+    console.print(
+        f"few-shot: up to {info['max_shots']} shots per class (K train, min(K, 4) val images each); seeded draws"
+    )
+    console.print("templates: " + _templates(info["templates"], info["default_templates"]))
+    console.print(
+        f"cache folder: <cache-dir>/{info['cache_folder']}/; after extracting, --dataset {info['name']} "
+        "finds it (or pass the same path again)"
+    )
+    for w in info["warnings"]:
+        console.print(f"[yellow]warning:[/] {w}")
+
+
 @click.command("datasets")
 @click.argument("name", required=False)
 @data_root_option
 @json_option
 @handle_errors
 def datasets_cmd(name, data_root, as_json):
-    """List the registered datasets, or show one manifest (NAME, alias or a manifest .json path).
+    """List the registered datasets, or show one: NAME (or alias), a manifest .json, or your own image
+    folder / CSV (its classes, split sizes and how the split was made).
 
     \b
     Manifests in folders named by $CMM_DATASET_MANIFESTS (os.pathsep-separated)
@@ -65,65 +126,43 @@ def datasets_cmd(name, data_root, as_json):
     per class), a CSV (path,label[,split]) or a manifest .json path.
     """
     from cmm_cache import manifests as mf
+    from cmm_cache.paths import MANIFEST_SUFFIX, is_user_data
     from cmm_cache.paths import data_root as resolve_root
 
     root = resolve_root(data_root)
-    if name:
-        from pathlib import Path
-
-        if name.lower().endswith(".json") and Path(name).expanduser().is_file():
-            m = mf.public(mf.load_manifest_file(name))  # a user-written manifest, validated
-        else:
-            m = mf.public(mf.get_manifest(name))
-        if as_json:
-            emit_json(m)
-            return
-        r = _row(m, root)
-        console.print(f"[bold]{m['name']}[/] — {m.get('title', '')}")
-        console.print(f"aliases: {', '.join(m.get('aliases', [])) or '-'}")
-        console.print(
-            f"classes: {r['classes']}   split sizes: {r['split_sizes']}   split source: {r['split_source']}"
-            + (f" (needs {r['split_file_needed']} in {m['folder']}/)" if r["split_file_needed"] else "")
-        )
-        console.print(
-            f"few-shot published: shots {r['fewshot_shots'] or '-'} x seeds {r['fewshot_seeds'] or '-'} (others: "
-            "seeded draw)"
-        )
-        console.print(
-            "templates: "
-            + ", ".join(
-                f"{k} ({n})" + (" \\[default]" if k == m["default_templates"] else "")
-                for k, n in r["templates"].items()
-            )
-        )
-        if m.get("layout"):
-            console.print("layout under the data root:\n" + m["layout"])
-        src = m.get("source") or {}
-        console.print(f"get it: {src.get('homepage', '-')}" + ("  (--download available)" if r["download"] else ""))
-        if m.get("download_note"):
-            console.print(m["download_note"])
-        console.print(f"license: {m.get('license', '-')}")
+    if name and is_user_data(name) and not name.lower().endswith(MANIFEST_SUFFIX):
+        info = _user_data(name)
+        emit_json(info) if as_json else _print_user_data(info)
         return
-
+    if name:
+        # a user-written manifest (validated), or a registered name / alias
+        m = mf.public(mf.load_manifest_file(name) if is_user_data(name) else mf.get_manifest(name))
+        emit_json(m) if as_json else _print_manifest(m, root)
+        return
     rows = [_row(mf.get_manifest(n), root) for n in mf.list_datasets()]
     if as_json:
         emit_json({"datasets": rows, "data_root": str(root) if root else None})
         return
+    _print_table(rows, root)
+
+
+def _sizes(s: dict) -> str:
+    if "train" in s:
+        return "/".join(str(s.get(k, "-")) for k in ("train", "val", "test"))
+    if "train_pool" in s:
+        return f"pool {s.get('train_pool')}/{s.get('val_pool')}, test {s.get('test')}"
+    return f"test {s.get('test', '-')}"
+
+
+def _print_table(rows: list[dict], root) -> None:
     from rich.table import Table
+
+    from cmm_cache.manifests import SPLIT_SOURCES
 
     t = Table(title="registered datasets" + (f" (data root {root})" if root else ""), show_lines=False)
     wide = console.width >= 140  # narrow terminals get the essential columns only, names never wrapped
-    cols = [
-        "name",
-        "aliases",
-        "kind",
-        "classes",
-        "train/val/test",
-        "few-shot (published)",
-        "templates",
-        "split file",
-        "download",
-    ]
+    cols = ["name", "aliases", "kind", "classes", "train/val/test", "few-shot (published)", "templates"]
+    cols = [*cols, "split file", "download"]
     if not wide:
         cols = ["name", "classes", "train/val/test", "few-shot (published)", "split file"]
     if root:
@@ -131,37 +170,17 @@ def datasets_cmd(name, data_root, as_json):
     for col in cols:
         t.add_column(col, no_wrap=col in ("name", "classes"), overflow="fold")
     for r in rows:
-        s = r["split_sizes"]
-        sizes = (
-            "/".join(str(s.get(k, "-")) for k in ("train", "val", "test"))
-            if "train" in s
-            else (
-                f"pool {s.get('train_pool')}/{s.get('val_pool')}, test {s.get('test')}"
-                if "train_pool" in s
-                else f"test {s.get('test', '-')}"
-            )
-        )
-        fs = (
-            f"K {','.join(map(str, r['fewshot_shots']))} x seeds {','.join(map(str, r['fewshot_seeds']))}"
-            if r["fewshot_shots"]
-            else "-"
-        )
-        split = {
-            "shipped": "shipped",
-            "class_folders": "listed from disk",
-            "imagenet": "pool shipped + disk",
-            "fgvc_variant_files": "official lists (archive)",
-            "synthetic": "generated",
-        }.get(r["split_source"], f"[yellow]needs {r['split_file_needed']}[/]")
+        shots, seeds = ",".join(map(str, r["fewshot_shots"])), ",".join(map(str, r["fewshot_seeds"]))
+        needed = r["split_file_needed"]
         cell = {
             "name": r["name"],
             "aliases": ", ".join(r["aliases"]),
             "kind": r["kind"],
             "classes": str(r["classes"]),
-            "train/val/test": sizes,
-            "few-shot (published)": fs,
+            "train/val/test": _sizes(r["split_sizes"]),
+            "few-shot (published)": f"K {shots} x seeds {seeds}" if r["fewshot_shots"] else "-",
             "templates": ", ".join(f"{k}:{n}" for k, n in r["templates"].items()),
-            "split file": split,
+            "split file": f"[yellow]needs {needed}[/]" if needed else SPLIT_SOURCES[r["split_source"]].listing,
             "download": "yes" if r["download"] else "-",
             "present": "yes" if r["present"] else ("-" if r["present"] is None else "[red]no[/]"),
         }
@@ -169,7 +188,7 @@ def datasets_cmd(name, data_root, as_json):
     console.print(t)
     console.print(
         "Also accepted as --dataset: an image folder, a CSV (path,label[,split]) or a manifest .json. "
-        "`cmm-cache datasets NAME` shows one manifest."
+        "`cmm-cache datasets NAME|PATH` shows one."
     )
 
 

@@ -6,14 +6,52 @@ from pathlib import Path
 
 import click
 
-from .common import (
-    cache_dir_option,
-    console,
-    device_option,
-    emit_json,
-    handle_errors,
-    json_option,
-)
+from .common import cache_dir_option, console, device_option, emit_json, handle_errors, json_option
+
+
+def shift_name(shift: str) -> str:
+    """A registered shift set's name; anything else is one error listing the valid names."""
+    from cmm_cache import manifests
+    from cmm_cache.errors import CmmError
+
+    canon = manifests.resolve_name(shift)
+    if canon is not None and manifests.get_manifest(canon)["kind"] == "shift":
+        return shift
+    valid = []
+    for n in manifests.list_datasets():
+        m = manifests.get_manifest(n)
+        if m["kind"] == "shift":
+            valid.append(" = ".join([n, *m.get("aliases", [])]))
+    raise CmmError(
+        f"'{shift}' is not an ImageNet shift set.",
+        "Valid --shift names: " + "; ".join(valid) + ". (Any other cache: --cache PATH without --shift.)",
+    )
+
+
+def find_run_path(run_path, shift, dataset, backbone, method, shots, seed, runs_root, cache_dir) -> Path:
+    """--run, else the run of --dataset/--backbone/--method/--shots/--seed under the runs root."""
+    from cmm_cache import paths
+    from cmm_cache.discovery import find_run
+    from cmm_cache.errors import CmmError
+
+    if run_path is not None:
+        return Path(run_path)
+    last = paths.last_extract(cache_dir) or {}
+    dataset = dataset or ("imagenet" if shift else last.get("dataset"))
+    if not dataset:
+        raise CmmError("Which run? Nothing was extracted yet.", "Pass --run PATH, or --dataset and --backbone.")
+    prefer = None if shift or last.get("dataset") != dataset else last.get("backbone")
+    ref = find_run(
+        runs_root,
+        dataset,
+        backbone,
+        method=method,
+        shots=shots or (16 if shift else None),
+        seed=seed,
+        prefer_backbone=prefer,
+    )
+    console.print(f"Run: {ref.path}")
+    return ref.path
 
 
 @click.command("eval")
@@ -31,6 +69,7 @@ from .common import (
     default=None,
     help="Run's backbone [default: the only one fitted for that dataset, else the last extract's].",
 )
+@click.option("--method", default="cmm", show_default=True, help="Run's method (when finding it by name).")
 @click.option(
     "--shots",
     default=None,
@@ -43,7 +82,8 @@ from .common import (
     "cache_file",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Cache to evaluate on [default: the run's own cache, or <cache-dir>/<shift>/<backbone>.h5].",
+    help="Cache to evaluate on [default: the run's own cache, or <cache-dir>/<shift>/<backbone>.h5]; "
+    "another cache of the run's backbone and classes is accepted.",
 )
 @click.option(
     "--runs-dir",
@@ -55,107 +95,41 @@ from .common import (
 @device_option
 @json_option
 @handle_errors
-def eval_cmd(run_path, shift, dataset, backbone, shots, seed, cache_file, runs_dir, cache_dir, device, as_json):
-    """Re-evaluate a fitted run on its test split, or an ImageNet run on a shift set.
+def eval_cmd(run_path, shift, dataset, backbone, method, shots, seed, cache_file, runs_dir, cache_dir, device, as_json):
+    """Re-evaluate a fitted run (any method) on its test split, or an ImageNet run on a shift set.
 
     \b
     cmm-cache eval --run RUN_DIR
-    cmm-cache eval --shift imagenet-sketch          # the 16-shot seed-1 ImageNet run
+    cmm-cache eval --shift imagenet-sketch          # the default-config 16-shot seed-1 ImageNet CMM run
     """
     from cmm_cache import paths
     from cmm_cache.cache import open_cache
-    from cmm_cache.errors import CmmError
-    from cmm_cache.evaluate import evaluate, shift_classes, split_features
-    from cmm_cache.results import check_same_backbone, default_run_dir, load_run, resolve_device
+    from cmm_cache.protocol import resolve_device
+    from cmm_cache.runs import load_run, locate_cache
+    from cmm_cache.scoring import evaluate_run
 
+    if shift and not cache_file:
+        shift = shift_name(shift)
     root = Path(runs_dir) if runs_dir else paths.runs_dir(cache_dir)
-    if run_path is None:
-        last = paths.last_extract(cache_dir) or {}
-        dataset = dataset or ("imagenet" if shift else last.get("dataset"))
-        if not dataset:
-            raise CmmError("Which run? Nothing was extracted yet.", "Pass --run PATH, or --dataset and --backbone.")
-        if backbone is None:
-            fitted = sorted(p.name for p in (root / paths.dataset_key(dataset)).glob("*") if p.is_dir())
-            if len(fitted) == 1:
-                backbone = fitted[0]
-            elif not shift and last.get("dataset") == dataset:
-                backbone = last.get("backbone")
-            else:
-                k = shots or 16
-                if not fitted:
-                    raise CmmError(
-                        f"No fitted run for {dataset} under {root}.",
-                        f"Fit one first: `cmm-cache fit --dataset {dataset} --backbone NAME --shots {k}`, or "
-                        "pass --run PATH.",
-                    )
-                raise CmmError(
-                    f"Which backbone? Runs for {dataset} exist for: {', '.join(fitted)}.",
-                    f"Pass --backbone NAME, or fit one first: `cmm-cache fit --dataset {dataset} --backbone NAME "
-                    f"--shots {k}`.",
-                )
-        if shots is None and shift:
-            shots = 16
-        elif shots is None:
-            import re
-
-            folder = default_run_dir(root, dataset, backbone, 1, seed).parent
-            ks = [
-                int(m.group(1))
-                for p in folder.glob(f"shot_*-seed_{seed}")
-                if (m := re.match(rf"shot_(\d+)-seed_{seed}$", p.name))
-            ]
-            shots = max(ks) if ks else 16
-        run_path = default_run_dir(root, dataset, backbone, shots, seed)
-    run = load_run(run_path)
+    run = load_run(find_run_path(run_path, shift, dataset, backbone, method, shots, seed, root, cache_dir))
     res = run.result
-    dev = resolve_device(device)
-    model = run.model.to(dev)
-    classes = None
     if shift:
-        target = Path(cache_file) if cache_file else paths.cache_path(shift, res["backbone"], cache_dir)
-        cache = open_cache(target)
-        check_same_backbone(run, cache)
-        classes = shift_classes(run.classnames, run.wnids, cache)
+        target = Path(cache_file) if cache_file else locate_cache(shift, res["backbone"], cache_dir)
     else:
         target = Path(cache_file) if cache_file else Path(res.get("cache") or "")
         if not cache_file and not target.is_file():  # the recorded file moved: try the standard place
-            target = paths.cache_path(res["dataset"], res["backbone"], cache_dir)
-        cache = open_cache(target)
-        if cache.provenance_sha256 != res.get("cache_provenance_sha256"):
-            raise CmmError(
-                f"{cache.path} is not the cache run {run.path} was fitted on (provenance hash differs).",
-                "It was re-extracted or belongs to another backbone; fit the run again on this cache.",
-            )
-    if "test" not in cache.split_names:
-        raise CmmError(f"{cache.path} has no test split to evaluate on.")
-    x, y = split_features(cache.split("test"), None, dev)
-    import torch
-
-    cls = torch.as_tensor(classes, device=dev) if classes is not None else None
-    acc = evaluate(model, x, y, res.get("alpha"), classes=cls)
-    out = {
-        "run": str(run.path),
-        "dataset": cache.dataset,
-        "run_dataset": res["dataset"],
-        "backbone": res["backbone"],
-        "shots": res["shots"],
-        "seed": res["seed"],
-        "alpha": res.get("alpha"),
-        "test_acc": acc["acc"],
-        "zero_shot_test_acc": acc["zero_shot_acc"],
-        "cmm_only_test_acc": acc["cmm_only_acc"],
-        "num_test": int(len(y)),
-        "classes_scored": int(len(classes)) if classes is not None else len(run.classnames),
-        "cache": str(cache.path),
-        "cache_provenance_sha256": cache.provenance_sha256,
-    }
-    a = "-" if out["alpha"] is None else f"{out['alpha']:.1f}"
+            target = locate_cache(res["dataset"], res["backbone"], cache_dir)
+    out = evaluate_run(run, open_cache(target), resolve_device(device), shift=bool(shift), own=not cache_file)
+    a = "" if out["alpha"] is None else f", alpha {out['alpha']:.1f}"
+    zs = "-" if out["zero_shot_test_acc"] is None else f"{out['zero_shot_test_acc']:.2f}"
+    only = "" if out["cmm_only_test_acc"] is None else f", CMM logits only {out['cmm_only_test_acc']:.2f}"
     console.print(
-        f"{res['dataset']} run ({res['shots']}-shot seed {res['seed']}, alpha {a}) on {cache.dataset}: "
-        f"test {out['test_acc']:.2f} %  (zero-shot {out['zero_shot_test_acc']:.2f}, "
-        f"CMM logits only {out['cmm_only_test_acc']:.2f}; {out['classes_scored']} classes, {out['num_test']} "
-        "images)"
+        f"{res['dataset']} {out['method']} run ({res['shots']}-shot seed {res['seed']}{a}) on {out['dataset']}: "
+        f"test {out['test_acc']:.2f} %  (zero-shot {zs}{only}; {out['classes_scored']} classes, "
+        f"{out['num_test']} images)"
     )
+    if not shift and not out["fitted_on_this_cache"]:
+        console.print(f"note: {out['cache']} is another cache than the one the run was fitted on")
     if as_json:
         emit_json(out)
 

@@ -16,78 +16,30 @@ from .common import (
     int_list,
     json_option,
 )
+from .progress import ImageProgress
 
 
 def _show_progress(as_json: bool) -> bool:
-    if as_json or not console.is_terminal:
+    """Rank 0 of a torchrun job reports progress (of its own share): a bar on a terminal (not with --json),
+    plain lines in a log (with --json too: they go to stderr)."""
+    if as_json and console.is_terminal:
         return False
     return int(os.environ.get("RANK", "0") or 0) == 0
 
 
-class _Progress:
-    """rich progress (images done, images/s, time left) as an `extract` progress callback."""
+def _backbone_help() -> str:
+    """The registry's aliases, then the other forms a name may take."""
+    from cmm_cache.backbones import list_backbones
 
-    def __init__(self, enabled: bool, label: str):
-        self.enabled = enabled
-        self.label = label
-        self.p = None
-        self.task = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                ProgressColumn,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-            from rich.text import Text
-
-            class Speed(ProgressColumn):
-                def render(self, task):
-                    return Text(f"{task.speed:.1f} img/s" if task.speed else "- img/s")
-
-            self.p = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("images"),
-                Speed(),
-                TimeRemainingColumn(),
-                console=console,
-                transient=False,
-            )
-            self.p.__enter__()
-        return self
-
-    def __call__(self, done: int, total: int):
-        if not self.p:
-            return
-        if self.task is None:
-            # images already on disk from an earlier run start the bar but are not part of the speed
-            self.task = self.p.add_task(self.label, total=total, completed=done)
-            return
-        self.p.update(self.task, completed=done, total=total)
-
-    def __exit__(self, *exc):
-        if self.p:
-            self.p.__exit__(*exc)
-        return False
+    aliases = " | ".join(b.name for b in list_backbones())
+    return f"{aliases} | any open_clip MODEL/TAG | hf-hub:ORG/REPO (see `cmm-cache backbones`)."
 
 
 @click.command("extract")
 @click.option(
     "--dataset", required=True, help="Dataset name (see `cmm-cache datasets`), manifest file or image folder."
 )
-@click.option(
-    "--backbone",
-    required=True,
-    help=(
-        "rn50 | rn101 | vit-b-32 | vit-b-16 | any open_clip MODEL/TAG | hf-hub:ORG/REPO (see `cmm-cache backbones`)."
-    ),
-)
+@click.option("--backbone", required=True, help=_backbone_help())
 @click.option(
     "--pretrained",
     type=click.Path(dir_okay=False),
@@ -132,6 +84,14 @@ class _Progress:
 @click.option(
     "--download", is_flag=True, help="Fetch the dataset from its public source when it is not under the data root."
 )
+@click.option(
+    "--add-text",
+    is_flag=True,
+    help=(
+        "Add the per-template text embeddings (text/<set>/per_template) to an existing cache that lacks them: "
+        "text encoder only, image features kept. Image options are ignored."
+    ),
+)
 @data_root_option
 @cache_dir_option
 @device_option
@@ -149,6 +109,7 @@ def extract_cmd(
     force,
     out,
     download,
+    add_text,
     data_root,
     cache_dir,
     device,
@@ -160,9 +121,17 @@ def extract_cmd(
     cmm-cache extract --dataset dtd --backbone rn50
     torchrun --nproc-per-node 4 -m cmm_cache extract --dataset imagenet --backbone rn50
     """
+    if add_text:
+        from cmm_cache.add_text import add_text as run_add_text
+        from cmm_cache.errors import CmmError
+
+        if force:
+            raise CmmError("--add-text keeps the cache and adds to it; --force re-extracts it: choose one.")
+        r = run_add_text(dataset, backbone, pretrained=pretrained, cache_root=cache_dir, out=out, device=device)
+        return _report(r, as_json)
     from cmm_cache.extract import extract
 
-    with _Progress(_show_progress(as_json), f"{dataset} × {backbone}") as prog:
+    with ImageProgress(f"extract {dataset} × {backbone}", enabled=_show_progress(as_json)) as prog:
         r = extract(
             dataset,
             backbone,
@@ -180,6 +149,10 @@ def extract_cmd(
             progress=prog,
             download=download,
         )
+    _report(r, as_json)
+
+
+def _report(r, as_json: bool) -> None:
     if r.rank != 0:
         return
     for note in r.notes:
@@ -187,7 +160,9 @@ def extract_cmd(
     if as_json:
         emit_json(r.to_dict())
         return
-    if r.status == "up-to-date":
+    if r.status == "text-added":
+        console.print(f"[green]added text embeddings[/] to {r.path}")
+    elif r.status == "up-to-date":
         console.print(f"[green]up to date[/]: {r.path} (use --force to re-extract)")
     else:
         sizes = ", ".join(f"{k} {v}" for k, v in r.splits.items())

@@ -1,63 +1,89 @@
-"""`cmm-cache fit`: stage two, train on cached features and evaluate."""
+"""`cmm-cache fit`: stage two, fit a method on cached features and evaluate it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from .common import cache_dir_option, console, device_option, emit_json, handle_errors, int_list, json_option
+from .progress import Bars
 from .tables import summary_table
 
 
-class _Bar:
-    """rich progress over training iterations; silent with --json or off a terminal."""
+class MethodChoice(click.Choice):
+    """The registered methods, looked up only when `fit --help` or a value needs them (keeps the CLI fast)."""
 
-    def __init__(self, enabled: bool):
-        self.enabled, self.p = enabled and console.is_terminal, None
+    def __init__(self):
+        self.case_sensitive = True
 
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    @property
+    def choices(self):
+        from cmm_cache.methods import list_methods
 
-            self.p = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[loss]}"),
-                TimeRemainingColumn(),
-                console=console,
-                transient=True,
+        return tuple(list_methods())
+
+    @choices.setter
+    def choices(self, value):  # click.Choice.__init__ assigns it; the registry is the source
+        pass
+
+
+# CMM's own flags -> (option key, value when given). They set the method's option of that name.
+CMM_FLAGS = {
+    "iterations": ("iterations", None),
+    "batch_size": ("batch_size", None),
+    "lr": ("lr", None),
+    "weight_decay": ("weight_decay", None),
+    "warmup": ("warmup", None),
+    "no_map": ("use_map", False),
+    "no_triplet": ("triplet", False),
+    "cmm_only": ("cmm_only", True),
+    "alpha": ("alpha", None),
+    "normalize_t_in_s": ("normalize_T_in_s", True),
+    "fusion": ("fusion", None),
+    "threads": ("threads", None),
+}
+
+
+def _method_options(ctx: click.Context, method: str, values: dict, pairs) -> dict:
+    """The options a user set: CMM's flags given on the command line, then --set KEY=VALUE."""
+    from cmm_cache.errors import CmmError
+    from cmm_cache.methods import get_method
+    from cmm_cache.protocol import parse_options
+
+    m = get_method(method)
+    opts = {}
+    for param, (key, fixed) in CMM_FLAGS.items():
+        if ctx.get_parameter_source(param) not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            continue
+        flag = "--" + param.replace("_", "-").replace("-t-", "-T-")
+        if key not in m.defaults:
+            raise CmmError(
+                f"{flag} is an option of cmm; method '{method}' has no option {key!r}.",
+                f"Set {method}'s options with --set KEY=VALUE (its options: "
+                f"{', '.join(sorted(m.defaults)) or 'none'}).",
             )
-            self.p.__enter__()
-        return self
-
-    def task(self, label: str, total: int):
-        if not self.p:
-            return None
-        tid = self.p.add_task(label, total=total, loss="")
-
-        def update(done, loss):
-            self.p.update(tid, completed=done, loss=f"loss {loss:.4f}" if loss is not None else "")
-
-        return update
-
-    def __exit__(self, *exc):
-        if self.p:
-            self.p.__exit__(*exc)
-        return False
+        opts[key] = values[param] if fixed is None else fixed
+    extra = parse_options(method, pairs)
+    both = sorted(set(opts) & set(extra))
+    if both:
+        raise CmmError(f"Option {', '.join(both)} given both as a flag and with --set.", "Give each option once.")
+    return {**opts, **extra}
 
 
-def _resolve_cache(cache, dataset, backbone, cache_dir) -> Path:
+def resolve_cache(cache, dataset, backbone, cache_dir) -> Path:
+    """--cache, else --dataset/--backbone in the cache dir, else the cache extracted last (and say which)."""
     from cmm_cache import paths
     from cmm_cache.errors import CmmError
+    from cmm_cache.runs import locate_cache
 
     if cache:
         return Path(cache)
     if dataset or backbone:
         if not (dataset and backbone):
             raise CmmError("Give both --dataset and --backbone (or --cache PATH).")
-        return paths.cache_path(dataset, backbone, cache_dir)
+        return locate_cache(dataset, backbone, cache_dir)
     last = paths.last_extract(cache_dir)
     if not last:
         raise CmmError(
@@ -68,6 +94,22 @@ def _resolve_cache(cache, dataset, backbone, cache_dir) -> Path:
         f"Using the cache extracted last: [bold]{last['dataset']}[/] × [bold]{last['backbone']}[/] ({last['path']})"
     )
     return Path(last["path"])
+
+
+def _run_line(cache, r: dict) -> str:
+    a = "" if r.get("alpha") is None else f", alpha {r['alpha']:.1f}"
+    zs = "-" if r.get("zero_shot_test_acc") is None else f"{r['zero_shot_test_acc']:.2f}"
+    only = "" if r.get("cmm_only_test_acc") is None else f", CMM logits only {r['cmm_only_test_acc']:.2f}"
+    line = (
+        f"{cache.dataset_name} × {cache.backbone}  {r['method']} {r['shots']}-shot seed {r['seed']}: "
+        f"test {r['test_acc']:.2f} %  (zero-shot {zs}{only}{a}, val {r['val_acc']:.2f})  "
+        f"{r['fit_seconds']:.1f} s"
+    )
+    if r.get("run"):
+        line += f"  -> {r['run']}" + (" (replaced the earlier run of this config)" if r.get("replaced") else "")
+    from rich.markup import escape
+
+    return escape(line)
 
 
 @click.command("fit")
@@ -93,6 +135,14 @@ def _resolve_cache(cache, dataset, backbone, cache_dir) -> Path:
     default=None,
     callback=int_list,
     help="Seed list, e.g. 1,2,3 [default: every seed the cache holds for each K].",
+)
+@click.option("--method", default="cmm", show_default=True, type=MethodChoice(), help="The method to fit.")
+@click.option(
+    "--set",
+    "set_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A method option (repeatable), typed by its default, e.g. --set iterations=2000 --set use_map=false.",
 )
 @click.option("--iterations", default=16000, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
@@ -132,7 +182,8 @@ def _resolve_cache(cache, dataset, backbone, cache_dir) -> Path:
     "--runs-dir",
     type=click.Path(file_okay=False),
     default=None,
-    help=("Root for run folders [default: <cache-dir>/runs]; a run goes to <root>/<dataset>/<backbone>/shot_K-seed_S."),
+    help="Root for run folders [default: <cache-dir>/runs]; a run goes to "
+    "<root>/<dataset>/<backbone>/<method>-<config key>/shot_K-seed_S.",
 )
 @click.option(
     "--out",
@@ -140,110 +191,68 @@ def _resolve_cache(cache, dataset, backbone, cache_dir) -> Path:
     default=None,
     help="Exact run folder (one run), or the folder that receives shot_K-seed_S folders (several).",
 )
+@click.option("--force", is_flag=True, help="Replace a run of another configuration found in --out.")
 @cache_dir_option
 @device_option
 @json_option
+@click.pass_context
 @handle_errors
-def fit_cmd(
-    cache_file,
-    dataset,
-    backbone,
-    shots,
-    seeds,
-    iterations,
-    batch_size,
-    lr,
-    weight_decay,
-    warmup,
-    templates,
-    no_map,
-    no_triplet,
-    cmm_only,
-    alpha,
-    normalize_t_in_s,
-    fusion,
-    threads,
-    runs_dir,
-    out,
-    cache_dir,
-    device,
-    as_json,
-):
-    """Train CMM (W and T) on cached features; choose alpha on val; evaluate on test.
+def fit_cmd(ctx, cache_file, dataset, backbone, shots, seeds, method, set_pairs, templates, runs_dir, out, force,
+            cache_dir, device, as_json, **cmm_flags):  # fmt: skip
+    """Fit a method (default: CMM, training W and T) on cached features; choose its
+    hyper-parameters on val; evaluate on test. Each configuration gets its own run folder.
+
+    The flags --iterations ... --threads are CMM's options; they set the option
+    of that name of any method that has one. Other options: --set KEY=VALUE.
 
     \b
     cmm-cache fit --shots 4                       # the cache extracted last
     cmm-cache fit --dataset dtd --backbone rn50 --shots 1,2,4,8,16 --seeds 1,2,3
     cmm-cache fit --cache FILE.h5 --shots 16 --seed 1 --json
+    cmm-cache fit --shots 16 --no-map             # an ablation: another folder than the full CMM's
+    cmm-cache fit --method zero-shot              # any registered method; its options with --set KEY=VALUE
     """
     from cmm_cache import paths
     from cmm_cache.cache import open_cache
-    from cmm_cache.errors import CmmError
-    from cmm_cache.fit import FitConfig
-    from cmm_cache.results import default_run_dir, fit_run, resolve_device, run_name, summarize, write_run
+    from cmm_cache.protocol import fit_protocol, resolve_device
+    from cmm_cache.results import summarize
 
-    cache = open_cache(_resolve_cache(cache_file, dataset, backbone, cache_dir))
-    groups = cache.fewshot_groups
-    if not groups:
-        raise CmmError(f"{cache.path} holds no few-shot subsets.", "Re-extract it with --shots/--seeds.")
-    ks = shots or sorted({k for k, _ in groups})
-    todo = []
-    for k in ks:
-        have = sorted(s for kk, s in groups if kk == k)
-        for s in seeds or have or [1]:
-            if (k, s) not in groups:
-                held = ", ".join(f"{a}/{b}" for a, b in groups)
-                raise CmmError(
-                    f"{cache.path} has no few-shot subset for {k} shots, seed {s}.",
-                    f"It holds (shots/seed): {held}. Re-run `cmm-cache extract` with --shots/--seeds covering it.",
-                )
-            todo.append((k, s))
-    if templates is not None:
-        cache.text(templates)  # refuse an unknown set before training anything
-    dev = resolve_device(device)
+    options = _method_options(ctx, method, cmm_flags, set_pairs)
+    cache = open_cache(resolve_cache(cache_file, dataset, backbone, cache_dir))
     root = Path(runs_dir) if runs_dir else paths.runs_dir(cache_dir)
-
     results = []
-    with _Bar(not as_json) as bar:
-        for k, s in todo:
-            cfg = FitConfig(
-                iterations=iterations,
-                batch_size=batch_size,
-                lr=lr,
-                weight_decay=weight_decay,
-                warmup=warmup,
-                use_map=not no_map,
-                triplet=not no_triplet,
-                cmm_only=cmm_only,
-                alpha=alpha,
-                normalize_T_in_s=normalize_t_in_s,
-                fusion=fusion,
-                seed=s,
-                device=str(dev),
-                threads=threads,
-            )
-            result, arrays = fit_run(cache, k, s, cfg, templates, progress=bar.task(f"{k}-shot seed {s}", iterations))
-            if out:
-                run_dir = Path(out) if len(todo) == 1 else Path(out) / run_name(k, s)
-            else:
-                run_dir = default_run_dir(root, cache.dataset, cache.backbone, k, s)
-            write_run(run_dir, result, arrays, cache)
-            result["run"] = str(run_dir)
-            results.append(result)
-            a = "-" if result["alpha"] is None else f"{result['alpha']:.1f}"
-            console.print(
-                f"{cache.dataset} × {cache.backbone}  {k}-shot seed {s}: test {result['test_acc']:.2f} %  "
-                f"(zero-shot {result['zero_shot_test_acc']:.2f}, CMM logits only "
-                f"{result['cmm_only_test_acc']:.2f}, "
-                f"alpha {a}, val {result['val_acc']:.2f})  {result['fit_seconds']:.1f} s  -> {run_dir}"
-            )
+    with Bars(not as_json) as bars:
+
+        def progress(k, s):
+            update = bars.task(f"{method} {k}-shot seed {s}", None, "it")
+            return None if update is None else (lambda done, total, loss: update(done, total, _loss(loss)))
+
+        for r in fit_protocol(
+            cache,
+            shots,
+            seeds,
+            method=method,
+            options=options,
+            templates=templates,
+            device=resolve_device(device),
+            runs_root=root,
+            out=out,
+            force=force,
+            progress=progress,
+        ):
+            results.append(r)
+            console.print(_run_line(cache, r))
+            for w in r.get("warnings") or []:
+                console.print(f"[yellow]warning[/]: {w}")
     summary = summarize(results)
     if len(results) > 1:
-        console.print(
-            summary_table(summary, f"{cache.dataset} × {cache.backbone}: test accuracy (%), mean ± std over seeds")
-        )
+        console.print(summary_table(summary, f"{cache.dataset_name} × {cache.backbone}: test accuracy (%), mean ± std"))
     if as_json:
         emit_json(results[0] if len(results) == 1 else {"runs": results, "summary": summary})
+
+
+def _loss(loss) -> str:
+    return "" if loss is None else f"loss {loss:.4f}"
 
 
 COMMANDS = [fit_cmd]

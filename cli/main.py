@@ -16,20 +16,44 @@ def main():
     cmm-cache extract --dataset dtd --backbone rn50   # stage one: encode once
     cmm-cache fit --shots 4                           # stage two: train W and T
     cmm-cache eval --shift imagenet-sketch            # evaluate on a shift set
+    cmm-cache predict --run RUN_DIR photos/           # classify your images
     """
 
 
 @main.group()
 def bench():
-    """Benchmarks users can run: `bench extract`, `bench fit`."""
+    """Benchmarks users can run: `bench extract`, `bench fit`, `bench methods`, `bench compare`."""
 
 
 def _register() -> None:
     # Command modules import torch and the library inside each command, so
     # `cmm-cache --help` stays fast.
-    from . import bench_cmds, cache_cmds, data_cmds, eval_cmds, extract_cmds, fit_cmds, results_cmds
+    from . import (
+        bench_cmds,
+        cache_cmds,
+        compare_cmds,
+        data_cmds,
+        eval_cmds,
+        export_cmds,
+        extract_cmds,
+        fit_cmds,
+        predict_cmds,
+        results_cmds,
+    )
 
-    for mod in (data_cmds, extract_cmds, cache_cmds, fit_cmds, eval_cmds, results_cmds, bench_cmds):
+    mods = (
+        data_cmds,
+        extract_cmds,
+        cache_cmds,
+        fit_cmds,
+        eval_cmds,
+        predict_cmds,
+        export_cmds,
+        results_cmds,
+        compare_cmds,
+        bench_cmds,
+    )
+    for mod in mods:
         for cmd in mod.COMMANDS:
             main.add_command(cmd)
         for cmd in getattr(mod, "BENCH_COMMANDS", []):

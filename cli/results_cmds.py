@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import (
-    console,
-    emit_json,
-    handle_errors,
-    json_option,
-)
+from .common import console, emit_json, handle_errors, json_option
 from .tables import runs_table, summary_table
 
 
@@ -26,20 +21,25 @@ def results_group():
 def results_merge(run_dirs, csv_path, as_json):
     """Merge result.json of RUN_DIRS (run folders, or folders holding them) into one table.
 
+    Runs are averaged per configuration (method and config key) and K, never
+    across configurations; a damaged result.json is reported and left out.
+
     \b
     cmm-cache results merge ~/.cache/cmm-cache/runs/dtd --csv dtd.csv
     """
-    from cmm_cache.results import read_results, summarize, write_csv
+    from cmm_cache.results import scan_results, summarize, write_csv
 
-    results = read_results(run_dirs)
+    results, damaged = scan_results(run_dirs)
+    for d in damaged:
+        console.print(f"[yellow]skipped[/] {d['path']}: damaged result.json ({d['error']})")
     summary = summarize(results)
     console.print(runs_table(results))
-    console.print(summary_table(summary, "test accuracy (%), mean ± std over seeds"))
+    console.print(summary_table(summary, "test accuracy (%), mean ± std over seeds, per configuration"))
     if csv_path:
         write_csv(results, csv_path)
         console.print(f"wrote {len(results)} rows to {csv_path}")
     if as_json:
-        emit_json({"runs": results, "summary": summary})
+        emit_json({"runs": results, "summary": summary, "damaged": damaged})
 
 
 COMMANDS = [results_group]

@@ -231,11 +231,11 @@ def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
 
 
 def _offline_error(spec: BackboneSpec, why: str) -> CmmError:
+    from .weights_source import fetch_hint
+
     return CmmError(
         f"Weights for {spec.name} ({spec.model}, pretrained '{spec.pretrained}') could not be had offline: {why}.",
-        "Pass --pretrained PATH to a local weights file, or pre-fill the Hugging Face cache on a machine with "
-        "network (e.g. run the same command there once, or `huggingface-cli download` the repo) and set "
-        "HF_HUB_OFFLINE=1 so it is used without network.",
+        fetch_hint(spec),
     )
 
 

@@ -64,6 +64,55 @@ def folder_dataset(data_dir: str | Path, limit: int | None = None) -> Dataset:
     )
 
 
+def _sync(dev: str) -> None:
+    if dev.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _decoded_batches(bb, paths, batch_size: int, dev: str) -> list:
+    """The bare-forward input: every image decoded and preprocessed beforehand, in batches (on the device)."""
+    import torch
+
+    from .encode import load_image
+
+    tensors = [bb.preprocess(load_image(p)) for p in paths]
+    batches = [torch.stack(tensors[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
+    if dev.startswith("cuda"):
+        batches = [b.to(dev) for b in batches]
+    _sync(dev)
+    return batches
+
+
+def _bare_once(bb, batches, dev: str) -> float:
+    from .encode import encode_image_batch
+
+    t = time.perf_counter()
+    for b in batches:
+        encode_image_batch(bb.model, b, dev).cpu()
+    _sync(dev)
+    return time.perf_counter() - t
+
+
+def _e2e_once(ds, backbone: str, bb, out: Path, dev: str, batch_size: int, workers: int) -> tuple[float, float]:
+    from .extract import extract
+
+    t = time.perf_counter()
+    r = extract(
+        ds,
+        backbone,
+        out=out,
+        device=dev,
+        batch_size=batch_size,
+        num_workers=workers,
+        loaded_backbone=bb,
+        record_last=False,
+        force=True,
+    )
+    return time.perf_counter() - t, r.images_per_s
+
+
 def bench_extract(
     data_dir,
     backbone: str = "rn50-arch",
@@ -79,81 +128,44 @@ def bench_extract(
     import torch
 
     from .backbones import load_backbone, resolve_device
-    from .encode import configure_cpu_threads, default_num_workers, encode_image_batch, load_image
-    from .extract import extract
+    from .encode import configure_cpu_threads, default_num_workers, encode_image_batch
 
     log = log or (lambda *a, **k: None)
     ds = folder_dataset(data_dir, limit)
-    paths = ds.splits["test"].paths
-    n = len(paths)
+    n = len(ds.splits["test"].paths)
     dev = resolve_device(device)
     workers = default_num_workers(dev) if num_workers is None else int(num_workers)
     threads = configure_cpu_threads(workers) if not dev.startswith("cuda") else torch.get_num_threads()
     bb = load_backbone(backbone, pretrained, device=dev)
     h, w = bb.image_size
-
-    # warm-up (one-time kernel selection etc. belongs to neither figure)
-    with torch.inference_mode():
+    with torch.inference_mode():  # warm-up: one-time kernel selection etc. belongs to neither figure
         encode_image_batch(bb.model, torch.zeros(batch_size, 3, h, w, device=dev), dev)
-    if dev.startswith("cuda"):
-        torch.cuda.synchronize()
-
-    # bare forward: the same images, decoded beforehand, same batch size
+    _sync(dev)
     log(f"decoding {n} images for the bare-forward baseline ...")
-    tensors = [bb.preprocess(load_image(p)) for p in paths]
-    batches = [torch.stack(tensors[i : i + batch_size]) for i in range(0, n, batch_size)]
-    del tensors
-    if dev.startswith("cuda"):
-        batches = [b.to(dev) for b in batches]
-        torch.cuda.synchronize()
-
-    def bare_once() -> float:
-        t = time.perf_counter()
-        for b in batches:
-            encode_image_batch(bb.model, b, dev).cpu()
-        if dev.startswith("cuda"):
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
-
-    def e2e_once(tmp) -> tuple[float, float]:
-        t = time.perf_counter()
-        r = extract(
-            ds,
-            backbone,
-            out=Path(tmp) / "bench.h5",
-            device=dev,
-            batch_size=batch_size,
-            num_workers=workers,
-            loaded_backbone=bb,
-            record_last=False,
-            force=True,
-        )
-        return time.perf_counter() - t, r.images_per_s
+    batches = _decoded_batches(bb, ds.splits["test"].paths, batch_size, dev)
 
     # Alternate the two measurements (a shared machine's load drifts); report the median and the best.
     bare_s, e2e_s, enc_ips = [], [], []
     with tempfile.TemporaryDirectory(prefix="cmm-bench-") as tmp:
         for i in range(max(1, int(repeat))):
             log(f"run {i + 1}/{repeat}: bare forward ...")
-            bare_s.append(bare_once())
+            bare_s.append(_bare_once(bb, batches, dev))
             log(f"run {i + 1}/{repeat}: end-to-end extract ...")
-            s, ips = e2e_once(tmp)
+            s, ips = _e2e_once(ds, backbone, bb, Path(tmp) / "bench.h5", dev, batch_size, workers)
             e2e_s.append(s)
             enc_ips.append(ips)
     batches.clear()  # free the pre-decoded tensors
+    setup = {"data": str(data_dir), "images": n, "backbone": backbone, "model": bb.spec.model, "device": dev,
+             "batch_size": batch_size, "workers": workers, "torch_threads": threads}  # fmt: skip
+    return {**setup, **_summary(n, bare_s, e2e_s, enc_ips)}
+
+
+def _summary(n: int, bare_s: list[float], e2e_s: list[float], enc_ips: list[float]) -> dict:
     bare_ips = [n / s for s in bare_s]
     e2e_ips = [n / s for s in e2e_s]
     ratios = [e / b for e, b in zip(e2e_ips, bare_ips)]
     med = lambda xs: float(np.median(xs))  # noqa: E731
     return {
-        "data": str(data_dir),
-        "images": n,
-        "backbone": backbone,
-        "model": bb.spec.model,
-        "device": dev,
-        "batch_size": batch_size,
-        "workers": workers,
-        "torch_threads": threads,
         "repeat": len(ratios),
         "end_to_end_images_per_s": round(med(e2e_ips), 3),
         "bare_forward_images_per_s": round(med(bare_ips), 3),

@@ -1,39 +1,95 @@
-"""Stage one: encode a dataset once with a backbone and write the cache (schema cmm-cache/1).
+"""Stage one: encode a dataset once with a backbone and write its cache (schema cmm-cache/1).
 
-:func:`extract` ties the parts together: the dataset (rows to encode), the
-backbone, the encoders (:mod:`cmm_cache.encode`) and the resumable writer
-(:mod:`cmm_cache.cache`). Under torchrun every rank encodes a disjoint share
-of the chunks and rank 0 assembles the one file.
+:func:`extract` takes an :class:`ExtractRequest` through three phases:
+
+1. **resolve** (:func:`resolve`, :func:`decide`): the dataset, the backbone,
+   the target path, the few-shot plan and the request's fingerprint; rank 0
+   takes the cache's lock and decides: up to date, resume, or start afresh;
+2. **run** (:func:`run`): rank 0 encodes the text, every rank its share of the
+   images into chunk files of the work folder (:mod:`cmm_cache.shard`);
+3. **finish** (:func:`finish`): rank 0 assembles the one file from the
+   chunks, renames it into place, and removes the work folder and any
+   temporary file a killed run left.
+
+Under torchrun (:mod:`cmm_cache.distributed`) every rank runs the same code.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
-import json
+import contextlib
 import os
-import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from . import __version__
-from .cache import SCHEMA, CacheLock, PartialStore, SplitPlan, assemble_cache, cache_summary, open_cache
+from .cache import (
+    CacheLock,
+    PartialStore,
+    SplitPlan,
+    assemble_cache,
+    cache_summary,
+    open_cache,
+    remove_stale_tmp,
+)
+from .distributed import DistContext, init_distributed
 from .errors import CmmError
+from .extract_plan import (
+    DEFAULT_SEEDS,
+    DEFAULT_SHOTS,
+    ExtractableDataset,
+    FewshotRows,
+    build_provenance,
+    check_dataset,
+    default_shots,
+    plan_splits,
+    request_fingerprint,
+    same_request,
+)
+from .shard import ChunkFn, ChunkWritten, ProgressFn, encode_share
 
-DEFAULT_SHOTS = (1, 2, 4, 8, 16)
-DEFAULT_SEEDS = (1, 2, 3)
+__all__ = [
+    "DEFAULT_BATCH",
+    "DEFAULT_CHUNK_ROWS",
+    "DEFAULT_SEEDS",
+    "DEFAULT_SHOTS",
+    "ChunkWritten",
+    "ExtractRequest",
+    "ExtractResult",
+    "extract",
+    "run_extract",
+]
+
 DEFAULT_BATCH = 64
-DEFAULT_CHUNK_ROWS = 1024
+# Rows per chunk file of the work folder: what a killed run loses at most (per rank). Small files cost
+# little (see the closing note of the change that set it); a resumed run keeps the size it started with.
+DEFAULT_CHUNK_ROWS = 256
 
-ProgressFn = Callable[[int, int], None]  # (images done, images total) of this process's share
 
+@dataclass
+class ExtractRequest:
+    """Everything a caller decides about one extraction (the CLI's options, one to one)."""
 
-class InjectedFailure(RuntimeError):
-    """Raised by the test hook `fail_after_chunks` (simulates a killed run)."""
+    dataset: object  # a name or path for cmm_cache.datasets.load_dataset, or an ExtractableDataset
+    backbone: str
+    pretrained: str | os.PathLike | None = None
+    data_root: str | os.PathLike | None = None
+    cache_root: str | os.PathLike | None = None
+    out: str | os.PathLike | None = None  # the cache file [default: <cache-dir>/<dataset>/<backbone>.h5]
+    shots: Sequence[int] | None = None  # None: the protocol's K values, capped to what the data holds
+    seeds: Sequence[int] = DEFAULT_SEEDS
+    device: str = "auto"
+    batch_size: int = DEFAULT_BATCH
+    num_workers: int | None = None
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    skip_bad: bool = False
+    force: bool = False
+    dataset_name: str | None = None  # the name recorded in the cache [default: as given]
+    record_last: bool = True  # remember this cache for `fit` without arguments
+    loaded_backbone: object = None  # reuse a Backbone already in memory (benchmarks)
+    download: bool = False
+    progress: ProgressFn | None = field(default=None, repr=False)  # (images done, images total)
+    on_chunk: ChunkFn | None = field(default=None, repr=False)  # called after each chunk file is written
 
 
 @dataclass
@@ -41,7 +97,7 @@ class ExtractResult:
     path: str
     dataset: str
     backbone: str
-    status: str  # "written" | "up-to-date"
+    status: str  # "written" | "up-to-date" | "text-added"
     splits: dict = field(default_factory=dict)  # split -> rows in the cache
     text_sets: list = field(default_factory=list)
     fewshot_groups: int = 0
@@ -59,428 +115,330 @@ class ExtractResult:
         return asdict(self)
 
 
-# --------------------------------------------------------------------------- planning
+@dataclass
+class ExtractJob:
+    """A resolved request: the dataset, backbone, plan and target of this process's part of the work."""
+
+    request: ExtractRequest
+    dist: DistContext
+    device: str
+    ds: ExtractableDataset
+    ds_name: str
+    bb_name: str
+    final: Path
+    shots: list[int]
+    seeds: list[int]
+    plans: list[SplitPlan]
+    fewshot: FewshotRows
+    notes: list[str]
+    workers: int
+    bb: object
+    fingerprint: dict
+    store: PartialStore
+    lock: CacheLock
 
 
-def plan_splits(ds, shots: Sequence[int], seeds: Sequence[int], chunk_rows: int):
-    """(split plans, few-shot positions) for a dataset: unions of few-shot rows for train/val, all of test."""
-    from .encode import views_for_split
-
-    plans: list[SplitPlan] = []
-    fewshot: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-    if "test" not in ds.splits:
-        raise CmmError(f"Dataset {ds.name} has no test split.", "Check its manifest.")
-    if not ds.is_shift:
-        for s in ("train", "val"):
-            if s not in ds.splits:
-                raise CmmError(f"Dataset {ds.name} has no {s} split.", "Check its manifest.")
-        raw = {}
-        for k in shots:
-            for seed in seeds:
-                tr, va = ds.fewshot(int(k), int(seed))
-                raw[(int(k), int(seed))] = (np.asarray(tr, dtype=np.int64), np.asarray(va, dtype=np.int64))
-        for pi, s in enumerate(("train", "val")):
-            parts = [v[pi] for v in raw.values()]
-            rows = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
-            n_all = len(ds.splits[s].paths)
-            if len(rows) and (rows.min() < 0 or rows.max() >= n_all):
-                raise CmmError(f"Few-shot rows of {ds.name} point outside its {s} split ({n_all} images).")
-            labels = np.asarray(ds.splits[s].labels, dtype=np.int64)[rows]
-            plans.append(SplitPlan(s, rows.astype(np.int64), labels, views_for_split(s), chunk_rows))
-        for key, (tr, va) in raw.items():
-            fewshot[key] = (
-                np.searchsorted(plans[0].rows, tr).astype(np.int64),
-                np.searchsorted(plans[1].rows, va).astype(np.int64),
-            )
-    n_test = len(ds.splits["test"].paths)
-    plans.append(
-        SplitPlan(
-            "test",
-            np.arange(n_test, dtype=np.int64),
-            np.asarray(ds.splits["test"].labels, dtype=np.int64),
-            views_for_split("test"),
-            chunk_rows,
-        )
-    )
-    return plans, fewshot
+@dataclass
+class _Encoded:
+    text: dict | None  # set name -> per-template embeddings [C, M, d] (rank 0)
+    done: int
+    resumed: int
+    seconds: float
 
 
-def _digest(a) -> str:
-    return hashlib.sha256(np.ascontiguousarray(np.asarray(a, dtype=np.int64)).tobytes()).hexdigest()
+def extract(dataset, backbone: str, **options) -> ExtractResult:
+    """Encode `dataset` with `backbone` into its cache file; `options` are the fields of :class:`ExtractRequest`.
 
-
-def request_fingerprint(ds, bb, plans, fewshot, chunk_rows: int) -> dict:
-    """Everything that decides the bytes of the cache; a partial run resumes only under the same request."""
-    req = {
-        "schema": SCHEMA,
-        "dataset": ds.name,
-        "manifest_sha256": ds.manifest_sha256,
-        "model": bb.spec.model,
-        "pretrained": bb.spec.pretrained,
-        "weights_sha256": bb.weights_sha256,
-        "preprocess": bb.preprocess_cfg
-        and {k: (list(v) if isinstance(v, tuple) else v) for k, v in bb.preprocess_cfg.items()},
-        "chunk_rows": int(chunk_rows),
-        "splits": {p.name: {"rows": _digest(p.rows), "labels": _digest(p.labels), "views": p.views} for p in plans},
-        "fewshot": {f"{k}-{s}": [_digest(a), _digest(b)] for (k, s), (a, b) in sorted(fewshot.items())},
-        "templates": {k: list(v) for k, v in ds.templates.items()},
-    }
-    req["sha256"] = hashlib.sha256(json.dumps(req, sort_keys=True, default=str).encode()).hexdigest()
-    return req
-
-
-# --------------------------------------------------------------------------- the run
-
-
-def extract(
-    dataset,
-    backbone: str,
-    *,
-    pretrained: str | os.PathLike | None = None,
-    data_root: str | os.PathLike | None = None,
-    cache_root: str | os.PathLike | None = None,
-    out: str | os.PathLike | None = None,
-    shots: Sequence[int] | None = None,
-    seeds: Sequence[int] = DEFAULT_SEEDS,
-    device: str = "auto",
-    batch_size: int = DEFAULT_BATCH,
-    num_workers: int | None = None,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    skip_bad: bool = False,
-    force: bool = False,
-    progress: ProgressFn | None = None,
-    fail_after_chunks: int | None = None,
-    dataset_name: str | None = None,
-    record_last: bool = True,
-    loaded_backbone=None,
-    download: bool = False,
-) -> ExtractResult:
-    """Encode `dataset` (a name/path for :func:`load_dataset`, or a Dataset) with `backbone` into its cache file.
-
-    Returns an :class:`ExtractResult`. Raises :class:`CmmError` for every
-    user-facing failure (missing data or weights, a corrupt image without
-    `skip_bad`, a locked cache, a partial run of a different request).
+    Raises :class:`CmmError` for every user-facing failure (missing data or
+    weights, a corrupt image without `skip_bad`, a locked or damaged cache, a
+    partial run of a different request).
     """
-    from .backbones import load_backbone, resolve_backbone, resolve_device
-    from .encode import (
-        class_text_features,
-        configure_cpu_threads,
-        default_num_workers,
-        encode_text_templates,
-        init_distributed,
+    return run_extract(ExtractRequest(dataset, backbone, **options))
+
+
+def run_extract(req: ExtractRequest) -> ExtractResult:
+    import torch
+
+    from .backbones import resolve_device
+
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as cleanup:  # undone in reverse: lock, process group, thread count
+        cleanup.callback(torch.set_num_threads, torch.get_num_threads())  # the thread policy is for this run only
+        device = resolve_device(req.device)
+        dist = init_distributed(device)
+        cleanup.callback(dist.close)
+        job = resolve(req, dist, dist.device(device))
+        cleanup.callback(job.lock.release)
+        if decide(job) == "up-to-date":
+            job.lock.release()
+            return _up_to_date_result(job, t0)
+        enc = run(job)
+        skipped = finish(job, enc)
+        return _written_result(job, enc, skipped, t0)
+
+
+# --------------------------------------------------------------------------- phase 1: resolve
+
+
+def _load_dataset(req: ExtractRequest) -> tuple[ExtractableDataset, str]:
+    if isinstance(req.dataset, (str, os.PathLike)):
+        from .datasets import load_dataset
+
+        ds = load_dataset(str(req.dataset), req.data_root, download=req.download, cache_root=req.cache_root)
+        return check_dataset(ds), req.dataset_name or str(req.dataset)
+    ds = check_dataset(req.dataset)
+    return ds, req.dataset_name or ds.name
+
+
+def _workers(req: ExtractRequest, dist: DistContext, device: str) -> int:
+    """Decoding workers (shared out among the ranks of one machine); on the CPU the encoder gets the rest."""
+    from .encode import configure_cpu_threads, default_num_workers
+
+    workers = default_num_workers(device) if req.num_workers is None else int(req.num_workers)
+    if dist.active and req.num_workers is None:
+        workers = max(1, workers // dist.local_world)
+    if not device.startswith("cuda") and req.loaded_backbone is None:
+        configure_cpu_threads(workers, dist.local_world)
+    return workers
+
+
+def resolve(req: ExtractRequest, dist: DistContext, device: str) -> ExtractJob:
+    """Everything decided before the lock: dataset, plan (files checked), backbone loaded, fingerprint."""
+    from .backbones import load_backbone, resolve_backbone
+    from .paths import cache_path
+
+    ds, ds_name = _load_dataset(req)
+    bb_name = str(req.backbone)
+    spec = req.loaded_backbone.spec if req.loaded_backbone is not None else resolve_backbone(bb_name, req.pretrained)
+    final = Path(req.out) if req.out else cache_path(ds_name, bb_name, req.cache_root)
+    notes: list[str] = []
+    seeds = sorted({int(s) for s in req.seeds})
+    shots = sorted({int(k) for k in (default_shots(ds, seeds, notes) if req.shots is None else req.shots)})
+    plans, fewshot = plan_splits(ds, shots, seeds, int(req.chunk_rows))
+    ds.verify({p.name: p.rows for p in plans})
+    workers = _workers(req, dist, device)
+    bb = req.loaded_backbone if req.loaded_backbone is not None else load_backbone(spec, device=device)
+    return ExtractJob(
+        request=req,
+        dist=dist,
+        device=device,
+        ds=ds,
+        ds_name=ds_name,
+        bb_name=bb_name,
+        final=final,
+        shots=shots,
+        seeds=seeds,
+        plans=plans,
+        fewshot=fewshot,
+        notes=notes,
+        workers=workers,
+        bb=bb,
+        fingerprint=request_fingerprint(ds, bb, plans, fewshot),
+        store=PartialStore(final),
+        lock=CacheLock(final),
     )
-    from .paths import cache_path, record_last_extract
 
-    t_start = time.perf_counter()
-    if fail_after_chunks is None and os.environ.get("CMM_CACHE_FAIL_AFTER_CHUNKS"):
-        fail_after_chunks = int(os.environ["CMM_CACHE_FAIL_AFTER_CHUNKS"])  # test hook (subprocess tests)
-    import torch
 
-    threads_before = torch.get_num_threads()
-    dev = resolve_device(device)
-    dist = init_distributed(dev)
-    try:
-        dev = dist.device(dev)
-        if isinstance(dataset, str):
-            from .datasets import load_dataset
-
-            ds_name = dataset_name or dataset
-            ds = load_dataset(dataset, data_root, download=download, cache_root=cache_root)
-        else:
-            ds = dataset
-            ds_name = dataset_name or ds.name
-        spec = loaded_backbone.spec if loaded_backbone is not None else resolve_backbone(backbone, pretrained)
-        bb_name = str(backbone)
-        final = Path(out) if out else cache_path(ds_name, bb_name, cache_root)
-        notes = []
-        if shots is None:  # the protocol's K values, capped to what a small user dataset can give
-            shots = list(DEFAULT_SHOTS)
-            cap = ds.max_shots() if hasattr(ds, "max_shots") and not getattr(ds, "fewshot_indices", None) else None
-            if cap is not None and not ds.is_shift and max(shots) > cap:
-                shots = [k for k in shots if k <= cap]
-                if not shots:
-                    raise CmmError(
-                        f"Dataset '{ds_name}' has a class with too few images for even a 1-shot subset "
-                        "(1 train and 1 val image per class are needed).",
-                        "Add images to the smallest class.",
-                    )
-                notes.append(
-                    f"default shots capped to {','.join(map(str, shots))}: the smallest class has "
-                    f"{cap} train image(s) (pass --shots to choose)"
-                )
-        shots = sorted({int(k) for k in shots})
-        seeds = sorted({int(s) for s in seeds})
-        plans, fewshot = plan_splits(ds, shots, seeds, int(chunk_rows))
-        if hasattr(ds, "verify"):
-            try:
-                ds.verify({p.name: p.rows for p in plans})
-            except NotImplementedError:
-                pass
-
-        workers = default_num_workers(dev) if num_workers is None else int(num_workers)
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world)) if dist.active else 1
-        if dist.active and num_workers is None:
-            workers = max(1, workers // local_world)
-        if not dev.startswith("cuda") and loaded_backbone is None:
-            configure_cpu_threads(workers, local_world)
-        bb = loaded_backbone if loaded_backbone is not None else load_backbone(spec, device=dev)
-        request = request_fingerprint(ds, bb, plans, fewshot, chunk_rows)
-        store = PartialStore(final)
-
-        # ---- rank 0: lock, decide fresh / resume / up-to-date
-        lock = CacheLock(final)
-        verdict = {"action": "run"}
-        if dist.is_main:
-            try:
-                lock.acquire()
-                verdict = _prepare(final, store, request, force)
-            except CmmError as e:
-                lock.release()
-                verdict = {"action": "error", "message": e.message, "hint": e.hint}
-        verdict = dist.broadcast(verdict)
-        if verdict["action"] == "error":
-            raise CmmError(verdict["message"], verdict.get("hint"))
-        result = ExtractResult(
-            path=str(final),
-            dataset=ds_name,
-            backbone=bb_name,
-            status="up-to-date",
-            device=dev,
-            world_size=dist.world,
-            rank=dist.rank,
-            notes=notes,
-        )
-        if verdict["action"] == "up-to-date":
-            lock.release()
-            c = open_cache(final)
-            result.splits = dict(cache_summary(final).get("splits", {}))
-            result.text_sets = c.text_sets
-            result.fewshot_groups = len(c.fewshot_groups)
-            result.skipped = c.provenance.get("skipped", [])
-            result.seconds = time.perf_counter() - t_start
-            if record_last and dist.is_main:
-                record_last_extract(ds_name, bb_name, final, cache_root)
-            return result
-
+def decide(job: ExtractJob) -> str:
+    """Rank 0 takes the lock and decides ("run" or "up-to-date"); every rank gets the verdict."""
+    verdict = {"action": "run", "chunk_rows": int(job.request.chunk_rows)}
+    if job.dist.is_main:
         try:
-            err = None
-            try:
-                # Text first on rank 0 (cheap, and kept in the work folder so a resume skips it).
-                text = None
-                if dist.is_main:
-                    text = store.load_text()
-                    if text is None or set(text) != set(ds.templates) or any(v.ndim != 3 for v in text.values()):
-                        text = {
-                            name: encode_text_templates(bb, ds.classnames, tpl) for name, tpl in ds.templates.items()
-                        }
-                        store.save_text(text)
-                t_enc = time.perf_counter()
-                done, resumed = _encode_share(
-                    ds,
-                    bb,
-                    plans,
-                    store,
-                    dist,
-                    batch_size=batch_size,
-                    num_workers=workers,
-                    skip_bad=skip_bad,
-                    progress=progress,
-                    fail_after_chunks=fail_after_chunks,
-                )
-                result.images_encoded, result.images_resumed = done, resumed
-                enc_s = time.perf_counter() - t_enc
-                result.images_per_s = round(done / enc_s, 2) if done and enc_s > 0 else 0.0
-            except (CmmError, InjectedFailure) as e:
-                err = e
-            errors = dist.gather_errors(
-                None if err is None else (type(err).__name__, str(err), getattr(err, "hint", None))
-            )
-            if err is not None:
-                raise err
-            bad = [e for e in errors if e is not None]
-            if bad:
-                raise CmmError(f"Another torchrun rank failed: {bad[0][1]}", bad[0][2])
-
-            if dist.is_main:
-                provenance = _provenance(
-                    ds, ds_name, bb, bb_name, dev, dist.world, shots, seeds, request, skip_bad, batch_size
-                )
-                path, skipped = assemble_cache(
-                    final,
-                    store,
-                    dataset=ds_name,
-                    backbone=bb_name,
-                    provenance=provenance,
-                    classnames=ds.classnames,
-                    text={
-                        name: (class_text_features(text[name]), ds.templates[name], text[name]) for name in ds.templates
-                    },
-                    default_templates=ds.default_templates,
-                    splits=plans,
-                    embed_dim=bb.embed_dim,
-                    fewshot=fewshot,
-                    wnids=ds.wnids,
-                    imagenet_index=ds.imagenet_index if ds.is_shift else None,
-                    paths={p.name: ds.splits[p.name].paths for p in plans},
-                )
-                store.clear()
-                result.skipped = skipped
-                if record_last:
-                    record_last_extract(ds_name, bb_name, path, cache_root)
-            dist.barrier()
-        finally:
-            lock.release()
-        result.status = "written"
-        n_skipped = {}
-        for s in result.skipped:
-            n_skipped[s["split"]] = n_skipped.get(s["split"], 0) + 1
-        result.splits = {p.name: p.n - n_skipped.get(p.name, 0) for p in plans}
-        result.text_sets = sorted(ds.templates)
-        result.fewshot_groups = len(fewshot)
-        result.seconds = time.perf_counter() - t_start
-        return result
-    finally:
-        dist.close()
-        torch.set_num_threads(threads_before)  # the thread policy is for this run only
+            job.lock.acquire()
+            verdict = _prepare(job)
+        except CmmError as e:
+            job.lock.release()
+            verdict = {"action": "error", "message": e.message, "hint": e.hint}
+    verdict = job.dist.broadcast(verdict)
+    if verdict["action"] == "error":
+        raise CmmError(verdict["message"], verdict.get("hint"))
+    for p in job.plans:  # a resumed run keeps the chunk size it started with
+        p.chunk_rows = int(verdict.get("chunk_rows") or p.chunk_rows)
+    return verdict["action"]
 
 
-def _prepare(final: Path, store: PartialStore, request: dict, force: bool) -> dict:
-    """Rank 0, lock held: decide whether to run (fresh or resumed) or whether the cache is already there."""
-    if force:
+def _prepare(job: ExtractJob) -> dict:
+    """Rank 0, lock held: up to date, resume the work folder, or start one."""
+    store, request, chunk_rows = job.store, job.fingerprint, int(job.request.chunk_rows)
+    if job.request.force:
         store.clear()
-    elif final.exists():
-        try:
-            c = open_cache(final)
-            same = c.provenance.get("request_sha256") == request["sha256"]
-        except CmmError:
-            same = False
-        if same:
-            return {"action": "up-to-date"}
-        raise CmmError(
-            f"A cache already exists at {final}, extracted for a different request "
-            "(other shots/seeds, weights, manifest or preprocessing).",
-            "Pass --force to re-extract it (the old file stays in place until the new one is complete).",
-        )
+    elif job.final.exists():
+        _check_existing(job.final, request)
+        return {"action": "up-to-date"}
     old = store.request()
-    if old is not None and old.get("sha256") != request["sha256"]:
+    if old is not None:
+        if not same_request(old.get("sha256"), request):
+            raise CmmError(
+                f"An unfinished extraction for a different request is in {store.dir}.",
+                "Pass --force to discard it and start over, or repeat the original command to finish it.",
+            )
+        return {"action": "run", "chunk_rows": int(old.get("chunk_rows") or chunk_rows)}
+    store.clear()
+    store.start(request, chunk_rows)
+    return {"action": "run", "chunk_rows": chunk_rows}
+
+
+def _check_existing(final: Path, request: dict) -> None:
+    """Return when the cache at `final` was written for this very request; else say what it is."""
+    try:
+        sha = open_cache(final).provenance.get("request_sha256")
+    except CmmError as e:
         raise CmmError(
-            f"An unfinished extraction for a different request is in {store.dir}.",
-            "Pass --force to discard it and start over, or repeat the original command to finish it.",
+            f"The cache at {final} is damaged or unreadable: {e.message}",
+            f"See what is wrong with `cmm-cache cache verify {final}`; pass --force to re-extract it "
+            "(the damaged file stays in place until the new one is complete).",
+        ) from e
+    if same_request(sha, request):
+        return
+    if sha is None:
+        raise CmmError(
+            f"A cache already exists at {final}, not written by `cmm-cache extract` (its provenance has no "
+            "request fingerprint).",
+            "Pass --force to replace it with an extraction (the old file stays in place until the new one is "
+            "complete), or --out PATH to write elsewhere.",
         )
-    if old is None:
-        store.clear()
-        store.start(request)
-    return {"action": "run"}
+    raise CmmError(
+        f"A cache already exists at {final}, extracted for a different request "
+        "(other shots/seeds, weights, manifest or preprocessing).",
+        "Pass --force to re-extract it (the old file stays in place until the new one is complete).",
+    )
 
 
-def _encode_share(ds, bb, plans, store, dist, *, batch_size, num_workers, skip_bad, progress, fail_after_chunks):
-    """Encode this rank's chunks that are not on disk yet; returns (images encoded now, images resumed)."""
-    from .encode import ImageItem, iter_encoded
-
-    items: list[ImageItem] = []
-    batches: list[list[int]] = []
-    chunk_of_item: list[tuple[int, int, int]] = []  # (plan idx, chunk, offset in chunk)
-    chunk_sizes: dict[tuple[int, int], int] = {}
-    resumed = 0
-    total = 0
-    for pi, p in enumerate(plans):
-        V = len(p.views)
-        per_batch = max(1, int(batch_size) // V)  # a batch holds about batch_size images, views included
-        paths = ds.splits[p.name].paths
-        for c in range(p.num_chunks):
-            if c % dist.world != dist.rank:
-                continue
-            a, b = p.chunk_range(c)
-            total += b - a
-            if store.has_chunk(p.name, c):
-                resumed += b - a
-                continue
-            chunk_sizes[(pi, c)] = b - a
-            start = len(items)
-            for j, r in enumerate(range(a, b)):
-                items.append(ImageItem(key=len(items), path=str(paths[int(p.rows[r])]), views=V))
-                chunk_of_item.append((pi, c, j))
-            for s in range(start, len(items), per_batch):
-                batches.append(list(range(s, min(len(items), s + per_batch))))
-    if progress:
-        progress(resumed, total)
-    buffers: dict[tuple[int, int], dict] = {}
-    written = 0
-    done = 0
-    for eb in iter_encoded(bb, items, batches, num_workers=num_workers):
-        for key, feat, err in zip(eb.keys, eb.features, eb.errors):
-            pi, c, j = chunk_of_item[key]
-            p = plans[pi]
-            if err is not None and not skip_bad:
-                raise CmmError(
-                    f"Cannot read image {items[key].path} ({err}).",
-                    "Fix or remove the file, or pass --skip-bad to leave it out (it is then listed in the cache's "
-                    "provenance). Chunks already encoded are kept: the same command resumes.",
-                )
-            buf = buffers.get((pi, c))
-            if buf is None:
-                m = chunk_sizes[(pi, c)]
-                buf = buffers[(pi, c)] = {
-                    "features": np.zeros((m, len(p.views), bb.embed_dim), np.float16),
-                    "ok": np.zeros(m, bool),
-                    "errors": [None] * m,
-                    "filled": 0,
-                }
-            if feat is not None:
-                buf["features"][j] = feat
-                buf["ok"][j] = True
-            else:
-                buf["errors"][j] = err
-            buf["filled"] += 1
-            done += 1
-            if buf["filled"] == chunk_sizes[(pi, c)]:
-                store.save_chunk(p.name, c, buf["features"], buf["ok"], buf["errors"])
-                del buffers[(pi, c)]
-                written += 1
-                if fail_after_chunks is not None and written >= fail_after_chunks:
-                    if os.environ.get("CMM_CACHE_FAIL_MODE") == "kill":  # test hook: die like `kill -9`
-                        import signal
-
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    raise InjectedFailure(f"injected failure after {written} chunk(s)")
-        if progress:
-            progress(resumed + done, total)
-    return done, resumed
+# --------------------------------------------------------------------------- phase 2: run
 
 
-def _provenance(ds, ds_name, bb, bb_name, device, world, shots, seeds, request, skip_bad, batch_size) -> dict:
-    import open_clip
-    import torch
+def _text_embeddings(job: ExtractJob) -> dict:
+    """Per-template text embeddings of every template set (kept in the work folder so a resume skips them)."""
+    from .encode import encode_text_templates
 
-    gpu = None
-    if str(device).startswith("cuda"):
-        try:
-            gpu = torch.cuda.get_device_name(torch.device(device))
-        except Exception:
-            gpu = None
-    return {
-        **bb.provenance(),
-        "backbone": bb_name,
-        "dataset": ds_name,
-        "dataset_resolved": ds.name,
-        "manifest_sha256": ds.manifest_sha256,
-        "num_classes": len(ds.classnames),
-        "text_features": "per class: encode every template, mean of the raw embeddings, L2-normalize",
-        "image_features": "raw encode_image outputs (not normalized), float16",
-        "versions": {
-            "cmm_cache": __version__,
-            "open_clip": getattr(open_clip, "__version__", None),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
-        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "device": device,
-        "device_name": gpu or platform.processor() or platform.machine(),
-        "precision": "autocast float16" if str(device).startswith("cuda") else "float32",
-        "world_size": world,
-        "shots": list(shots),
-        "seeds": list(seeds),
-        "skip_bad": bool(skip_bad),
-        "batch_size": int(batch_size),
-        "request_sha256": request["sha256"],
-    }
+    ds, text = job.ds, job.store.load_text()
+    if text is None or set(text) != set(ds.templates) or any(v.ndim != 3 for v in text.values()):
+        text = {name: encode_text_templates(job.bb, ds.classnames, tpl) for name, tpl in ds.templates.items()}
+        job.store.save_text(text)
+    return text
+
+
+def run(job: ExtractJob) -> _Encoded:
+    """Text on rank 0, then this rank's images; a failure on any rank stops every rank with its message."""
+    req, err, enc = job.request, None, None
+    try:
+        text = _text_embeddings(job) if job.dist.is_main else None
+        t = time.perf_counter()
+        done, resumed = encode_share(
+            job.ds,
+            job.bb,
+            job.plans,
+            job.store,
+            job.dist,
+            batch_size=req.batch_size,
+            num_workers=job.workers,
+            skip_bad=req.skip_bad,
+            progress=req.progress,
+            on_chunk=req.on_chunk,
+        )
+        enc = _Encoded(text, done, resumed, time.perf_counter() - t)
+    except Exception as e:  # every rank must hear of it, or the others wait for this one forever
+        err = e
+    job.dist.raise_any(err)
+    return enc
+
+
+# --------------------------------------------------------------------------- phase 3: finish
+
+
+def finish(job: ExtractJob, enc: _Encoded) -> list[dict]:
+    """Rank 0 writes the one file from the chunks; returns the skipped images (rank 0's view)."""
+    from .encode import class_text_features
+    from .paths import record_last_extract
+
+    skipped: list[dict] = []
+    if job.dist.is_main:
+        ds = job.ds
+        text = {
+            name: (class_text_features(enc.text[name]), ds.templates[name], enc.text[name]) for name in ds.templates
+        }
+        path, skipped = assemble_cache(
+            job.final,
+            job.store,
+            dataset=job.ds_name,
+            backbone=job.bb_name,
+            provenance=_provenance(job),
+            classnames=ds.classnames,
+            text=text,
+            default_templates=ds.default_templates,
+            splits=job.plans,
+            embed_dim=job.bb.embed_dim,
+            fewshot=job.fewshot,
+            wnids=ds.wnids,
+            imagenet_index=ds.imagenet_index if ds.is_shift else None,
+            paths={p.name: ds.splits[p.name].paths for p in job.plans},
+        )
+        job.store.clear()
+        remove_stale_tmp(job.final)  # a killed earlier run's half-assembled file
+        if job.request.record_last:
+            record_last_extract(job.ds_name, job.bb_name, path, job.request.cache_root)
+    job.dist.barrier()
+    return skipped
+
+
+def _result(job: ExtractJob, status: str, t0: float) -> ExtractResult:
+    return ExtractResult(
+        path=str(job.final),
+        dataset=job.ds_name,
+        backbone=job.bb_name,
+        status=status,
+        device=job.device,
+        world_size=job.dist.world,
+        rank=job.dist.rank,
+        notes=job.notes,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _written_result(job: ExtractJob, enc: _Encoded, skipped: list[dict], t0: float) -> ExtractResult:
+    r = _result(job, "written", t0)
+    n_skipped: dict[str, int] = {}
+    for s in skipped:
+        n_skipped[s["split"]] = n_skipped.get(s["split"], 0) + 1
+    r.splits = {p.name: p.n - n_skipped.get(p.name, 0) for p in job.plans}
+    r.text_sets = sorted(job.ds.templates)
+    r.fewshot_groups = len(job.fewshot)
+    r.skipped = skipped
+    r.images_encoded, r.images_resumed = enc.done, enc.resumed
+    r.images_per_s = round(enc.done / enc.seconds, 2) if enc.done and enc.seconds > 0 else 0.0
+    return r
+
+
+def add_text_hint(dataset: str, backbone: str, out: str | os.PathLike | None = None) -> str:
+    """The command that adds the per-template text nodes to an existing cache."""
+    where = f" --out {out}" if out else ""
+    return f"cmm-cache extract --dataset {dataset} --backbone {backbone}{where} --add-text"
+
+
+def _up_to_date_result(job: ExtractJob, t0: float) -> ExtractResult:
+    from .paths import record_last_extract
+
+    c = open_cache(job.final)
+    r = _result(job, "up-to-date", t0)
+    r.splits = dict(cache_summary(job.final).get("splits", {}))
+    r.text_sets = c.text_sets
+    r.fewshot_groups = len(c.fewshot_groups)
+    r.skipped = c.provenance.get("skipped", [])
+    lacking = [s for s in c.text_sets if not c.has_per_template(s)]
+    if lacking:
+        r.notes.append(
+            f"this cache has no per-template text embeddings (text/<set>/per_template, needed by methods that "
+            f"use each template as a sample; written by an older cmm-cache): add them with "
+            f"`{add_text_hint(job.ds_name, job.bb_name, job.request.out)}`"
+        )
+    if job.request.record_last and job.dist.is_main:
+        record_last_extract(job.ds_name, job.bb_name, job.final, job.request.cache_root)
+    return r
+
+
+def _provenance(job: ExtractJob) -> dict:
+    req = job.request
+    return build_provenance(
+        job.ds, job.ds_name, job.bb, job.bb_name, job.device, job.dist.world, job.shots, job.seeds,
+        job.fingerprint, skip_bad=req.skip_bad, batch_size=req.batch_size,
+    )  # fmt: skip

@@ -24,6 +24,7 @@ import copy
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -32,16 +33,40 @@ from .errors import CmmError
 
 SCHEMA = "cmm-manifest/1"
 KINDS = ("coop", "shift", "synthetic", "custom")
-SPLIT_SOURCES = (
-    "shipped",  # compact split file shipped beside the manifest: {split: {paths, labels}} (json or json.gz)
-    "coop_split_file",  # CoOp split_zhou_*.json read from the dataset folder (not shipped)
-    "fgvc_variant_files",  # FGVC-Aircraft's official images_variant_*.txt + variants.txt
-    "imagenet",  # few-shot pool + rest of images/train; test = images/val
-    "class_folders",  # shift sets: <image_dir>/<wnid or index>/* -> test
-    "synthetic",  # tiny: generated under the cache dir
-    "image_folder",  # custom: one sub-folder per class (optionally train/val/test/)
-    "csv",  # custom: path,label[,split]
-)
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """One kind of `split_source.type`: where a dataset's split lists come from (the one list of kinds;
+    `cmm_cache.datasets.SPLIT_READERS` holds a reader for each)."""
+
+    doc: str
+    listing: str  # how `cmm-cache datasets` says where the split lists come from
+    split_shipped: bool  # the split lists (or what builds them) ship with cmm-cache; else a file the user fetches
+    needs_data_root: bool = True
+
+
+SPLIT_SOURCES: dict[str, SplitSource] = {
+    "shipped": SplitSource(
+        "compact split file shipped beside the manifest: {split: {paths, labels}} (json or json.gz)", "shipped", True
+    ),
+    "coop_split_file": SplitSource(
+        "CoOp split_zhou_*.json read from the dataset folder (not shipped)", "needs the split file", False
+    ),
+    "fgvc_variant_files": SplitSource(
+        "FGVC-Aircraft's official images_variant_*.txt + variants.txt", "official lists (archive)", True
+    ),
+    "imagenet": SplitSource("few-shot pool + rest of images/train; test = images/val", "pool shipped + disk", True),
+    "class_folders": SplitSource("shift sets: <image_dir>/<wnid or index>/* -> test", "listed from disk", True),
+    "synthetic": SplitSource("tiny: generated under the cache dir", "generated", True, needs_data_root=False),
+    "image_folder": SplitSource(
+        "your own data: one sub-folder per class (optionally train/val/test/)",
+        "your folder",
+        False,
+        needs_data_root=False,
+    ),
+    "csv": SplitSource("your own data: rows path,label[,split]", "your CSV", False, needs_data_root=False),
+}
 REQUIRED = ("schema", "name", "kind", "classnames", "templates", "default_templates", "split_source")
 
 # Private keys the loader adds; never part of the content hash.
@@ -55,6 +80,59 @@ def manifests_dir() -> Path:
 
 def _norm(name: str) -> str:
     return str(name).strip().lower().replace("-", "_")
+
+
+def _class_problems(m: dict) -> list[str]:
+    p = []
+    names = m["classnames"]
+    if not isinstance(names, list) or not names or not all(isinstance(c, str) and c.strip() for c in names):
+        p.append("classnames must be a non-empty list of non-empty strings")
+        names = []
+    # Not required unique: CLIP's published ImageNet names repeat "missile" and
+    # "sunglasses" (two WordNet ids each), and the protocol uses them as published.
+    if "num_classes" in m and m["num_classes"] != len(names):
+        p.append(f"num_classes is {m['num_classes']} but there are {len(names)} classnames")
+    for key in ("wnids", "imagenet_index"):
+        if m.get(key) is not None and len(m[key]) != len(names):
+            p.append(f"{key} has {len(m[key])} entries for {len(names)} classes")
+    if m.get("imagenet_index") is not None and not all(
+        isinstance(i, int) and 0 <= i < 1000 for i in m["imagenet_index"]
+    ):
+        p.append("imagenet_index must hold ints in 0..999")
+    if m["kind"] == "shift" and m.get("imagenet_index") is None:
+        p.append("a shift set needs imagenet_index")
+    return p
+
+
+def _template_problems(t, default) -> list[str]:
+    p = []
+    if not isinstance(t, dict) or not t:
+        p.append("templates must be a non-empty {set name: [templates]} object")
+    else:
+        for k, v in t.items():
+            if not isinstance(v, list) or not v:
+                p.append(f"template set {k!r} is empty")
+            elif not all(isinstance(s, str) and s.count("{}") == 1 for s in v):
+                p.append(f"template set {k!r}: every template needs exactly one '{{}}'")
+        if default not in t:
+            p.append(f"default_templates {default!r} is not one of {', '.join(t)}")
+    return p
+
+
+def _missing_files(m: dict, src: dict, fs) -> list[str]:
+    """Data files the manifest names that are not beside it."""
+    files = []
+    if src.get("type") == "shipped":
+        files.append(src.get("file"))
+    if src.get("pool"):
+        files.append(src["pool"])
+    if isinstance(fs, dict) and fs.get("file"):
+        files.append(fs["file"])
+    return [
+        f"data file {f!r} not found next to the manifest"
+        for f in files
+        if not f or not (Path(m["_base"]) / f).is_file()
+    ]
 
 
 def validate_manifest(m: dict, *, check_files: bool = True) -> list[str]:
@@ -84,39 +162,17 @@ def validate_manifest(m: dict, *, check_files: bool = True) -> list[str]:
         p.append("aliases must be a list of strings")
     if m["kind"] not in KINDS:
         p.append(f"kind {m['kind']!r} is not one of {', '.join(KINDS)}")
-    names = m["classnames"]
-    if not isinstance(names, list) or not names or not all(isinstance(c, str) and c.strip() for c in names):
-        p.append("classnames must be a non-empty list of non-empty strings")
-        names = []
-    # Not required unique: CLIP's published ImageNet names repeat "missile" and
-    # "sunglasses" (two WordNet ids each), and the protocol uses them as published.
-    if "num_classes" in m and m["num_classes"] != len(names):
-        p.append(f"num_classes is {m['num_classes']} but there are {len(names)} classnames")
-    for key in ("wnids", "imagenet_index"):
-        if m.get(key) is not None and len(m[key]) != len(names):
-            p.append(f"{key} has {len(m[key])} entries for {len(names)} classes")
-    if m.get("imagenet_index") is not None and not all(
-        isinstance(i, int) and 0 <= i < 1000 for i in m["imagenet_index"]
-    ):
-        p.append("imagenet_index must hold ints in 0..999")
-    if m["kind"] == "shift" and m.get("imagenet_index") is None:
-        p.append("a shift set needs imagenet_index")
-    t = m["templates"]
-    if not isinstance(t, dict) or not t:
-        p.append("templates must be a non-empty {set name: [templates]} object")
-    else:
-        for k, v in t.items():
-            if not isinstance(v, list) or not v:
-                p.append(f"template set {k!r} is empty")
-            elif not all(isinstance(s, str) and s.count("{}") == 1 for s in v):
-                p.append(f"template set {k!r}: every template needs exactly one '{{}}'")
-        if m["default_templates"] not in t:
-            p.append(f"default_templates {m['default_templates']!r} is not one of {', '.join(t)}")
+    p += _class_problems(m)
+    p += _template_problems(m["templates"], m["default_templates"])
     src = m["split_source"]
     if not isinstance(src, dict) or src.get("type") not in SPLIT_SOURCES:
         p.append(f"split_source.type must be one of {', '.join(SPLIT_SOURCES)}")
         src = {}
-    if m["kind"] not in ("synthetic", "custom") and src.get("type") not in ("image_folder", "csv"):
+    if (
+        m["kind"] not in ("synthetic", "custom")
+        and src.get("type") in SPLIT_SOURCES
+        and SPLIT_SOURCES[src["type"]].needs_data_root
+    ):
         for k in ("folder", "layout"):
             if not isinstance(m.get(k), str) or not m.get(k):
                 p.append(f"{k} is required for a dataset read from the data root")
@@ -125,16 +181,7 @@ def validate_manifest(m: dict, *, check_files: bool = True) -> list[str]:
         if not isinstance(fs, dict) or "file" not in fs or not isinstance(fs.get("groups"), list):
             p.append("fewshot must be null or {file, groups}")
     if check_files and "_base" in m:
-        files = []
-        if src.get("type") == "shipped":
-            files.append(src.get("file"))
-        if src.get("pool"):
-            files.append(src["pool"])
-        if isinstance(fs, dict) and fs.get("file"):
-            files.append(fs["file"])
-        for f in files:
-            if not f or not (Path(m["_base"]) / f).is_file():
-                p.append(f"data file {f!r} not found next to the manifest")
+        p += _missing_files(m, src, fs)
     dl = m.get("download")
     if dl is not None and (
         not isinstance(dl, dict) or not all(isinstance(a, dict) and a.get("url") for a in dl.get("archives", []))

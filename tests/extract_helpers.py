@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cmm_cache.datasets import Dataset, SplitList
 
 CLASSES = ["red square", "green stripe", "blue dot"]
+SHOTS, SEEDS = [1, 2], [1, 2]
+KW = dict(shots=SHOTS, seeds=SEEDS, chunk_rows=4, batch_size=4, num_workers=0)  # small chunks: several per split
 TEMPLATES = {
     "simple": ["a photo of a {}."],
     "ensemble": ["a photo of a {}.", "a drawing of a {}.", "a close-up photo of the {}."],
@@ -90,3 +95,48 @@ def make_dataset(root: Path, per_class=(6, 3, 4), shift=False, seed=0) -> TinyDa
         wnids=["n01", "n02", "n03"] if shift else None,
         root=root,
     )
+
+
+class InjectedFailure(RuntimeError):
+    """What `fail_after` raises: a run stopped from outside after some chunk files were written."""
+
+
+def fail_after(chunks: int, kill: bool = False):
+    """An `on_chunk` observer that stops the run once `chunks` chunk files are on disk.
+
+    `kill=True` dies like `kill -9` instead (no cleanup code runs); use it in a subprocess.
+    """
+
+    def on_chunk(event):
+        if event.written >= chunks:
+            if kill:
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise InjectedFailure(f"injected failure after {event.written} chunk(s)")
+
+    return on_chunk
+
+
+# --------------------------------------------------------------------------- fixtures of the extraction tests
+# (import them into a test module to use them)
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    make_dataset(root)
+    return root
+
+
+@pytest.fixture
+def ds(image_root):
+    return make_dataset(image_root)
+
+
+@pytest.fixture(scope="module")
+def reference(image_root, tmp_path_factory):
+    """One uninterrupted extraction, shared by the read-only checks."""
+    out = tmp_path_factory.mktemp("ref") / "ref.h5"
+    from cmm_cache.extract import extract
+
+    r = extract(make_dataset(image_root), "tiny", out=out, record_last=False, **KW)
+    return r, out

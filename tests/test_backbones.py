@@ -118,3 +118,37 @@ def test_cli_extract_fails_clearly_without_weights(tmp_path, monkeypatch):
     assert r.exit_code == 2, r.output
     out = " ".join(r.output.split())
     assert "could not be had offline" in out and "--pretrained" in out
+
+
+def test_offline_hint_names_each_aliases_hf_repo_and_the_installed_hf_command(tmp_path, monkeypatch):
+    """The hint says what to run where there is network: the installed Hugging Face CLI, the repo open_clip
+    resolves for the alias, the file it looks for first."""
+    from importlib.metadata import distribution
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    scripts = {e.name: e for e in distribution("huggingface_hub").entry_points if e.group == "console_scripts"}
+    from cmm_cache.weights_source import hf_cli
+
+    cli = hf_cli()
+    assert cli in scripts and callable(scripts[cli].load())  # a command the installed huggingface_hub provides
+    assert cli == "hf"  # huggingface_hub >= 0.34 (installed here) names its CLI `hf`; `huggingface-cli` is gone
+    B.register_model_configs()
+    aliases = [b for b in B.list_backbones() if b.pretrained]
+    assert {b.name for b in aliases} >= {"rn50", "rn101", "vit-b-32", "vit-b-16"}
+    for b in aliases:
+        repo = open_clip.get_pretrained_cfg(b.model, b.pretrained)["hf_hub"].rstrip("/")
+        with pytest.raises(CmmError) as e:
+            B.load_backbone(b.name)
+        msg = " ".join(str(e.value).split())
+        assert f"`hf download {repo} open_clip_model.safetensors`" in msg, msg
+        assert "HF_HUB_OFFLINE=1" in msg and "--pretrained PATH" in msg
+
+
+def test_extract_help_lists_every_registered_backbone():
+    r = CliRunner().invoke(main, ["extract", "--help"], terminal_width=400)
+    assert r.exit_code == 0
+    for b in B.list_backbones():
+        assert f"{b.name} |" in r.output, b.name
+    assert "rn50-arch" in r.output and "tiny" in r.output

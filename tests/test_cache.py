@@ -1,8 +1,11 @@
 """Cache inspection and damage detection: verify (checksums + schema), info, ls, the lock."""
 
 import json
+import os
 import shutil
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import h5py
@@ -11,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from cmm_cache.cli.main import main
 
-from cmm_cache.cache import CacheLock, Split, list_caches, open_cache, verify_cache, write_cache
+from cmm_cache.cache import CacheLock, Split, list_caches, lock_path, open_cache, verify_cache, write_cache
 from cmm_cache.errors import CmmError
 from cmm_cache.extract import extract
 from cmm_cache.paths import cache_path
@@ -111,10 +114,68 @@ def test_info_and_ls(cache_file, monkeypatch):
 def test_lock_is_exclusive_and_released(tmp_path):
     target = tmp_path / "x.h5"
     with CacheLock(target):
+        assert lock_path(target).exists()
         with pytest.raises(CmmError, match="Another extraction"):
             CacheLock(target).acquire()
+    assert not lock_path(target).exists()  # lock files do not pile up
     with CacheLock(target):
         pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_taken_on_a_removed_lock_file_is_not_kept(tmp_path):
+    """The flock-then-unlink race: B opens the lock file, A releases (removing it), B's flock then succeeds on
+    the removed file. B must notice and lock the file at the path, so a third writer is still refused."""
+    target = tmp_path / "x.h5"
+    a = CacheLock(target).acquire()
+    fd_b = os.open(lock_path(target), os.O_RDWR)  # B got as far as opening the file
+    a.release()
+    b = CacheLock(target)
+    assert b._lock_fd(fd_b) is False  # the flock succeeded, but on a file nobody else can see
+    b.acquire()
+    with pytest.raises(CmmError, match="Another extraction"):
+        CacheLock(target).acquire()
+    b.release()
+    assert not lock_path(target).exists()
+
+
+_WRITER = textwrap.dedent("""
+    import os, sys, time
+    from cmm_cache.cache import CacheLock
+    from cmm_cache.errors import CmmError
+    target, marker, go, n = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+    while time.time() < go:
+        time.sleep(0.001)
+    got = overlaps = 0
+    for _ in range(n):
+        try:
+            lock = CacheLock(target).acquire()
+        except CmmError:
+            continue
+        got += 1
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # fails if the other writer is inside too
+            os.close(fd)
+            os.unlink(marker)
+        except FileExistsError:
+            overlaps += 1
+        lock.release()
+    print(got, overlaps)
+""")
+
+
+def test_two_writers_never_hold_the_lock_together_and_leave_no_lock_file(tmp_path):
+    import time
+
+    target, marker = tmp_path / "x.h5", tmp_path / "inside"
+    go = time.time() + 2.0  # both start together, after their imports
+    args = [str(target), str(marker), str(go), "3000"]
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, *args], stdout=subprocess.PIPE, text=True) for _ in "ab"]
+    outs = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    got, overlaps = [int(o[0]) for o in outs], [int(o[1]) for o in outs]
+    assert all(g > 0 for g in got) and overlaps == [0, 0], outs
+    assert not lock_path(target).exists() and not marker.exists()
 
 
 def test_fewshot_rows_outside_a_split_are_refused(tmp_path):
@@ -172,3 +233,26 @@ def test_per_template_text_is_optional_and_its_absence_says_how_to_add_it(tmp_pa
         del f["text/set/per_template"]
         f.create_dataset("text/set/per_template", data=per[:, :1], fletcher32=True)
     assert any("per_template" in p for p in verify_cache(new.path))
+
+
+def test_verify_checks_root_attributes_and_classes(tmp_path):
+    """The root-attribute and classes/ checkers: a missing attribute, non-JSON provenance, class vectors that
+    disagree with classes/names."""
+    f = _small_cache(tmp_path / "c.h5")
+    assert verify_cache(f) == []
+    with h5py.File(f, "r+") as h:
+        del h.attrs["backbone"]
+        h.attrs["provenance"] = "{not json"
+        h.create_dataset("classes/wnids", data=np.array([b"n1", b"n2"]), fletcher32=True)  # 2 for 3 classes
+        h.create_dataset("classes/imagenet_index", data=np.array([0, 5, 1000]), fletcher32=True)
+        h.create_dataset("extra/no_checksum", data=np.zeros(3))
+    problems = "\n".join(verify_cache(f))
+    for want in (
+        "attribute 'backbone' missing",
+        "attribute provenance is not valid JSON",
+        "classes/wnids length differs from classes/names",
+        "classes/imagenet_index outside 0..999",
+        "extra/no_checksum: stored without a checksum",
+    ):
+        assert want in problems, want
+    assert "imagenet_index length" not in problems  # 3 entries for 3 classes: only the range is wrong

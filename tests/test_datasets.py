@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -15,6 +16,7 @@ from PIL import Image
 
 from cmm_cache import datasets as dsm
 from cmm_cache import manifests as mf
+from cmm_cache import paths
 from cmm_cache.datasets import load_dataset
 from cmm_cache.errors import CmmError
 from cmm_cache.fewshot import check_subset
@@ -449,3 +451,122 @@ def test_no_public_source_says_where_to_get_it(tmp_path):
     with pytest.raises(CmmError) as e:
         dsm.download("imagenet", tmp_path)
     assert "image-net.org" in str(e.value) and "imagenet/" in str(e.value)
+
+
+def test_tsv_is_tab_separated_and_keyed_as_a_path(tmp_path, monkeypatch):
+    """`--dataset data.tsv` loads as your own list (tab-separated) and gets a cache folder with the path hash."""
+    monkeypatch.chdir(tmp_path)
+    rows = []
+    for i in range(9):
+        _png(tmp_path / "img" / f"{i}.png")
+        rows.append(f"img/{i}.png\t{['cat', 'dog, spotted', 'eel'][i % 3]}")
+    Path("data.tsv").write_text("path\tlabel\n" + "\n".join(rows) + "\n")
+    ds = load_dataset("data.tsv")
+    assert ds.name == "data" and ds.classnames == ["cat", "dog, spotted", "eel"]
+    assert {k: len(v) for k, v in ds.splits.items()} == {"train": 3, "val": 3, "test": 3}
+    assert paths.dataset_key("data.tsv") == paths.dataset_key(str(tmp_path / "data.tsv")) != "data"
+    assert paths.dataset_key("data.tsv").startswith("data-")
+
+
+PROTOCOL_MEMBERS = (
+    "max_shots",
+    "verify",
+    "fewshot",
+    "is_published",
+    "is_shift",
+    "manifest_sha256",
+    "templates",
+    "default_templates",
+    "classnames",
+    "wnids",
+    "imagenet_index",
+    "splits",
+    "name",
+    "fewshot_indices",
+)
+
+
+def test_every_dataset_has_the_members_extract_uses(tmp_path):
+    """Registered, shift, tiny, folder and CSV datasets all answer the same members plainly."""
+    m = mf.get_manifest("imagenet_a")
+    for w in m["wnids"]:
+        _touch(tmp_path / m["folder"] / m["image_dir"] / w / "a.jpg")
+    (f := tmp_path / "l.csv").write_text("\n".join(f"/x/{i}.jpg,{i % 2}" for i in range(8)))
+    sets = [
+        load_dataset("tiny"),
+        load_dataset("dtd", _dtd_root(tmp_path / "r")),
+        load_dataset("imagenet_a", tmp_path),
+        load_dataset(str(_folder(tmp_path, n=4))),
+        load_dataset(str(f)),
+    ]
+    for ds in sets:
+        for name in PROTOCOL_MEMBERS:
+            assert hasattr(type(ds), name) or name in ds.__dict__, (ds.name, name)
+        assert isinstance(ds.max_shots(), int) and isinstance(ds.is_shift, bool) and len(ds.manifest_sha256) == 64
+        assert ds.default_templates in ds.templates and set(ds.splits) <= {"train", "val", "test"}
+        if ds.is_shift:
+            assert ds.max_shots() == 0 and ds.wnids and len(ds.imagenet_index) == ds.num_classes
+        else:
+            tr, va = ds.fewshot(1, 1)
+            assert len(tr) == len(va) == ds.num_classes and ds.is_published(1, 1) == (ds.name == "dtd")
+    assert sets[1].wnids is None and sets[1].imagenet_index is None and not sets[1].is_shift
+
+
+def test_describe_says_how_the_split_was_made(tmp_path):
+    ds = load_dataset(str(_folder(tmp_path)))
+    d = ds.describe()
+    assert d["name"] == "pets" and d["num_classes"] == 3 and d["split_sizes"] == {"train": 15, "val": 6, "test": 9}
+    assert d["classes"][0] == {"name": "golden retriever", "images": {"train": 5, "val": 2, "test": 3}}
+    assert d["split"] == "seeded per class: 50/20/30 % train/val/test, seed 0, every class in every split"
+    assert d["max_shots"] == 2 and d["published_fewshot"] == []
+    given = tmp_path / "given"
+    for split, n in (("train", 5), ("test", 2)):
+        for c in ("a", "b"):
+            for i in range(n):
+                _png(given / split / c / f"{i}.png")
+    assert load_dataset(str(given)).describe()["split"].startswith("train/test given by the train/ val/ test/ sub")
+    assert load_dataset("dtd", _dtd_root(tmp_path / "r")).describe()["published_fewshot"][0] == "shot_1-seed_1"
+
+
+def test_cli_datasets_shows_your_folder_and_csv(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from cmm_cache.cli.main import main
+
+    root = _folder(tmp_path)
+    r = CliRunner().invoke(main, ["datasets", str(root), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["name"] == "pets" and out["split_sizes"] == {"train": 15, "val": 6, "test": 9}
+    assert out["cache_folder"] == paths.dataset_key(str(root)) and out["split"].startswith("seeded per class")
+    assert [c["name"] for c in out["classes"]] == ["golden retriever", "tabby cat", "zebra"]
+    r = CliRunner().invoke(main, ["datasets", str(root)])
+    assert r.exit_code == 0 and "golden retriever" in r.output and "seeded per class" in r.output
+    assert "--dataset pets" in r.output and paths.dataset_key(str(root)) in r.output
+    monkeypatch.chdir(tmp_path)
+    Path("list.csv").write_text(
+        "\n".join(f"pets/zebra/{i}.png,zebra,{'train' if i < 6 else 'test'}" for i in range(10))
+    )
+    r = CliRunner().invoke(main, ["datasets", "list.csv", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["name"] == "list" and out["split_sizes"]["test"] == 4 and "split column" in out["split"]
+    r = CliRunner().invoke(main, ["datasets", "./nothing-here", "--json"])
+    assert r.exit_code == 2 and "not found" in json.loads(r.stdout)["error"]
+
+
+def test_your_dataset_has_one_name(tmp_path):
+    """`extract --dataset path/to/dtd10` -> <cache-dir>/dtd10-<8 hex>/tiny.h5; the cache, the Dataset and
+    `--dataset dtd10` all say dtd10."""
+    from cmm_cache.cache import open_cache
+    from cmm_cache.extract import extract
+
+    data = _folder(tmp_path / "path" / "to", n=5)
+    data = data.rename(data.parent / "dtd10")
+    cache_root = tmp_path / "cache-dir"
+    r = extract(str(data), "tiny", cache_root=cache_root, shots=[1], seeds=[1], batch_size=8, num_workers=0)
+    digest = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:8]
+    assert Path(r.path) == cache_root / f"dtd10-{digest}" / "tiny.h5"
+    assert load_dataset(str(data)).name == open_cache(r.path).dataset_name == "dtd10"
+    assert (
+        paths.find_cache("dtd10", "tiny", cache_root) == Path(r.path) == paths.find_cache(str(data), "tiny", cache_root)
+    )

@@ -1,8 +1,8 @@
 """Stage one end to end with the tiny backbone on a small synthetic PNG dataset (CPU)."""
+# ruff: noqa: F811  (the fixtures imported from extract_helpers are used as arguments)
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,41 +14,18 @@ from click.testing import CliRunner
 from cmm_cache.cli.main import main
 
 from cmm_cache.backbones import load_backbone
-from cmm_cache.cache import SCHEMA, CacheLock, open_cache, partial_dir, verify_cache
+from cmm_cache.cache import SCHEMA, open_cache, partial_dir, verify_cache
 from cmm_cache.encode import load_image
 from cmm_cache.errors import CmmError
-from cmm_cache.extract import InjectedFailure, extract
+from cmm_cache.extract import extract
 
 sys.path.insert(0, str(Path(__file__).parent))
-from extract_helpers import CLASSES, TEMPLATES, make_dataset  # noqa: E402
-
-SHOTS, SEEDS = [1, 2], [1, 2]
-KW = dict(shots=SHOTS, seeds=SEEDS, chunk_rows=4, batch_size=4, num_workers=0)
-
-
-@pytest.fixture(scope="module")
-def image_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imgs")
-    make_dataset(root)
-    return root
-
-
-@pytest.fixture
-def ds(image_root):
-    return make_dataset(image_root)
+from extract_helpers import CLASSES, KW, SEEDS, SHOTS, TEMPLATES, ds, image_root, make_dataset, reference  # noqa: E402, F401
 
 
 @pytest.fixture(scope="module")
 def tiny():
     return load_backbone("tiny")
-
-
-@pytest.fixture(scope="module")
-def reference(image_root, tmp_path_factory):
-    """One uninterrupted extraction, shared by the read-only checks."""
-    out = tmp_path_factory.mktemp("ref") / "ref.h5"
-    r = extract(make_dataset(image_root), "tiny", out=out, record_last=False, **KW)
-    return r, out
 
 
 def test_file_follows_the_schema_node_by_node(reference, ds):
@@ -106,7 +83,7 @@ def test_file_follows_the_schema_node_by_node(reference, ds):
     assert c.num_classes == 3 and c.embed_dim == 32 and c.fewshot_groups == [(k, s) for k in SHOTS for s in SEEDS]
     # no work files left behind
     assert not partial_dir(path).exists()
-    assert sorted(p.name for p in path.parent.iterdir() if not p.name.endswith(".lock")) == [path.name]
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no lock file either
 
 
 def test_train_union_and_fewshot_groups_point_at_the_right_images(reference, ds):
@@ -163,63 +140,6 @@ def test_text_features_are_the_normalized_template_mean(reference, tiny):
         np.testing.assert_allclose(per, np.stack(raw), rtol=1e-5, atol=1e-5)
 
 
-def test_interrupted_run_resumes_and_ends_identical(reference, ds, tmp_path):
-    _, ref = reference
-    out = tmp_path / "c.h5"
-    with pytest.raises(InjectedFailure):
-        extract(ds, "tiny", out=out, fail_after_chunks=3, **KW)
-    assert not out.exists()  # never a lie at the final path
-    assert len(list(partial_dir(out).glob("*.*.npz"))) == 3
-    r = extract(ds, "tiny", out=out, **KW)
-    assert r.status == "written" and r.images_resumed == 12 and r.images_encoded == sum(r.splits.values()) - 12
-    a, b = open_cache(ref), open_cache(out)
-    for s in ("train", "val", "test"):
-        sa, sb = a.split(s), b.split(s)
-        assert np.array_equal(sa.features, sb.features), s
-        assert np.array_equal(sa.labels, sb.labels) and np.array_equal(sa.index, sb.index)
-    for g in a.fewshot_groups:
-        assert all(np.array_equal(x, y) for x, y in zip(a.fewshot(*g), b.fewshot(*g)))
-    for t in a.text_sets:
-        assert np.array_equal(a.text(t), b.text(t))
-    assert not partial_dir(out).exists()
-    # the same request again: nothing to do; a different one: refused without --force
-    assert extract(ds, "tiny", out=out, **KW).status == "up-to-date"
-    with pytest.raises(CmmError, match="--force"):
-        extract(ds, "tiny", out=out, **{**KW, "shots": [1]})
-    assert extract(ds, "tiny", out=out, force=True, **{**KW, "shots": [1]}).status == "written"
-    assert open_cache(out).fewshot_groups == [(1, 1), (1, 2)]
-
-
-def test_killed_process_resumes_and_ends_identical(reference, image_root, tmp_path):
-    """A real SIGKILL (no cleanup code runs) after 2 chunks: nothing at the final path, the lock is free, resume."""
-    _, ref = reference
-    out = tmp_path / "k.h5"
-    code = (
-        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from extract_helpers import make_dataset\n"
-        "from cmm_cache.extract import extract\n"
-        f"extract(make_dataset({str(image_root)!r}), 'tiny', out={str(out)!r}, **{KW!r})\n"
-    )
-    env = {**os.environ, "CMM_CACHE_FAIL_AFTER_CHUNKS": "2", "CMM_CACHE_FAIL_MODE": "kill"}
-    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert p.returncode == -9, p.stderr[-2000:]
-    assert not out.exists() and len(list(partial_dir(out).glob("*.*.npz"))) == 2
-    r = extract(make_dataset(image_root), "tiny", out=out, **KW)
-    assert r.images_resumed == 8
-    a, b = open_cache(ref), open_cache(out)
-    for s in ("train", "val", "test"):
-        assert np.array_equal(a.split(s).features, b.split(s).features), s
-
-
-def test_partial_run_of_a_different_request_is_refused(ds, tmp_path):
-    out = tmp_path / "c.h5"
-    with pytest.raises(InjectedFailure):
-        extract(ds, "tiny", out=out, fail_after_chunks=1, **KW)
-    with pytest.raises(CmmError, match="unfinished extraction for a different request"):
-        extract(ds, "tiny", out=out, **{**KW, "seeds": [1]})
-    assert extract(ds, "tiny", out=out, force=True, **{**KW, "seeds": [1]}).images_resumed == 0
-
-
 def test_corrupt_image_stops_the_run_naming_the_file(image_root, tmp_path):
     import shutil
 
@@ -240,18 +160,6 @@ def test_corrupt_image_stops_the_run_naming_the_file(image_root, tmp_path):
     test = c.split("test")
     assert len(test.index) == len(ds.splits["test"].paths) - 1 and 7 not in test.index
     assert verify_cache(out) == []
-
-
-def test_locked_cache_is_refused_at_once(ds, tmp_path):
-    out = tmp_path / "c.h5"
-    with CacheLock(out):
-        with pytest.raises(CmmError, match="Another extraction is writing"):
-            extract(ds, "tiny", out=out, **KW)
-    assert not out.exists()
-    # a writer that died holding the lock does not block: the kernel released its lock
-    code = f"from cmm_cache.cache import CacheLock; import os; CacheLock({str(out)!r}).acquire(); os._exit(9)"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 9
-    assert extract(ds, "tiny", out=out, **KW).status == "written"
 
 
 def test_shift_set_writes_test_and_imagenet_index(image_root, tmp_path):
@@ -307,3 +215,31 @@ def test_cli_bench_extract_reports_both_figures(image_root):
     out = json.loads(r.stdout)
     assert out["images"] == 12 and out["batch_size"] == 4
     assert out["end_to_end_images_per_s"] > 0 and out["bare_forward_images_per_s"] > 0 and out["ratio"] > 0
+
+
+def test_progress_log_lines_now_and_then():
+    """Not on a terminal: a line at the start, one per interval, one at the end (a fake clock, no waiting)."""
+    from cmm_cache.cli.progress import LogLines
+
+    lines = []
+    clock = iter([0.0, 1.0, 2.0, 12.5, 13.0, 20.0]).__next__
+    log = LogLines("extract x", interval=10, clock=clock, emit=lines.append)
+    for done in (4, 10, 20, 50, 60, 100):
+        log(done, 100)
+    assert lines == [
+        "extract x: 4/100 images (4 already done by an earlier run)",
+        "extract x: 50/100 images (50.0 %), 3.7 images/s, about 14s left",  # (50 - 4) / 12.5 s; 50 left
+        "extract x: 100/100 images (100.0 %), 4.8 images/s",
+    ]
+
+
+def test_cli_extract_logs_progress_when_stderr_is_not_a_terminal():
+    r = CliRunner().invoke(
+        main, ["extract", "--dataset", "tiny", "--backbone", "tiny", "--shots", "1", "--seeds", "1", "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)  # stdout holds the JSON object only
+    n = out["images_encoded"]
+    lines = [line for line in r.stderr.splitlines() if line.startswith("extract tiny × tiny: ")]
+    assert n > 0 and lines[0] == f"extract tiny × tiny: 0/{n} images", r.stderr
+    assert lines[-1].startswith(f"extract tiny × tiny: {n}/{n} images (100.0 %), "), r.stderr

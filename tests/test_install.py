@@ -40,6 +40,10 @@ def test_wheel_layout(wheel):
     assert any(n.startswith("cmm_cache/backbone_configs/") and n.endswith(".json") for n in names)
     # the CPU training loop's source, compiled on first use
     assert {"cmm_cache/cmm_loop.c", "cmm_cache/cmm_ctx.h", "cmm_cache/cmm_pool.h"} <= set(names)
+    # Every subpackage of the source tree ships (pyproject lists them by hand).
+    for init in (REPO / "cmm_cache").rglob("__init__.py"):
+        rel = init.relative_to(REPO).as_posix()
+        assert rel in names, f"{rel} is missing from the wheel: add its package to pyproject.toml"
 
 
 def test_wheel_in_fresh_venv_lists_datasets(wheel, tmp_path):

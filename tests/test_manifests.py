@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from cmm_cache import manifests as mf
 from cmm_cache.errors import CmmError
-from cmm_cache.fewshot import load_published, val_shots
+from cmm_cache.fewshot import load_published, parse_group, val_shots
 
 PAPER = [
     "imagenet",
@@ -35,8 +35,11 @@ PAPER = [
     "imagenet_r",
 ]
 ALL = mf.list_datasets()
-PROTOCOL = Path(os.environ.get("CMM_PROTOCOL_DIR", "/work/shared/protocol"))
 REPO = Path(__file__).resolve().parents[1]
+# A subset of the published protocol files (DTD, FGVC-Aircraft, ImageNet names and shift classes); see its README.
+PROTOCOL_DATA = REPO / "tests" / "data" / "protocol"
+# What the subset can rebuild (with `tools/build_manifests.py --only`).
+SUBSET = ["dtd", "fgvc_aircraft", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r", "tiny"]
 # CoOp's class counts (paper Table / CoOp DATASETS.md).
 NUM_CLASSES = {
     "imagenet": 1000,
@@ -184,8 +187,9 @@ def test_imagenet_a_r_subsets(key):
     assert [inet["wnids"][i] for i in m["imagenet_index"]] == m["wnids"]
     assert [inet["classnames"][i] for i in m["imagenet_index"]] == m["classnames"]
     assert m["imagenet_index"] == sorted(m["imagenet_index"])
-    if PROTOCOL.is_dir():
-        assert m["wnids"] == (PROTOCOL / f"classnames/imagenet_{key}_wnids.txt").read_text().split()
+    assert m["wnids"] == (PROTOCOL_DATA / f"classnames/imagenet_{key}_wnids.txt").read_text().split()
+    indices = (PROTOCOL_DATA / f"classnames/imagenet_{key}_class_indices.txt").read_text().split()
+    assert m["imagenet_index"] == [int(i) for i in indices]
 
 
 @pytest.mark.parametrize("name", ["imagenetv2", "imagenet_sketch"])
@@ -234,43 +238,95 @@ def test_data_manifests_stay_small():
     assert (lic / "ATTRIBUTION.md").is_file() and (lic / "CoOp_LICENSE").is_file()
 
 
-@pytest.mark.skipif(not PROTOCOL.is_dir(), reason="needs the protocol folder")
+def _protocol_json(rel: str):
+    return json.loads(gzip.decompress((PROTOCOL_DATA / (rel + ".gz")).read_bytes()))
+
+
+@pytest.fixture(scope="module")
+def protocol(tmp_path_factory) -> Path:
+    """The protocol subset as the builder reads it: a folder of plain files (the *.gz ones decompressed)."""
+    out = tmp_path_factory.mktemp("protocol")
+    for f in PROTOCOL_DATA.rglob("*"):
+        if not f.is_file():
+            continue
+        rel = f.relative_to(PROTOCOL_DATA)
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        if f.suffix == ".gz":
+            (out / rel.with_suffix("")).write_bytes(gzip.decompress(f.read_bytes()))
+        else:
+            shutil.copyfile(f, out / rel)
+    return out
+
+
 def test_shipped_data_matches_protocol_files():
-    """The compact split lists are the CoOp split files, entry for entry."""
+    """The compact split lists are the CoOp split file and the few-shot arrays the published files, entry for entry."""
     m = mf.get_manifest("dtd")
     sp = _gz(m, m["split_source"]["file"])
-    orig = json.loads((PROTOCOL / "coop_splits/split_zhou_DescribableTextures.json").read_text())
+    orig = _protocol_json("coop_splits/split_zhou_DescribableTextures.json")
     for s in ("train", "val", "test"):
         assert sp[s]["paths"] == [r[0] for r in orig[s]] and sp[s]["labels"] == [r[1] for r in orig[s]]
     assert m["classnames"] == sorted({r[2] for r in orig["train"]})
-    d = json.loads((PROTOCOL / "fewshot_indices/dtd/shot_16-seed_2.json").read_text())
-    tr, va = load_published(mf.data_file(m, m["fewshot"]["file"]))[(16, 2)]
-    assert tr.tolist() == d["train"]["indices"] and va.tolist() == d["val"]["indices"]
+    for name in ("dtd", "fgvc_aircraft"):
+        m = mf.get_manifest(name)
+        shipped = load_published(mf.data_file(m, m["fewshot"]["file"]))
+        files = sorted((PROTOCOL_DATA / "fewshot_indices" / name).glob("shot_*-seed_*.json.gz"))
+        assert len(files) == len(shipped) == 15
+        for f in files:
+            d = json.loads(gzip.decompress(f.read_bytes()))
+            k, seed = parse_group(f.name.removesuffix(".json.gz"))
+            tr, va = shipped[(k, seed)]
+            assert tr.tolist() == d["train"]["indices"] and va.tolist() == d["val"]["indices"], (name, f.name)
 
 
-@pytest.mark.skipif(not PROTOCOL.is_dir(), reason="needs the protocol folder")
-def test_build_script_reproduces_the_shipped_data(tmp_path):
+def _build(protocol: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "tools/build_manifests.py"), "--protocol", str(protocol), "--out", str(out)]
+    return subprocess.run([*cmd, *extra], capture_output=True, text=True)
+
+
+def test_build_script_reproduces_the_shipped_data(protocol, tmp_path):
+    """A fresh build of the subset is byte-identical to the shipped files; --check says so, and says when not."""
+    r = _build(protocol, mf.manifests_dir(), "--only", ",".join(SUBSET), "--check")
+    assert r.returncode == 0, r.stdout + r.stderr
     out = tmp_path / "dm"
-    out.mkdir()
-    (out / "__init__.py").write_text("")
-    subprocess.run(
-        [sys.executable, str(REPO / "tools/build_manifests.py"), "--protocol", str(PROTOCOL), "--out", str(out)],
-        check=True,
-        capture_output=True,
+    shutil.copytree(mf.manifests_dir(), out, ignore=shutil.ignore_patterns("__pycache__"))
+    r = _build(protocol, out, "--only", ",".join(SUBSET))  # writing over a copy leaves it identical
+    assert r.returncode == 0, r.stderr
+    built = [p for n in SUBSET for p in [out / f"{n}.json", *(out / n).rglob("*")] if p.is_file()]
+    built += list((out / "LICENSES").iterdir())
+    rels = {str(p.relative_to(out)) for p in built}
+    assert {"dtd/split.json.gz", "fgvc_aircraft/pool.json.gz", "imagenet_r.json", "LICENSES/CoOp_LICENSE"} <= rels
+    for p in built:
+        rel = p.relative_to(out)
+        assert p.read_bytes() == (mf.manifests_dir() / rel).read_bytes(), rel
+    assert (out / "imagenet.json").read_bytes() == (mf.manifests_dir() / "imagenet.json").read_bytes()  # not touched
+    (out / "dtd" / "fewshot.npz").write_bytes(b"changed")
+    (out / "tiny.json").unlink()
+    r = _build(protocol, out, "--only", ",".join(SUBSET), "--check")
+    assert r.returncode == 1
+    assert "differs: dtd/fewshot.npz" in r.stdout and "missing in" in r.stdout and "tiny.json" in r.stdout
+
+
+def test_build_script_needs_a_protocol_folder(tmp_path):
+    r = subprocess.run(
+        [sys.executable, str(REPO / "tools/build_manifests.py"), "--out", str(tmp_path)], text=True, capture_output=True
     )
-    shipped = mf.manifests_dir()
+    assert r.returncode == 2 and "--protocol" in r.stderr
+    r = _build(tmp_path / "nowhere", tmp_path)
+    assert r.returncode != 0 and "protocol folder not found" in r.stderr
+    r = subprocess.run(
+        [sys.executable, str(REPO / "tools/build_manifests.py"), "--help"], text=True, capture_output=True
+    )
+    assert "coop_splits/" in r.stdout and "fewshot_indices/" in r.stdout and "shared" not in r.stdout
 
-    def files(d):
-        return sorted(
-            p.relative_to(d)
-            for p in d.rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts and p.name != "README.md"
-        )
 
-    built, have = files(out), files(shipped)
-    assert built == have
-    for rel in built:
-        assert (out / rel).read_bytes() == (shipped / rel).read_bytes(), rel
+def test_every_split_source_kind_has_a_reader():
+    from cmm_cache.datasets import SPLIT_READERS
+
+    assert set(SPLIT_READERS) == set(mf.SPLIT_SOURCES)
+    assert {mf.get_manifest(n)["split_source"]["type"] for n in ALL} <= set(mf.SPLIT_SOURCES)
+    m = mf.public(mf.get_manifest("tiny"))
+    m["split_source"] = {"type": "made_up"}
+    assert any("split_source.type must be one of" in p and "class_folders" in p for p in mf.validate_manifest(m))
 
 
 def test_cli_datasets_json_and_table(monkeypatch):
@@ -310,3 +366,14 @@ def test_user_manifest_folder_joins_the_registry(tmp_path, monkeypatch):
     (tmp_path / "dtd2.json").write_text(json.dumps(m))
     with pytest.raises(CmmError, match="used by both"):
         mf.list_datasets()
+
+
+def test_user_manifest_data_files_must_be_beside_it(tmp_path):
+    m = mf.public(mf.get_manifest("dtd"))
+    m.update(name="mine", aliases=[], fewshot={"file": "mine/fewshot.npz", "groups": []})
+    m["split_source"] = {"type": "shipped", "file": "mine/split.json.gz"}
+    (tmp_path / "mine.json").write_text(json.dumps(m))
+    with pytest.raises(CmmError) as e:
+        mf.load_manifest_file(tmp_path / "mine.json")
+    assert "'mine/split.json.gz' not found next to the manifest" in e.value.message
+    assert "'mine/fewshot.npz' not found" in e.value.message

@@ -1,8 +1,13 @@
-"""Where caches and runs live (DESIGN.md "Commands": --cache-dir, env, XDG, home)."""
+"""Where caches and runs live (--cache-dir, env, XDG, home), what is a path, and how a cache is found."""
 
+import hashlib
+import json
 from pathlib import Path
 
+import pytest
+
 from cmm_cache import paths
+from cmm_cache.errors import CmmError
 
 
 def test_cache_dir_precedence(monkeypatch, tmp_path):
@@ -39,3 +44,80 @@ def test_aliases_share_one_cache():
     assert paths.cache_path("imagenet-sketch", "rn50") == paths.cache_path("imagenet_sketch", "rn50")
     assert paths.cache_path("DTD", "rn50") == paths.cache_path("dtd", "rn50")
     assert paths.dataset_key("not-registered") == "not-registered"
+
+
+def test_dataset_files_are_paths_with_a_keyed_folder(tmp_path, monkeypatch):
+    """`--dataset data.tsv` (or .csv / .txt / .json) is your own file, even before it exists: its cache
+    folder carries the path hash, and it loads as a path."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("data.tsv", "data.csv", "data.txt", "mine.json"):
+        assert paths.is_user_data(name)
+        key = paths.dataset_key(name)
+        stem = name.split(".")[0]
+        digest = hashlib.sha256(str(tmp_path / name).encode()).hexdigest()[:8]
+        assert key == f"{stem}-{digest}"
+    assert not paths.is_user_data("dtd") and not paths.is_user_data("tiny")
+
+
+def test_user_data_name_is_the_name_everywhere(tmp_path):
+    """Folder name, list-file stem, or the manifest's own `name`; the cache folder starts with it."""
+    (tmp_path / "my.photos").mkdir()
+    assert paths.user_data_name(tmp_path / "my.photos") == "my.photos"
+    assert paths.dataset_key(str(tmp_path / "my.photos")).startswith("my.photos-")
+    assert paths.user_data_name(tmp_path / "pets.csv") == "pets"
+    (tmp_path / "v2.json").write_text(json.dumps({"name": "mytex"}))
+    assert paths.user_data_name(tmp_path / "v2.json") == "mytex"
+    assert paths.dataset_key(str(tmp_path / "v2.json")).startswith("mytex-")
+    (tmp_path / "broken.json").write_text("{not json")
+    assert paths.user_data_name(tmp_path / "broken.json") == "broken"
+
+
+def _h5(path: Path, dataset: str) -> Path:
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.attrs["dataset"] = dataset
+    return path
+
+
+def test_find_cache_registered_and_path(tmp_path):
+    root = tmp_path / "c"
+    dtd = _h5(root / "dtd" / "rn50.h5", "dtd")
+    assert paths.find_cache("DTD", "rn50", root) == dtd == paths.cache_path("dtd", "rn50", root)
+    with pytest.raises(CmmError) as e:
+        paths.find_cache("dtd", "rn101", root)
+    assert "rn101" in e.value.message and "cmm-cache extract --dataset dtd --backbone rn101" in e.value.hint
+    assert "dtd/rn50.h5" in e.value.hint  # what does exist for that dataset
+    data = tmp_path / "photos" / "dtd10"
+    data.mkdir(parents=True)
+    mine = _h5(paths.cache_path(str(data), "tiny", root), str(data))
+    assert mine.parent.name.startswith("dtd10-") and paths.find_cache(str(data), "tiny", root) == mine
+
+
+def test_find_cache_by_short_name(tmp_path, monkeypatch):
+    """`fit --dataset dtd10` after `extract --dataset path/to/dtd10`: the one dtd10-* cache of that backbone."""
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "c"
+    a, b = tmp_path / "a" / "dtd10", tmp_path / "b" / "dtd10"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    with pytest.raises(CmmError) as e:  # nothing extracted yet: what to run
+        paths.find_cache("dtd10", "tiny", root)
+    assert "not a registered dataset" in e.value.message and "--dataset PATH/TO/dtd10 --backbone tiny" in e.value.hint
+    fa = _h5(paths.cache_path(str(a), "tiny", root), "a/dtd10")
+    _h5(paths.cache_path(str(b), "rn50", root), "b/dtd10")
+    _h5(root / "dtd100-0123abcd" / "tiny.h5", "dtd100")  # another name sharing the prefix is no candidate
+    assert paths.find_cache("dtd10", "tiny", root) == fa
+    assert paths.dataset_caches("dtd10", root) == sorted([fa, paths.cache_path(str(b), "rn50", root)])
+    assert paths.dataset_caches(str(b), root) == paths.dataset_caches("dtd10", root)
+    fb = _h5(paths.cache_path(str(b), "tiny", root), "b/dtd10")
+    with pytest.raises(CmmError) as e:
+        paths.find_cache("dtd10", "tiny", root)
+    text = str(e.value)
+    assert "2 caches" in text and fa.parent.name in text and fb.parent.name in text
+    assert "--dataset a/dtd10" in text and "--dataset b/dtd10" in text and "--cache FILE" in text
+    with pytest.raises(CmmError) as e:
+        paths.find_cache("dtd10", "vit-b-16", root)
+    assert "cmm-cache extract --dataset PATH/TO/dtd10 --backbone vit-b-16" in e.value.hint
+    assert fa.parent.name in e.value.hint  # the caches that do exist under that name

@@ -10,7 +10,16 @@ from _synth import make_cache
 from cmm_cache.cache import open_cache
 from cmm_cache.errors import CmmError
 from cmm_cache.fit import FitConfig
-from cmm_cache.results import RESULT_FIELDS, fit_run, load_run, read_results, summarize, write_csv, write_run
+from cmm_cache.results import (
+    RESULT_FIELDS,
+    fit_run,
+    load_run,
+    read_results,
+    scan_results,
+    summarize,
+    write_csv,
+    write_run,
+)
 
 FIELDS = {
     "dataset",
@@ -71,8 +80,9 @@ def test_missing_run_is_a_clear_error(tmp_path):
         load_run(tmp_path / "nothing")
 
 
-def _r(shots, seed, acc):
+def _r(shots, seed, acc, **config):
     return {
+        "config": {"method": "cmm", "iterations": 10, **config, "seed": seed},
         "dataset": "d",
         "backbone": "b",
         "shots": shots,
@@ -110,3 +120,32 @@ def test_merge_reads_nested_run_folders_and_writes_csv(tmp_path):
     assert set(RESULT_FIELDS) <= set(got[0])
     with pytest.raises(CmmError):
         read_results([tmp_path / "o.csv.d"])
+
+
+def test_summary_never_averages_two_configurations():
+    runs = [_r(1, 1, 10.0), _r(1, 2, 10.0), _r(1, 1, 5.0, use_map=False), _r(1, 2, 6.0, use_map=False)]
+    s = summarize(runs)
+    assert len(s) == 2 and {r["runs"] for r in s} == {2}
+    assert sorted(r["test_acc_mean"] for r in s) == [5.5, 10.0]
+    assert len({r["config_key"] for r in s}) == 2 and all(len(r["config_key"]) == 8 for r in s)
+    assert {r["method"] for r in s} == {"cmm"}
+
+
+def test_merge_reports_a_damaged_result_by_path_and_keeps_the_rest(tmp_path):
+    good = tmp_path / "runs" / "a" / "shot_1-seed_1"
+    good.mkdir(parents=True)
+    (good / "result.json").write_text(json.dumps(_r(1, 1, 60.0)))
+    broken = {"b": "{not json", "c": "[1, 2]", "d": json.dumps({**_r(1, 1, 1.0), "shots": "four"})}
+    for name, text in broken.items():
+        d = tmp_path / "runs" / name / "shot_1-seed_1"
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(text)
+    hidden = tmp_path / "runs" / "a" / ".shot_2-seed_1.tmp-123"  # a write in progress is not a run
+    hidden.mkdir()
+    (hidden / "result.json").write_text("{")
+    results, damaged = scan_results([tmp_path / "runs"])
+    assert [r["run"] for r in results] == [str(good)]
+    assert sorted(d["path"] for d in damaged) == sorted(
+        str(tmp_path / "runs" / n / "shot_1-seed_1" / "result.json") for n in broken
+    )
+    assert "shots" in [d for d in damaged if "/d/" in d["path"]][0]["error"]

@@ -1,0 +1,200 @@
+"""`cmm-cache compare` (methods × shots on one cache) and `cmm-cache bench methods`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .common import cache_dir_option, console, device_option, emit_json, handle_errors, int_list, json_option
+
+
+def _method_options(pairs) -> dict:
+    """--option METHOD.KEY=VALUE (VALUE as JSON, else a string) -> {method: {key: value}}."""
+    from cmm_cache.errors import CmmError
+
+    out: dict = {}
+    for p in pairs:
+        head, sep, raw = p.partition("=")
+        name, dot, key = head.partition(".")
+        if not (sep and dot and name and key):
+            raise CmmError(f"--option '{p}' is not METHOD.KEY=VALUE.", "Example: --option prolip-linear.lrs=[0.001]")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(name, {})[key] = value
+    return out
+
+
+def _table(out: dict):
+    from rich.table import Table
+
+    t = Table(title=f"{out['dataset']} × {out['backbone']}: test accuracy (%), mean ± std over seeds {out['seeds']}")
+    t.add_column("method")
+    for k in out["shots"]:
+        t.add_column(f"{k}-shot", justify="right")
+    t.add_column("fit s/run", justify="right")
+    for r in out["table"]:
+        cells = []
+        for k in out["shots"]:
+            c = r["cells"][k]
+            text = "-" if c["mean"] is None else f"{c['mean']:.2f} ± {c['std']:.2f}"
+            cells.append(f"[bold green]{text} *[/]" if c["best"] else text)
+        secs = r["fit_seconds_mean"]
+        t.add_row(r["method"], *cells, "-" if secs is None else f"{secs:.2f}")
+    t.caption = "* best of the column"
+    return t
+
+
+@click.command("compare")
+@click.option("--methods", default="all", show_default=True, help="'all' or a comma list, e.g. zero-shot,gda,cmm.")
+@click.option("--shots", default=None, callback=int_list, help="K list, e.g. 1,2,4,8,16 [default: every K cached].")
+@click.option("--seeds", "--seed", "seeds", default=None, callback=int_list, help="Seed list [default: all cached].")
+@click.option("--cache", "cache_file", type=click.Path(dir_okay=False), default=None, help="Any cmm-cache/1 file.")
+@click.option("--dataset", default=None, help="With --backbone: use <cache-dir>/<dataset>/<backbone>.h5.")
+@click.option("--backbone", default=None)
+@click.option("--templates", default=None, help="Text template set in the cache [default: the cache's default].")
+@click.option(
+    "--max-iterations",
+    default=None,
+    type=click.IntRange(1),
+    help="Cap every trained method's optimizer steps per training (smoke tests; recorded in each run).",
+)
+@click.option("--option", "method_options", multiple=True, help="A method's option: METHOD.KEY=VALUE (JSON value).")
+@click.option("--runs-dir", type=click.Path(file_okay=False), default=None, help="[default: <cache-dir>/runs]")
+@click.option("--no-save", is_flag=True, help="Do not write run folders.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write the table as CSV.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Accuracy vs shots, .png/.svg")
+@cache_dir_option
+@device_option
+@json_option
+@handle_errors
+def compare_cmd(
+    methods,
+    shots,
+    seeds,
+    cache_file,
+    dataset,
+    backbone,
+    templates,
+    max_iterations,
+    method_options,
+    runs_dir,
+    no_save,
+    csv_path,
+    plot_path,
+    cache_dir,
+    device,
+    as_json,
+):
+    """Every method on the same cache, few-shot subsets and val-only selection: one table.
+
+    \b
+    cmm-cache compare --methods all --shots 1,2,4,8,16 --seeds 1,2,3 --plot acc.png
+    cmm-cache compare --methods zero-shot,tip-adapter,gda,cmm --cache dtd.h5 --csv dtd.csv --json
+    """
+    from cmm_cache import paths
+    from cmm_cache.cache import open_cache
+    from cmm_cache.compare import compare, json_table, plot, resolve_methods, write_table_csv
+    from cmm_cache.results import resolve_device
+
+    from .fit_cmds import resolve_cache  # the lookup fit uses (--cache, --dataset/--backbone, last extract)
+
+    cache = open_cache(resolve_cache(cache_file, dataset, backbone, cache_dir))
+    names = resolve_methods(methods)
+    opts = _method_options(method_options)
+    for name in opts:
+        resolve_methods([name])
+    root = None if no_save else Path(runs_dir) if runs_dir else paths.runs_dir(cache_dir)
+
+    def progress(done, total, r):
+        if not as_json:
+            console.print(
+                f"[{done}/{total}] {r['method']:22s} {r['shots']:>2}-shot seed {r['seed']}: "
+                f"test {r['test_acc']:6.2f} %  val {r['val_acc']:6.2f} %  {r['fit_seconds'] or 0:.2f} s"
+            )
+
+    out = compare(
+        cache,
+        names,
+        shots,
+        seeds,
+        options=opts,
+        max_iterations=max_iterations,
+        runs_root=root,
+        templates=templates,
+        device=resolve_device(device),
+        progress=progress,
+    )
+    if csv_path:
+        out["csv"] = str(write_table_csv(out["table"], csv_path))
+    if plot_path:
+        out["plot"] = str(plot(out["table"], plot_path, f"{out['dataset']} × {out['backbone']}"))
+    if as_json:
+        emit_json({**out, "table": json_table(out["table"])})
+        return
+    console.print(_table(out))
+    for key, what in (("csv", "table"), ("plot", "plot")):
+        if key in out:
+            console.print(f"wrote the {what}: {out[key]}")
+    if root is not None:
+        console.print(f"run folders under {root}")
+
+
+@click.command("methods")
+@click.option("--methods", default=None, help="Comma list or 'all' [default: the closed-form methods].")
+@click.option("--classes", default=100, show_default=True, type=click.IntRange(2))
+@click.option("--dim", default=1024, show_default=True, type=click.IntRange(2))
+@click.option("--shots", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(1), help="Report the fastest of N fits.")
+@click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads [default: torch's].")
+@json_option
+@handle_errors
+def bench_methods_cmd(methods, classes, dim, shots, repeat, threads, as_json):
+    """Fit time of each method on synthetic features (default 100 classes × 1024-d, 16 shots, 2 views).
+
+    \b
+    cmm-cache bench methods                       # closed-form methods (target: < 1 s each)
+    cmm-cache bench methods --methods all --repeat 1 --classes 47
+    """
+    from cmm_cache.bench_methods import bench_methods
+    from cmm_cache.compare import resolve_methods
+
+    names = resolve_methods(methods) if methods else None
+    if not as_json:
+        console.print(
+            f"[bold]fit seconds[/], {classes} classes × {dim}-d, {shots} shots × 2 views (fastest of {repeat})"
+        )
+    out = bench_methods(names, classes, dim, shots, repeat, threads, log=None if as_json else console.print)
+    if as_json:
+        emit_json(out)
+    else:
+        console.print(out["machine"])
+
+
+@click.command("compare")
+@click.option("--methods", default="all", show_default=True)
+@click.option("--classes", default=47, show_default=True, type=click.IntRange(2))
+@click.option("--dim", default=1024, show_default=True, type=click.IntRange(2))
+@click.option("--shots", default="1,2,4,8,16", show_default=True, callback=int_list)
+@click.option("--seeds", default="1,2,3", show_default=True, callback=int_list)
+@click.option("--max-iterations", default=None, type=click.IntRange(1), help="As compare's (default: full schedules).")
+@json_option
+@handle_errors
+def bench_compare_cmd(methods, classes, dim, shots, seeds, max_iterations, as_json):
+    """Wall time of `compare` on a synthetic cache of DTD's size (47 classes × 1024-d, 36 test images per class)."""
+    from cmm_cache.bench_methods import bench_compare
+
+    out = bench_compare(methods, classes, dim, shots, seeds, max_iterations, log=None if as_json else console.print)
+    if as_json:
+        emit_json({k: v for k, v in out.items() if k != "table"})
+        return
+    console.print(f"[bold]compare: {out['runs']} runs in {out['wall_seconds']:.1f} s[/] ({out['machine']})")
+    for name, secs in out["fit_seconds_per_method"].items():
+        console.print(f"  {name:22s} {secs:9.2f} s of fitting")
+
+
+COMMANDS = [compare_cmd]
+BENCH_COMMANDS = [bench_methods_cmd, bench_compare_cmd]

@@ -1,0 +1,60 @@
+"""Schema ``cmm-cache/1``: node names, dtypes and the small helpers every reader and writer shares.
+
+Layout of one file (docs/cache-schema.md)::
+
+    attrs: schema, dataset, backbone, provenance (JSON), default_templates
+    classes/names            str   [C]
+    classes/wnids            str   [C]   ImageNet family only
+    classes/imagenet_index   int64 [C]   shift sets only
+    text/<set>/features      f32   [C, d]   attr templates (JSON list)
+    text/<set>/per_template  f32   [C, M, d] optional: raw embedding of each of the M templates
+    splits/<split>/features  f16   [n, V, d] attr views (JSON list)
+    splits/<split>/labels    int64 [n]
+    splits/<split>/index     int64 [n]
+    fewshot/shot_<K>-seed_<S>/train, /val   int64 row positions
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import h5py
+import numpy as np
+
+SCHEMA = "cmm-cache/1"
+FEATURE_DTYPE = np.float16
+TEXT_DTYPE = np.float32
+INDEX_DTYPE = np.int64
+ROOT_ATTRS = ("schema", "dataset", "backbone", "provenance", "default_templates")
+
+# Checksums (fletcher32) on every dataset so `cache verify` and any read detect
+# a flipped byte; fletcher32 requires chunked storage, which h5py then picks.
+DSET_KW = dict(fletcher32=True)
+
+DAMAGED_HINT = "Run `cmm-cache cache verify` to see what is wrong, and re-extract it with `cmm-cache extract --force`."
+
+
+def text_node(name: str) -> str:
+    return f"text/{name}/features"
+
+
+def per_template_node(name: str) -> str:
+    return f"text/{name}/per_template"
+
+
+def string_array(values: Sequence[str]) -> np.ndarray:
+    """Fixed-length UTF-8 strings: unlike variable-length ones they can carry a checksum."""
+    encoded = [str(v).encode("utf-8") for v in values]
+    width = max([len(b) for b in encoded] + [1])
+    return np.array(encoded, dtype=h5py.string_dtype("utf-8", width))
+
+
+def provenance_sha256(provenance_json: str) -> str:
+    """The hash a run records to tie itself to the cache it was fitted on."""
+    return hashlib.sha256(provenance_json.encode("utf-8")).hexdigest()
+
+
+def as_str(value) -> str:
+    """An HDF5 string attribute or element as str (h5py hands back bytes for fixed-length strings)."""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

@@ -1,0 +1,32 @@
+"""CMM's ablations as named methods: presets of the ``cmm`` method's options (paper Table 6).
+
+``cmm-no-map`` (no W, only the prototypes T are learned), ``cmm-no-triplet`` (cross-entropy only)
+and ``cmm-logits-only`` (trained and scored on the CMM logits, no fusion with zero-shot). Each is
+exactly ``cmm`` with one option changed, so a run's resolved config names the ablation too.
+"""
+
+from __future__ import annotations
+
+from . import Method, register_method
+from .cmm import METHOD as CMM
+
+PRESETS = {
+    "cmm-no-map": ({"use_map": False}, "CMM without the map W (only the prototypes T are trained)"),
+    "cmm-no-triplet": ({"triplet": False}, "CMM without the triplet loss"),
+    "cmm-logits-only": ({"cmm_only": True}, "CMM trained and scored on its own logits (no zero-shot fusion)"),
+}
+
+VARIANTS = {
+    name: register_method(
+        Method(
+            name=name,
+            fit=CMM.fit,
+            defaults={**CMM.defaults, **preset},
+            summary=summary,
+            source=CMM.source + " (ablation, Table 6)",
+            trained=True,
+            runtime_options=CMM.runtime_options,
+        )
+    )
+    for name, (preset, summary) in PRESETS.items()
+}

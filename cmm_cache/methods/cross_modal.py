@@ -1,0 +1,95 @@
+"""``cross-modal-lp`` and ``cross-modal-wise-ft``: cross-modal linear probing (Lin et al., CVPR 2023).
+
+Source: Lin, Yu, Wang, Ramanan, "Multimodality Helps Unimodality: Cross-Modal Few-Shot Learning with
+Multimodal Models"; linzhiqiu/cross_modal_adaptation — ``train.py`` (commit
+064bb9834e29612e2ee149681da934e48a262288: ``get_wiseft``, ``get_eval_heads``, the sweep),
+``engine/model/head.py`` (064bb98: ``get_zero_shot_weights``), ``eval.py`` (738c978: the val-based
+choice among the sweep, ``head_wiseft_0.5``).
+
+* Every template's text embedding of class c is one more training sample labelled c (the text
+  "shots"); each batch is half text, half image (see :mod:`.linear_trainer` for the recipe, the
+  grid and the early stopping, all theirs).
+* The head starts at their zero-shot weights: per class the mean of the *normalized* template
+  embeddings, normalized again (so these methods need the cache's per-template embeddings).
+* ``cross-modal-wise-ft``: the trained head mixed with those zero-shot weights,
+  ``(1 − r)·W + r·W_zs``, at their fixed r = 0.5 (``ratio=None`` chooses r on val instead,
+  as ``wise-ft`` does).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from . import FitData, Method, MethodResult, register_method, scoped
+from .linear_head import LinearHead
+from .linear_trainer import LOGIT_SCALE, TEXT_RATIO
+from .wise_ft import ALPHAS, DEFAULTS, choose_alpha, search_table, train_linear, wise_mix
+
+
+def text_samples(data: FitData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(normalized per-template embeddings [C·M, d], their labels, their zero-shot weights [C, d])."""
+    e = F.normalize(data.text_per_template().float(), dim=-1)  # [C, M, d]
+    C, M, d = e.shape
+    W_zs = F.normalize(e.mean(1), dim=-1)
+    y = torch.arange(C, device=e.device).repeat_interleave(M)
+    return e.reshape(C * M, d), y, W_zs
+
+
+def _fit(data: FitData, options: dict, progress, wise: bool) -> MethodResult:
+    t0 = time.perf_counter()
+    tx, ty, W_zs = text_samples(data)
+    r, k = train_linear(data, options, W_zs, tx, ty, progress)
+    W, c = r.best_W[k], r.configs[k]
+    hparams = {"lr": c.lr, "weight_decay": c.weight_decay, "batch_size": c.batch_size}
+    val = r.best_val[k]
+    if wise:
+        grid = options["alphas"] if options["ratio"] is None else [1.0 - float(options["ratio"])]
+        alpha, val = choose_alpha(W, W_zs, data.x_val, data.y_val, grid)  # alpha = weight of the trained head
+        W = wise_mix(W, W_zs, alpha)
+        hparams["ratio"] = round(1.0 - alpha, 6)
+    return MethodResult(
+        head=LinearHead(LOGIT_SCALE * W),
+        hparams=hparams,
+        val_acc=val,
+        fit_seconds=time.perf_counter() - t0,
+        iterations=r.iterations * len(r.configs),
+        extra={"search": search_table(r), "text_samples": int(len(tx))},
+    )
+
+
+@scoped(single_thread=True)
+def fit_lp(data, options, progress=None):
+    return _fit(data, options, progress, wise=False)
+
+
+@scoped(single_thread=True)
+def fit_wise(data, options, progress=None):
+    return _fit(data, options, progress, wise=True)
+
+
+SOURCE = "Lin et al. CVPR 2023, linzhiqiu/cross_modal_adaptation train.py @ 064bb98"
+
+LP = register_method(
+    Method(
+        name="cross-modal-lp",
+        fit=fit_lp,
+        defaults={**DEFAULTS, "text_ratio": TEXT_RATIO},
+        summary="Linear head from text, trained on image features and each template's text embedding",
+        source=SOURCE,
+        trained=True,
+    )
+)
+
+WISE = register_method(
+    Method(
+        name="cross-modal-wise-ft",
+        fit=fit_wise,
+        defaults={**DEFAULTS, "text_ratio": TEXT_RATIO, "ratio": 0.5, "alphas": list(ALPHAS)},
+        summary="Cross-modal linear probe, weight-space ensembled with its zero-shot head (ratio 0.5)",
+        source=SOURCE + " (get_wiseft)",
+        trained=True,
+    )
+)

@@ -1,0 +1,68 @@
+"""Scoring a fitted run on a cache's test split: its own cache, another cache of the same backbone and
+classes, or an ImageNet shift set (only the classes the shift set holds are scored)."""
+
+from __future__ import annotations
+
+import torch
+
+from .cache import Cache
+from .errors import CmmError
+from .evaluate import evaluate_head, shift_classes, split_features
+from .runs import Run, check_same_backbone, result_config_key
+
+
+def check_cache(run: Run, cache: Cache, *, own: bool) -> bool:
+    """Whether `cache` is the one the run was fitted on. `own`: it must be (the run's recorded cache);
+    otherwise another cache is accepted when it holds the same backbone's features of the same classes."""
+    if cache.provenance_sha256 == run.result.get("cache_provenance_sha256"):
+        return True
+    if own:
+        raise CmmError(
+            f"{cache.path} is not the cache run {run.path} was fitted on (provenance hash differs).",
+            "It was re-extracted or belongs to another backbone; fit the run again on this cache, "
+            "or pass --cache to score the run on another cache of the same backbone and classes.",
+        )
+    check_same_backbone(run, cache)
+    if list(cache.classnames) != list(run.classnames):
+        raise CmmError(
+            f"{cache.path} has other classes ({cache.num_classes}) than the run at {run.path} ({len(run.classnames)}).",
+            "Score a cache of the same classes, or use `cmm-cache predict` on the images.",
+        )
+    return False
+
+
+def evaluate_run(run: Run, cache: Cache, device="cpu", *, shift: bool = False, own: bool = True) -> dict:
+    """Accuracies (%) of the run's head on the cache's test split (what `eval` prints)."""
+    dev = torch.device(device)
+    res = run.result
+    classes = None
+    same = False
+    if shift:
+        check_same_backbone(run, cache)
+        classes = shift_classes(run.classnames, run.wnids, cache)
+    else:
+        same = check_cache(run, cache, own=own)
+    if "test" not in cache.split_names:
+        raise CmmError(f"{cache.path} has no test split to evaluate on.")
+    x, y = split_features(cache.split("test"), None, dev)
+    cls = torch.as_tensor(classes, device=dev) if classes is not None else None
+    acc = evaluate_head(run.head.to(dev), x, y, classes=cls, zero_shot_T0=run.T0.to(dev, torch.float32))
+    return {
+        "run": str(run.path),
+        "dataset": cache.dataset,
+        "run_dataset": res["dataset"],
+        "backbone": res["backbone"],
+        "method": res.get("method") or "cmm",
+        "config_key": result_config_key(res),
+        "shots": res["shots"],
+        "seed": res["seed"],
+        "alpha": res.get("alpha"),
+        "test_acc": acc["acc"],
+        "zero_shot_test_acc": acc.get("zero_shot_acc"),
+        "cmm_only_test_acc": acc.get("cmm_only_acc"),
+        "num_test": int(len(y)),
+        "classes_scored": int(len(classes)) if classes is not None else len(run.classnames),
+        "cache": str(cache.path),
+        "cache_provenance_sha256": cache.provenance_sha256,
+        "fitted_on_this_cache": same,
+    }
