@@ -12,8 +12,11 @@ load changes during a run. So the loop runs in segments, and
   and keeps the fastest;
 * it then re-probes the others now and then (the interval doubles while the
   choice holds, up to ``longest`` iterations, and resets when it changes), and
-  at once when the chosen count gets 20 % slower or faster than it was (load
-  started or stopped), so a run adapts while it runs.
+  at once when the chosen count gets 30 % slower or faster than it was (load
+  started or stopped), so a run adapts while it runs;
+* a switch made on a probe is confirmed by the next stretch of the new choice
+  (and undone if that runs slower than the old one did), so one noisy probe
+  costs little.
 
 Probes are short: with a 3× slower alternative the probing costs a few per cent
 of a 16k-iteration run. The compiled loop gives bit-identical results for any
@@ -54,7 +57,7 @@ class ThreadChooser:
         first: int = 512,
         longest: int = 4096,
         margin: float = 0.05,
-        shift: float = 1.2,
+        shift: float = 1.3,
     ):
         self.options = list(options)
         self.warmup, self.probe_seconds, self.first, self.longest, self.margin = (
@@ -71,6 +74,8 @@ class ThreadChooser:
         self.since_probe = 0
         self.shift = shift  # a choice whose speed moves by this factor is re-probed at once
         self.ref_rate: float | None = None
+        self.trial: tuple[int, float] | None = None  # (previous choice, its rate) right after a switch
+        self.decided = False
         self.window = (0, 0.0)  # (iterations, seconds) of the current choice since its last check
         self.log: list[tuple[int, int, float, str]] = []  # (threads, iterations, seconds, kind)
         if len(self.options) > 1:
@@ -115,15 +120,22 @@ class ThreadChooser:
             self.since_probe += iterations
             self.window = (self.window[0] + iterations, self.window[1] + seconds)
             changed = False
-            if self.window[0] >= 128 and self.window[1] >= self.probe_seconds:
+            if self.window[0] >= 256 and self.window[1] >= 4 * self.probe_seconds:
                 rate = self.window[1] / self.window[0]
+                self.window = (0, 0.0)
+                if self.trial is not None:  # the first window after a switch confirms it, or undoes it
+                    old, old_rate = self.trial
+                    self.trial = None
+                    if rate > old_rate * (1 + self.margin):
+                        self.best, self.rate[threads] = old, rate
+                        self.interval = min(self.interval * 2, self.longest)
+                        return
                 ref = self.ref_rate or rate
                 changed = not (ref / self.shift < rate < ref * self.shift)  # load started or stopped
                 self.ref_rate = ref if not changed else None
-                self.window = (0, 0.0)
-            if changed or self.since_probe >= self.interval:
                 if changed:
-                    self.interval = self.first
+                    self.rate[threads] = rate  # the probe is compared with how fast it runs since the shift
+            if changed or self.since_probe >= self.interval:
                 self.plan = [(n, self._probe_len(n), "probe") for n in self.options if n != self.best]
                 self.since_probe = 0
 
@@ -132,7 +144,7 @@ class ThreadChooser:
         of a choice in use, so a probe is compared with how fast the choice runs now)."""
         its = secs = 0.0
         for n, i, s, k in reversed(self.log):
-            if n != threads or k != kind or (kind == "exploit" and its >= 256):
+            if n != threads or k != kind or (kind == "exploit" and its >= 512):
                 break
             its, secs = its + i, secs + s
         self.rate[threads] = secs / its
@@ -141,10 +153,13 @@ class ThreadChooser:
         current = self.rate.get(self.best, float("inf"))
         challenger = min((n for n in self.options if n in self.rate), key=self.rate.__getitem__)
         if challenger != self.best and self.rate[challenger] < current * (1 - self.margin):
+            # the first decision compares probes alike; later ones a short probe with a long stretch: confirm those
+            self.trial = (self.best, current) if self.decided else None
             self.best, self.interval = challenger, self.first
         else:
             self.interval = min(self.interval * 2, self.longest)
         self.ref_rate, self.window = None, (0, 0.0)  # the next window of the choice sets its reference
+        self.decided = True
 
     def summary(self) -> dict:
         """Iterations run with each thread count, and the choice at the end."""
