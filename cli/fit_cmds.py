@@ -176,7 +176,7 @@ def _run_line(cache, r: dict) -> str:
     "--threads",
     default=None,
     type=click.IntRange(1),
-    help="CPU threads for training [default: 1 below 768-d features, else torch's default].",
+    help="CPU threads for training [default: chosen by timing while the run goes, see README 'Speed'].",
 )
 @click.option(
     "--runs-dir",

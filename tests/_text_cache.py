@@ -3,8 +3,8 @@
 Synthetic: tests/_synth.World (a modality gap CMM-like methods can learn), plus M raw template
 embeddings per class whose normalized mean is the cached T0.
 
-Real: the Tip-Adapter-format CLIP ViT-B/32 features (path in CMM_REAL_FEATURES, default the shared
-folder beside the checkout; no text features there). As tests/test_real_features.py does, the CoOp
+Real: the Tip-Adapter-format CLIP ViT-B/32 features (the folder named by CMM_REAL_FEATURES; no text
+features there). As tests/test_real_features.py does, the CoOp
 val split is divided per class: 4 images per class are the val pool (the few-shot val subsets come
 from it), the rest ("val-rest") only build the simulated text: template j of class k is
 ``s·(m_k + |m_k|·g + 0.25·ξ_k/√d + 0.5·ζ_kj/√d)`` — the class mean of val-rest, a common modality-gap
@@ -22,9 +22,38 @@ from _synth import World
 
 from cmm_cache.cache import Split, write_cache
 
-REAL_ROOT = Path(
-    os.environ.get("CMM_REAL_FEATURES", Path(__file__).resolve().parents[1].parent / "shared" / "real_features")
+# Real CLIP features are data the project may not ship (no licence): tests that need them read the folder
+# named by CMM_REAL_FEATURES and are skipped, with that reason in the summary, where it is not set.
+REAL_ROOT = Path(os.environ["CMM_REAL_FEATURES"]) if os.environ.get("CMM_REAL_FEATURES") else None
+REAL_SKIP_REASON = (
+    "needs real CLIP features: set CMM_REAL_FEATURES to a folder of Tip-Adapter-format feature caches "
+    "(oxford_pets/ with keys_16shots.pt, values_16shots.pt, val_f.pt, val_l.pt, test_f.pt, test_l.pt)"
 )
+
+
+def real_folder(name: str) -> Path | None:
+    """The real-feature folder `name` under CMM_REAL_FEATURES, or None when it is not there."""
+    return REAL_ROOT / name if REAL_ROOT is not None and (REAL_ROOT / name).is_dir() else None
+
+
+def load_tip_folder(folder: Path, seed: int = 0):
+    """A Tip-Adapter feature folder as arrays, with the CoOp val split divided per class (fixed seed):
+    4 images per class form the val pool (few-shot val subsets come from it), the rest ("val-rest")
+    may only build simulated text. Returns keys, ytr, vf, vl, tf, tl, pool rows, rest rows, rng."""
+    import torch
+
+    load = lambda name: torch.load(folder / name, map_location="cpu", weights_only=False)  # noqa: E731
+    keys = load("keys_16shots.pt").float().t().numpy()  # [C·16, d]
+    ytr = load("values_16shots.pt").float().argmax(1).numpy()
+    vf, vl = load("val_f.pt").float().numpy(), load("val_l.pt").numpy()
+    tf, tl = load("test_f.pt").float().numpy(), load("test_l.pt").numpy()
+    rng = np.random.default_rng(seed)
+    pool, rest = [], []
+    for c in range(int(ytr.max()) + 1):
+        rows = rng.permutation(np.flatnonzero(vl == c))
+        pool.append(rows[:4])
+        rest.append(rows[4:])
+    return keys, ytr, vf, vl, tf, tl, np.sort(np.concatenate(pool)), np.concatenate(rest), rng
 
 
 def _unit(a):
@@ -72,21 +101,8 @@ def make_text_cache(path, C=6, d=16, M=3, shots=(1, 4), seeds=(1, 2), test_per_c
 
 def convert_real(folder: Path, out: Path, shots=(1, 16), seeds=(1, 2, 3), M=7, seed=0) -> Path:
     """Tip-Adapter feature folder -> cmm-cache/1 file with simulated per-template text (see module doc)."""
-    import torch
-
-    load = lambda name: torch.load(folder / name, map_location="cpu", weights_only=False)  # noqa: E731
-    keys = load("keys_16shots.pt").float().t().numpy()
-    ytr = load("values_16shots.pt").float().argmax(1).numpy()
-    vf, vl = load("val_f.pt").float().numpy(), load("val_l.pt").numpy()
-    tf, tl = load("test_f.pt").float().numpy(), load("test_l.pt").numpy()
+    keys, ytr, vf, vl, tf, tl, pool, rest, rng = load_tip_folder(folder, seed)
     C, d = int(ytr.max()) + 1, keys.shape[1]
-    rng = np.random.default_rng(seed)
-    pool, rest = [], []
-    for c in range(C):
-        rows = rng.permutation(np.flatnonzero(vl == c))
-        pool.append(rows[:4])
-        rest.append(rows[4:])
-    pool, rest = np.sort(np.concatenate(pool)), np.concatenate(rest)
     m = np.stack([_unit(vf[rest][vl[rest] == c]).mean(0) for c in range(C)])
     g = _unit(rng.standard_normal(d))
     xi = 0.25 * rng.standard_normal((C, 1, d)) / np.sqrt(d)

@@ -16,3 +16,11 @@ def _isolated_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("CMM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("CMM_DATA_ROOT", raising=False)
     yield
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say loudly which tests did not run for want of real data (they are skipped, never silently)."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    real = [r for r in skipped if "CMM_REAL_FEATURES" in str(getattr(r, "longrepr", ""))]
+    if real:
+        terminalreporter.write_sep("!", f"{len(real)} real-feature test module(s) NOT run: set CMM_REAL_FEATURES")

@@ -15,7 +15,7 @@ schedules are exercised by `cmm-cache compare`.
 import time
 
 import pytest
-from _text_cache import REAL_ROOT, convert_real
+from _text_cache import REAL_SKIP_REASON, convert_real, real_folder
 
 from cmm_cache.cache import open_cache
 from cmm_cache.compare import cap_options
@@ -24,10 +24,7 @@ from cmm_cache.results import fit_run
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not (REAL_ROOT / "oxford_pets").is_dir(),
-        reason=f"real features not found at {REAL_ROOT} (set CMM_REAL_FEATURES to the folder holding oxford_pets/)",
-    ),
+    pytest.mark.skipif(real_folder("oxford_pets") is None, reason=REAL_SKIP_REASON),
 ]
 
 RUNS = [(1, 1), (1, 2), (1, 3), (16, 1)]
@@ -53,7 +50,7 @@ def _options(name):
 
 @pytest.fixture(scope="module")
 def acc(tmp_path_factory):
-    cache = open_cache(convert_real(REAL_ROOT / "oxford_pets", tmp_path_factory.mktemp("real") / "pets.h5"))
+    cache = open_cache(convert_real(real_folder("oxford_pets"), tmp_path_factory.mktemp("real") / "pets.h5"))
     out = {}
     for name in registered_methods():
         t = time.perf_counter()

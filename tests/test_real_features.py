@@ -1,4 +1,4 @@
-"""The trainer on real CLIP ViT-B/32 features (../shared/real_features, OxfordPets).
+"""The trainer on real CLIP ViT-B/32 features (OxfordPets, the folder named by CMM_REAL_FEATURES).
 
 Those folders hold image features only (Tip-Adapter format, see their README):
 16-shot train keys, the whole CoOp val split and the whole test split. This test
@@ -21,33 +21,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from _text_cache import REAL_SKIP_REASON, load_tip_folder, real_folder
 
 from cmm_cache.cache import Split, open_cache, write_cache
 from cmm_cache.fit import FitConfig
 from cmm_cache.results import fit_run
 
-ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "real_features"
-pytestmark = pytest.mark.skipif(
-    not ROOT.is_dir(), reason=f"real features not present at {ROOT} (../shared/real_features)"
-)
+PETS = real_folder("oxford_pets")
+pytestmark = pytest.mark.skipif(PETS is None, reason=REAL_SKIP_REASON)
 
 
 def convert(folder: Path, out: Path, seed: int = 0) -> tuple[Path, float]:
     """Tip-Adapter folder -> cmm-cache/1 file; returns (path, class-mean baseline test accuracy)."""
-    load = lambda name: torch.load(folder / name, map_location="cpu", weights_only=False)  # noqa: E731
-    keys = load("keys_16shots.pt").float().t().numpy()  # [C·16, d]
-    ytr = load("values_16shots.pt").float().argmax(1).numpy()
-    vf, vl = load("val_f.pt").float().numpy(), load("val_l.pt").numpy()
-    tf, tl = load("test_f.pt").float().numpy(), load("test_l.pt").numpy()
+    keys, ytr, vf, vl, tf, tl, subset, rest, rng = load_tip_folder(folder, seed)
     C, d = int(ytr.max()) + 1, keys.shape[1]
-    rng = np.random.default_rng(seed)
-    subset, rest = [], []
-    for c in range(C):
-        rows = rng.permutation(np.flatnonzero(vl == c))
-        subset.append(rows[:4])
-        rest.append(rows[4:])
-    subset, rest = np.sort(np.concatenate(subset)), np.concatenate(rest)
     unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
     m = np.stack([unit(vf[rest][vl[rest] == c]).mean(0) for c in range(C)])
     g = unit(rng.standard_normal(d))
@@ -73,7 +60,7 @@ def convert(folder: Path, out: Path, seed: int = 0) -> tuple[Path, float]:
 
 
 def test_cmm_on_real_features_beats_class_means_and_zero_shot(tmp_path):
-    path, baseline = convert(ROOT / "oxford_pets", tmp_path / "pets.h5")
+    path, baseline = convert(PETS, tmp_path / "pets.h5")
     assert 74 < baseline < 76  # the README's 75.0 %: the conversion kept rows and labels aligned
     cache = open_cache(path)
     # The paper's schedule (16,000 iterations at lr 1e-4): a few seconds with the compiled loop. A shortcut

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import CmmError
+from ..fit_ops import flush_denormals
 from ..heads import Head
 
 
@@ -161,8 +162,8 @@ def get_method(name: str) -> Method:
 
 @contextmanager
 def fit_scope(data: FitData, single_thread: bool = False):
-    """How every baseline computes: one CPU thread below d = 768 (CMM's rule, :mod:`cmm_cache.fit`) and
-    subnormals flushed (:func:`flush_denormals`); the caller's settings are restored afterwards.
+    """How every baseline computes: one CPU thread below d = 768 and subnormals flushed
+    (:func:`cmm_cache.fit_ops.flush_denormals`); the caller's settings are restored afterwards.
 
     Their steps are many small ops: on a 2-core machine shared with other work every two-thread
     parallel region waits for a descheduled peer (measured: one L-BFGS fit at 37 classes × 512-d
@@ -172,7 +173,7 @@ def fit_scope(data: FitData, single_thread: bool = False):
     if data.device.type == "cpu" and (single_thread or data.dim < 768):
         torch.set_num_threads(1)
     try:
-        with flush_denormals():
+        with flush_denormals(data.device.type == "cpu"):
             yield
     finally:
         torch.set_num_threads(threads)
@@ -197,22 +198,6 @@ def scoped(fit: Callable[..., MethodResult] | None = None, *, single_thread: boo
         return inner
 
     return wrap(fit) if fit is not None else wrap
-
-
-@contextmanager
-def flush_denormals():
-    """Treat subnormal floats as zero inside a training loop (CPU).
-
-    Adam's second moments of tiny gradients sink into the subnormal range, where every CPU op on
-    them is ~10× slower (measured: Tip-Adapter-F's 260 steps at 100 classes went from 2.0 s to
-    1.0 s). Values below 1e-38 change nothing a method chooses. torch has no getter for the
-    setting; its default (off) is restored.
-    """
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
 
 
 def accuracy(head: Head, x: torch.Tensor, y: torch.Tensor) -> float:

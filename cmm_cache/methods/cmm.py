@@ -34,7 +34,7 @@ def fit_cmm(data: FitData, options: dict, progress=None) -> MethodResult:
         val_acc=val_acc,
         fit_seconds=r.seconds,
         iterations=r.iterations,
-        extra={"final_loss": r.losses[-1][1] if r.losses else None},
+        extra={"final_loss": r.losses[-1][1] if r.losses else None, "engine": r.engine, "threads": r.threads},
     )
 
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CmmError
+from ..fit_ops import AdamW
 
 LOGIT_SCALE = math.exp(4.60517)  # their LogitHead: CLIP's initial temperature, not learned
 GRID = {"lr": [1e-3, 1e-4], "weight_decay": [0.0, 1e-2, 1e-4], "batch_size": [8, 32]}
@@ -132,8 +133,10 @@ def train_grid(pool_x, pool_y, n_image, W0, x_val, y_val, configs, iterations, s
     for j, k in enumerate(order):
         by_opt.setdefault((configs[k].lr, configs[k].weight_decay), []).append(j)
     W = W0[None].repeat(len(configs), 1, 1).contiguous()
-    m, v, grad = torch.zeros_like(W), torch.zeros_like(W), torch.zeros_like(W)
-    step = torch.zeros((), dtype=torch.float32)
+    grad = torch.zeros_like(W)
+    # One AdamW per (lr, weight decay) over views of W: the fused kernel when torch has it (probed, with
+    # public fallbacks: cmm_cache.fit_ops), so no private op is called unguarded.
+    opts = {key: (AdamW([W[j] for j in js], weight_decay=key[1]), js) for key, js in by_opt.items()}
     best_W, best_val = W.clone(), torch.full((len(configs),), -1.0, dtype=torch.float64)
     best_iter = torch.zeros(len(configs), dtype=torch.long)
     with torch.no_grad():
@@ -144,23 +147,8 @@ def train_grid(pool_x, pool_y, n_image, W0, x_val, y_val, configs, iterations, s
                 p = torch.softmax(LOGIT_SCALE * torch.bmm(X, W[a:z].transpose(1, 2)), 2)
                 p.scatter_add_(2, pool_y[b][..., None], torch.full_like(p[..., :1], -1.0))
                 torch.bmm(p.transpose(1, 2), X, out=grad[a:z]).mul_(LOGIT_SCALE / bs)
-            step += 1
-            for (lr, wd), js in by_opt.items():
-                torch._fused_adamw_(
-                    [W[j] for j in js],
-                    [grad[j] for j in js],
-                    [m[j] for j in js],
-                    [v[j] for j in js],
-                    [],
-                    [step] * len(js),
-                    lr=lr_at(i, lr, iterations),
-                    beta1=0.9,
-                    beta2=0.999,
-                    weight_decay=wd,
-                    eps=1e-8,
-                    amsgrad=False,
-                    maximize=False,
-                )
+            for (lr, _wd), (opt, js) in opts.items():
+                opt.step([grad[j] for j in js], lr_at(i, lr, iterations))
             if i % EVAL_EVERY == 0:
                 acc = _val_acc(W, x_val, y_val).cpu()
                 better = acc > best_val
