@@ -21,7 +21,7 @@ from .common import (
     "data_dir",
     required=True,
     type=click.Path(file_okay=False, exists=True),
-    help="Image folder (one sub-folder per class), e.g. ../shared/real_images/dtd10.",
+    help="Image folder (one sub-folder per class), e.g. a few hundred of your own photos.",
 )
 @click.option(
     "--backbone",

@@ -23,4 +23,4 @@ def pytest_terminal_summary(terminalreporter):
     skipped = terminalreporter.stats.get("skipped", [])
     real = [r for r in skipped if "CMM_REAL_FEATURES" in str(getattr(r, "longrepr", ""))]
     if real:
-        terminalreporter.write_sep("!", f"{len(real)} real-feature test module(s) NOT run: set CMM_REAL_FEATURES")
+        terminalreporter.write_sep("!", f"{len(real)} real-feature test(s) NOT run: set CMM_REAL_FEATURES")
