@@ -7,7 +7,7 @@ runs -> discovery -> scoring -> results; predict and export use a fitted run.
     clf = cmm_cache.load_classifier(run_dir)   # a fitted run as a classifier (lazy import)
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from ._source_tree import map_source_tree  # noqa: E402
 
