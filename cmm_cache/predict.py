@@ -228,12 +228,14 @@ class Classifier:
             else:
                 ok.append(path)
                 probs.append(p)
-        if skipped and not skip_bad:
+        if skipped and (not skip_bad or not ok):
             shown = "\n  ".join(f"{s['path']}: {s['error']}" for s in skipped[:10])
             more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
             raise CmmError(
                 f"{len(skipped)} of {len(paths)} image(s) cannot be read:\n  {shown}{more}",
-                "Fix or remove them, or pass --skip-bad to classify the others.",
+                "Fix or remove them, or pass --skip-bad to classify the others."
+                if ok
+                else "None is left to classify: check that the paths are image files (JPEG, PNG, ...), not damaged.",
             )
         C = len(self.classes)
         return FilePredictions(ok, torch.cat(probs) if probs else torch.zeros(0, C), skipped)

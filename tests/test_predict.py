@@ -127,6 +127,9 @@ def test_bad_images_are_reported_per_file_and_skipped_on_request(tmp_path_factor
     assert len(rows) == 3 and rows[0].startswith("path,class,prob,class1,prob1")
     r = cli(["predict", "--run", t.run, tmp_path / "missing.png"], ok=False)
     assert r.exit_code == 2 and "not found" in r.output
+    # Nothing readable at all: an error even with --skip-bad (an empty table would look like success).
+    r = cli(["predict", "--run", t.run, d / "broken.png", "--skip-bad", "--workers", "0"], ok=False)
+    assert r.exit_code == 2 and "broken.png" in r.output and "None is left to classify" in r.output
 
 
 def test_predict_reads_a_csv_of_paths(tmp_path_factory, tmp_path):
