@@ -82,6 +82,7 @@ def _open(path: str):
 
 def protocol_run(job: tuple) -> dict:
     """One run of the protocol, as `cmm-cache fit` does it (module level: it runs in worker processes too)."""
+    from .fewshot import group_name
     from .fit import FitConfig
     from .protocol import fit_run
     from .runs import write_run
@@ -91,7 +92,7 @@ def protocol_run(job: tuple) -> dict:
     cache = _open(cache_path)
     result, arrays = fit_run(cache, shots, seed, FitConfig(**cfg_kw, seed=seed))
     t1 = time.perf_counter()
-    write_run(Path(out_dir) / f"shot_{shots}-seed_{seed}", result, arrays, cache)
+    write_run(Path(out_dir) / group_name(shots, seed), result, arrays, cache)
     t2 = time.perf_counter()
     return {
         "shots": shots,

@@ -12,12 +12,11 @@ in :func:`fit_one` — the one place where compare meets the run-folder layer.
 from __future__ import annotations
 
 import csv
-import os
 import statistics
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .atomic import atomic_path
 from .cache import Cache
 from .errors import CmmError
 from .methods import Method, get_method, registered_methods
@@ -206,18 +205,10 @@ def long_rows(rows: list[dict]) -> list[dict]:
 
 
 def _atomic(path: Path, write: Callable[[str], None]) -> Path:
-    """Write through `write(temp_path)` into the destination folder, then rename: never a half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Write through `write(temp_path)` (a sibling with the same extension), then rename: never a half file."""
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
+        write(str(tmp))
+    return Path(path)
 
 
 def write_table_csv(rows: list[dict], path) -> Path:

@@ -74,9 +74,13 @@ def _kernel_dir() -> Path:
     return cache_dir() / "kernels"
 
 
+class _CompileFailed(Exception):
+    """The compiler ran and refused (its last line of output in args[0])."""
+
+
 def _build(cc: str, out_dir: Path) -> tuple[Path | None, str]:
     """Compile the source (cached by hash); returns (library path or None, reason)."""
-    from .atomic import tmp_sibling
+    from .atomic import atomic_path
 
     src = b"".join(p.read_bytes() for p in [SOURCE, *HEADERS])
     try:
@@ -92,21 +96,20 @@ def _build(cc: str, out_dir: Path) -> tuple[Path | None, str]:
         lib = out_dir / f"cmm_loop-{key.hexdigest()[:16]}.so"
         if lib.is_file():
             return lib, "cached"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_sibling(lib, ".so")
+        out_dir.mkdir(parents=True, exist_ok=True)  # an OSError here: the caller tries another folder
         try:
-            r = subprocess.run(
-                [cc, *flags, "-o", str(tmp), str(SOURCE), "-lm"], capture_output=True, text=True, timeout=120
-            )
-            if r.returncode == 0 and tmp.is_file():
-                os.replace(tmp, lib)
-                return lib, "built"
-            errors.append((r.stderr or r.stdout).strip().splitlines()[-1:] or ["failed"])
+            # The compiler writes a temporary sibling; only a finished library takes the final name.
+            with atomic_path(lib, ".so", fsync=False) as tmp:
+                r = subprocess.run(
+                    [cc, *flags, "-o", str(tmp), str(SOURCE), "-lm"], capture_output=True, text=True, timeout=120
+                )
+                if r.returncode != 0 or not tmp.is_file():
+                    raise _CompileFailed((r.stderr or r.stdout).strip().splitlines()[-1:] or ["failed"])
+            return lib, "built"
+        except _CompileFailed as e:
+            errors.append(e.args[0])
         except (OSError, subprocess.SubprocessError) as e:
             errors.append([str(e)])
-        finally:
-            if tmp.exists():
-                tmp.unlink()
     return None, f"compiling with {cc} failed: {errors[0][0] if errors and errors[0] else 'no output'}"
 
 
