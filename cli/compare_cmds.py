@@ -109,12 +109,12 @@ def compare_cmd(
         resolve_methods([name])
     root = None if no_save else Path(runs_dir) if runs_dir else paths.runs_dir(cache_dir)
 
-    def progress(done, total, r):
-        if not as_json:
-            console.print(
-                f"[{done}/{total}] {r['method']:22s} {r['shots']:>2}-shot seed {r['seed']}: "
-                f"test {r['test_acc']:6.2f} %  val {r['val_acc']:6.2f} %  {r['fit_seconds'] or 0:.2f} s"
-            )
+    def progress(done, total, r):  # on stderr, also with --json: a long compare always shows where it is
+        console.print(
+            f"[{done}/{total}] {r['method']:22s} {r['shots']:>2}-shot seed {r['seed']}: "
+            f"test {r['test_acc']:6.2f} %  val {r['val_acc']:6.2f} %  {r['fit_seconds'] or 0:.2f} s",
+            markup=False,
+        )
 
     out = compare(
         cache,
@@ -187,7 +187,8 @@ def bench_compare_cmd(methods, classes, dim, shots, seeds, max_iterations, as_js
     """Wall time of `compare` on a synthetic cache of DTD's size (47 classes × 1024-d, 36 test images per class)."""
     from cmm_cache.bench_methods import bench_compare
 
-    out = bench_compare(methods, classes, dim, shots, seeds, max_iterations, log=None if as_json else console.print)
+    # Progress lines go to stderr with --json too (stdout holds only the JSON object): this benchmark takes minutes.
+    out = bench_compare(methods, classes, dim, shots, seeds, max_iterations, log=console.print)
     if as_json:
         emit_json({k: v for k, v in out.items() if k != "table"})
         return

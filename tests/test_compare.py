@@ -108,6 +108,7 @@ def test_compare_command_json_csv_plot(tmp_path):
     args += ["--seeds", "1,2", "--runs-dir", str(tmp_path / "runs"), "--csv", str(tmp_path / "t.csv")]
     r = _run(args + ["--plot", str(tmp_path / "t.svg"), "--json", "--option", "gda.alphas=[1.0, 10.0]"])
     out = json.loads(r.stdout)
+    assert "[1/12] zero-shot" in r.stderr and "[12/12] linear-probe" in r.stderr  # progress on stderr with --json
     assert [row["method"] for row in out["table"]] == ["zero-shot", "gda", "linear-probe"]
     assert set(out["table"][0]["cells"]) == {"1", "4"} and out["csv"] and out["plot"]
     assert {r["hparams"]["alpha"] for r in out["runs"] if r["method"] == "gda"} <= {1.0, 10.0}
