@@ -67,6 +67,7 @@ def bench_extract(data_dir, backbone, pretrained, batch_size, workers, limit, re
         f"[bold]{r['images']} images[/], {r['backbone']} on {r['device']}, batch {r['batch_size']}, "
         f"{r['workers']} workers, {r['torch_threads']} torch threads"
     )
+    console.print(f"  machine: {r['machine']}", markup=False)
     console.print(
         f"  end-to-end (decode in workers + encode + write): {r['end_to_end_images_per_s']:.2f} images/s (median "
         f"of {r['repeat']})"

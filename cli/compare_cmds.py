@@ -171,7 +171,7 @@ def bench_methods_cmd(methods, classes, dim, shots, repeat, threads, as_json):
     if as_json:
         emit_json(out)
     else:
-        console.print(out["machine"])
+        console.print(f"machine: {out['machine']}", markup=False)
 
 
 @click.command("compare")
@@ -192,7 +192,8 @@ def bench_compare_cmd(methods, classes, dim, shots, seeds, max_iterations, as_js
     if as_json:
         emit_json({k: v for k, v in out.items() if k != "table"})
         return
-    console.print(f"[bold]compare: {out['runs']} runs in {out['wall_seconds']:.1f} s[/] ({out['machine']})")
+    console.print(f"[bold]compare: {out['runs']} runs in {out['wall_seconds']:.1f} s[/]")
+    console.print(f"machine: {out['machine']}", markup=False)
     for name, secs in out["fit_seconds_per_method"].items():
         console.print(f"  {name:22s} {secs:9.2f} s of fitting")
 

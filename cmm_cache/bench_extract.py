@@ -128,9 +128,11 @@ def bench_extract(
     import torch
 
     from .backbones import load_backbone, resolve_device
+    from .bench_fit import machine_line
     from .encode import configure_cpu_threads, default_num_workers, encode_image_batch
 
     log = log or (lambda *a, **k: None)
+    where = machine_line()  # before the benchmark's own load
     ds = folder_dataset(data_dir, limit)
     n = len(ds.splits["test"].paths)
     dev = resolve_device(device)
@@ -156,7 +158,7 @@ def bench_extract(
             enc_ips.append(ips)
     batches.clear()  # free the pre-decoded tensors
     setup = {"data": str(data_dir), "images": n, "backbone": backbone, "model": bb.spec.model, "device": dev,
-             "batch_size": batch_size, "workers": workers, "torch_threads": threads}  # fmt: skip
+             "batch_size": batch_size, "workers": workers, "torch_threads": threads, "machine": where}  # fmt: skip
     return {**setup, **_summary(n, bare_s, e2e_s, enc_ips)}
 
 

@@ -53,6 +53,22 @@ def machine() -> dict:
     }
 
 
+def machine_line() -> str:
+    """One line for a benchmark's output: CPU model, usable cores, 1-minute load average now, torch version."""
+    from .fit_many import usable_cores
+
+    m = {"cpu": platform.processor() or platform.machine()}
+    try:
+        m["cpu"] = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = _load()
+    return (
+        f"{m['cpu']}, {usable_cores()} cores, load average {'?' if load is None else f'{load:.2f}'} at the start, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    )
+
+
 def _load() -> float | None:
     """The 1-minute load average (how busy the machine was: other work makes every figure slower)."""
     try:

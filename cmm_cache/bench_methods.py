@@ -9,13 +9,13 @@ the first method so one-time imports do not land on it.
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from .bench_fit import machine_line
 from .methods import FitData, get_method, registered_methods
 
 
@@ -64,6 +64,7 @@ def bench_methods(
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    where = machine_line()
     try:
         data = synthetic_fit_data(classes, dim, shots)
         warm = get_method(names[0])
@@ -97,7 +98,7 @@ def bench_methods(
         "train_samples": int(len(data.x_train)),
         "val_samples": int(len(data.x_val)),
         "torch_threads": threads or old,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "machine": where,
         "repeat": repeat,
         "methods": rows,
     }
@@ -175,6 +176,7 @@ def bench_compare(
     from .cache import open_cache
     from .compare import compare
 
+    where = machine_line()  # before the benchmark's own load
     with tempfile.TemporaryDirectory(prefix="cmm-bench-compare-") as tmp:
         cache = open_cache(synthetic_cache(Path(tmp) / "bench.h5", classes, dim, shots, seeds))
         t0 = time.perf_counter()
@@ -209,5 +211,5 @@ def bench_compare(
         "wall_seconds": round(wall, 1),
         "fit_seconds_per_method": {k: round(v, 2) for k, v in per_method.items()},
         "table": out["table"],
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "machine": where,
     }

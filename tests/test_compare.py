@@ -137,3 +137,4 @@ def test_bench_methods_command():
     out = json.loads(r.stdout)
     names = [m["method"] for m in out["methods"]]
     assert names == ["zero-shot", "tip-adapter", "gda"] and all(m["seconds"] >= 0 for m in out["methods"])
+    assert "cores, load average" in out["machine"]  # the figures say what machine and load they came from

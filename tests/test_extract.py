@@ -213,7 +213,7 @@ def test_cli_bench_extract_reports_both_figures(image_root):
     )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert out["images"] == 12 and out["batch_size"] == 4
+    assert out["images"] == 12 and out["batch_size"] == 4 and "cores, load average" in out["machine"]
     assert out["end_to_end_images_per_s"] > 0 and out["bare_forward_images_per_s"] > 0 and out["ratio"] > 0
 
 
