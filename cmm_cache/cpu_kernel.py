@@ -35,8 +35,11 @@ HEADERS = [Path(__file__).with_name(n) for n in ("cmm_ctx.h", "cmm_pool.h")]  # 
 ABI_VERSION = 1
 MAX_BATCH = 64  # MAXB in cmm_loop.c
 BASE_FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-pthread", "-fno-math-errno", "-fno-trapping-math"]
-# -march=native first (AVX-512/AVX2/NEON as the machine has), then without it for compilers that refuse it.
-ARCH_FLAGS = (["-march=native"], [])
+# -march=native (AVX-512/AVX2/NEON as the machine has), first with 512-bit vectors preferred: the kernel's
+# 64-byte vector type is split into two 256-bit halves otherwise (gcc's default on Intel Xeons with AVX-512),
+# doubling its instructions and spilling its 16 live vectors (measured on a 2-vCPU Sapphire-Rapids-class
+# Xeon: a DTD-sized step 1.48 -> 0.84 ms on one thread). Compilers or CPUs that refuse a flag get the next.
+ARCH_FLAGS = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], [])
 
 _lock = threading.Lock()
 _state: dict = {}  # "lib": ctypes.CDLL | None, "reason": why not, "path": library file
