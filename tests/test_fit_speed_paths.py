@@ -8,8 +8,10 @@ and the fallback tests still run.
 """
 
 import itertools
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,6 +170,27 @@ def test_a_failing_compiler_leaves_nothing_and_the_trainer_falls_back(fresh_prob
     assert r.engine.startswith("torch")
     with pytest.raises(Exception, match="compiled CPU training loop cannot run here"):
         fit(x, y, T0, FitConfig(iterations=20), engine="kernel")
+
+
+def test_a_compiler_that_refuses_a_flag_gets_the_next_flag_set(kernel, fresh_probes, tmp_path, monkeypatch):
+    """gcc on aarch64 refuses -mprefer-vector-width; the build must then use the next flags, not give up."""
+    cc = shutil.which(cpu_kernel._compiler() or "cc")
+    picky = tmp_path / "picky-cc"
+    picky.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do case "$a" in -mprefer-vector-width=*)\n'
+        '  echo "unrecognized option $a" >&2; exit 1;; esac; done\n'
+        f'exec "{cc}" "$@"\n'
+    )
+    picky.chmod(0o755)
+    monkeypatch.setenv("CMM_CACHE_DIR", str(tmp_path / "c"))
+    monkeypatch.setattr(cpu_kernel, "_compiler", lambda: str(picky))
+    st = cpu_kernel.status()
+    assert st["available"] and st["reason"] == "built", st
+    assert [p.name for p in (tmp_path / "c" / "kernels").iterdir()] == [Path(st["path"]).name]  # no temp left
+    x, y, T0 = _data()
+    cfg = FitConfig(iterations=30)
+    _close(fit(x, y, T0, cfg, engine="kernel").W, fit(x.double(), y, T0.double(), cfg, engine="torch").W)
 
 
 def test_no_compiler_falls_back_to_the_same_numbers(kernel, fresh_probes, monkeypatch):
