@@ -157,7 +157,7 @@ def bench_fit(
     """Time CMM fits on synthetic features (and the plain transcription with --reference).
 
     \b
-    cmm-cache bench fit --all                                  # the README's figures (~5 min on 2 cores)
+    cmm-cache bench fit --all                                  # the README's figures (5-8 min on 2 cores)
     cmm-cache bench fit --classes 47 --dim 1024 --reference
     cmm-cache bench fit --classes 47 --compare-threads --busy
     cmm-cache bench fit --protocol
