@@ -2,6 +2,7 @@
 
 import json
 
+from _figures import is_figure
 from click.testing import CliRunner
 from cmm_cache.cli.main import main
 
@@ -21,8 +22,7 @@ def test_compare_threads_under_load_reports_each_choice_and_the_default():
     out = _json([*TINY, "--compare-threads", "--busy"])
     row = out["busy"]
     assert set(row["seconds"]) == {"1 thread", "2 threads", "default"}
-    assert all(v > 0 for v in row["seconds"].values())
-    assert row["default_vs_best_fixed"] > 0
+    assert all(is_figure(v) for v in row["seconds"].values()) and is_figure(row["default_vs_best_fixed"])
     assert sum(row["default_threads"]["iterations_per_threads"].values()) == 40
 
 
@@ -35,7 +35,7 @@ def test_busy_load_is_started_and_stopped():
 
 def test_single_fit_reports_engine_and_threads():
     out = _json([*TINY, "--test-size", "0"])
-    assert out["engine"] and out["fit_seconds"] > 0 and out["loop_seconds"] > 0
+    assert out["engine"] and is_figure(out["fit_seconds"]) and is_figure(out["loop_seconds"])
     assert out["machine"]["cores"] >= 1 and "kernel" in out["machine"]
 
 
@@ -44,7 +44,7 @@ def test_protocol_runs_every_shot_and_seed_both_ways():
     for mode in ("sequential", "parallel"):
         runs = out[mode]["runs"]
         assert sorted((r["shots"], r["seed"]) for r in runs) == [(1, 1), (2, 1)]
-        assert out[mode]["seconds"] > 0 and out[mode]["loop_seconds_sum"] >= 0
+        assert is_figure(out[mode]["seconds"]) and is_figure(out[mode]["loop_seconds_sum"])
     assert out["parallel"]["processes"] >= 1 and out["best_mode"] in ("sequential", "parallel")
     # the same runs, the same numbers, whichever way they ran
     acc = {
@@ -63,5 +63,5 @@ def test_suite_has_every_figure_of_the_readme():
     )
     for cond in ("quiet", "busy"):
         assert set(out["threads"][cond]["seconds"]) == {"1 thread", "2 threads", "default"}
-    assert out["single_run_seconds"] > 0 and out["protocol"]["seconds"] > 0
+    assert is_figure(out["single_run_seconds"]) and is_figure(out["protocol"]["seconds"])
     assert out["machine"]["cpu"]
