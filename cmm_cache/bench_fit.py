@@ -29,21 +29,25 @@ from .fit import FitConfig, fit, fit_reference, normalize_rows
 from .results import resolve_device, versions
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo; elsewhere what `platform` knows)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     """What the figures were measured on: CPU model and count, torch's threads, the kernels in use."""
     from . import cpu_kernel, fit_ops
     from .fit_many import usable_cores
 
-    model = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": model,
+        "cpu": cpu_model(),
         "cores": usable_cores(),
         "load_average": _load(),
         "torch_threads": torch.get_num_threads(),
@@ -57,14 +61,9 @@ def machine_line() -> str:
     """One line for a benchmark's output: CPU model, usable cores, 1-minute load average now, torch version."""
     from .fit_many import usable_cores
 
-    m = {"cpu": platform.processor() or platform.machine()}
-    try:
-        m["cpu"] = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     load = _load()
     return (
-        f"{m['cpu']}, {usable_cores()} cores, load average {'?' if load is None else f'{load:.2f}'} at the start, "
+        f"{cpu_model()}, {usable_cores()} cores, load average {'?' if load is None else f'{load:.2f}'} at the start, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
     )
 
