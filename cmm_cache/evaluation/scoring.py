@@ -66,3 +66,27 @@ def evaluate_run(run: Run, cache: Cache, device="cpu", *, shift: bool = False, o
         "cache_provenance_sha256": cache.provenance_sha256,
         "fitted_on_this_cache": same,
     }
+
+
+IDENTITY_KEYS = ("model", "pretrained", "weights_sha256", "embed_dim")
+
+
+def check_same_backbone(run: Run, cache: Cache) -> None:
+    """Refuse a cache encoded by another model than the run's (provenance identity, feature size)."""
+    d = run.embed_dim
+    if cache.embed_dim != d:
+        raise CmmError(
+            f"{cache.path} holds {cache.embed_dim}-d features, the run at {run.path} expects {d}-d.",
+            "Evaluate with a cache extracted with the run's backbone.",
+        )
+    diff = [
+        k
+        for k in IDENTITY_KEYS
+        if k in run.provenance and k in cache.provenance and run.provenance[k] != cache.provenance[k]
+    ]
+    if diff:
+        detail = "; ".join(f"{k}: run {run.provenance[k]!r} vs cache {cache.provenance[k]!r}" for k in diff)
+        raise CmmError(
+            f"{cache.path} was encoded by another backbone than the run at {run.path} ({detail}).",
+            f"Extract the shift set with the run's backbone ({run.result.get('backbone')}).",
+        )

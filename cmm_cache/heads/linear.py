@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..heads import Head, _LinearProbsModule, register_head
+from cmm_cache.heads.base import Head, LinearProbsModule, register_head
 
 
 @register_head
@@ -43,4 +43,4 @@ class LinearHead(Head):
         return cls(arrays["weight"].float(), arrays["bias"].float() if "bias" in arrays else None)
 
     def module(self):
-        return _LinearProbsModule(self.weight, self.bias)
+        return LinearProbsModule(self.weight, self.bias)

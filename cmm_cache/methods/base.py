@@ -1,26 +1,26 @@
-"""Few-shot methods on one cache: a registry of small modules with one interface.
+"""The method contract: what a method learns from, what it returns, and how it is declared.
 
 Every method sees the same :class:`FitData` of one (shots, seed) subset — the
 few-shot train features (every view a sample), the few-shot *val* features and
 the class text features — and returns a :class:`MethodResult` whose ``head``
 (:mod:`cmm_cache.heads`) scores normalized image features. Test features are
 not part of :class:`FitData`, so no method can select anything on them:
-hyper-parameters are chosen on the few-shot val subset only.
+hyper-parameters are chosen on the few-shot val subset only, through
+:mod:`cmm_cache.methods.search`.
 
-    from cmm_cache.methods import get_method, list_methods
+A method is one module of this package that declares a :class:`Method` (found
+by :mod:`cmm_cache.methods.registry`, no list to edit)::
+
+    from cmm_cache.methods.registry import get_method
     method = get_method("cmm")
     result = method.fit(data, method.resolve({"iterations": 2000}), progress=None)
 
 ``progress(done, total, loss_or_None)`` is an optional callback for trained methods.
-
-A method module registers itself with :func:`register_method`; this package
-imports every module listed in ``_MODULES`` so the registry is complete.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import CmmError
-from ..fit_ops import flush_denormals
-from ..heads import Head
+from cmm_cache.errors import CmmError
+from cmm_cache.evaluation.metrics import split_features
+from cmm_cache.heads.base import Head, normalize_rows
+from cmm_cache.methods.trainers.ops import flush_denormals
 
 
 @dataclass
@@ -97,6 +98,9 @@ class Method:
     source: str  # the paper / official code it follows
     trained: bool = False  # iterative (reports iterations and time) vs closed form / search only
     runtime_options: tuple = ()  # options that change speed, not results (left out of a run's identity)
+    budget: str | None = None  # the option that bounds its optimizer steps (what `compare --max-iterations` caps)
+    rank: int = 50  # where it stands in `compare --methods all` and tables: simple baselines first, CMM last
+    selection: str = "few-shot val"  # how it chooses its hyper-parameters (shown in the methods table)
 
     def resolve(self, options: dict | None) -> dict:
         """Defaults overlaid with `options`; an unknown option is one clear error."""
@@ -109,55 +113,15 @@ class Method:
             )
         return {**self.defaults, **options}
 
-
-METHODS: dict[str, Method] = {}
-
-# Method modules, imported on first use of the registry (each calls register_method).
-_MODULES = (
-    "zero_shot",
-    "linear_probe",
-    "wise_ft",
-    "cross_modal",
-    "tip_adapter",
-    "gda",
-    "prolip",
-    "cmm",
-    "cmm_variants",
-)
-_loaded = False
-
-
-def register_method(method: Method) -> Method:
-    if method.name in METHODS and METHODS[method.name] is not method:
-        raise ValueError(f"method '{method.name}' registered twice")
-    METHODS[method.name] = method
-    return method
-
-
-def _load_all() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for m in _MODULES:
-            importlib.import_module(f"{__name__}.{m}")
-
-
-def list_methods() -> list[str]:
-    _load_all()
-    return sorted(METHODS)
-
-
-def registered_methods() -> list[str]:
-    """Every method name in registration order (the order of ``_MODULES``): simple baselines first, CMM last."""
-    _load_all()
-    return list(METHODS)
-
-
-def get_method(name: str) -> Method:
-    _load_all()
-    if name not in METHODS:
-        raise CmmError(f"Unknown method '{name}'.", f"Methods: {', '.join(sorted(METHODS))}.")
-    return METHODS[name]
+    def capped(self, options: dict | None, cap: int | None) -> dict:
+        """`options` with the optimizer steps of one run capped at `cap` (smoke tests, CI); closed-form
+        methods (no :attr:`budget`) are unchanged. A budget of None (the method's own default) becomes `cap`."""
+        opts = dict(options or {})
+        if cap is None or self.budget is None:
+            return opts
+        have = opts.get(self.budget, self.defaults.get(self.budget))
+        opts[self.budget] = int(cap) if have is None else min(int(cap), int(have))
+        return opts
 
 
 @contextmanager
@@ -200,17 +164,8 @@ def scoped(fit: Callable[..., MethodResult] | None = None, *, single_thread: boo
     return wrap(fit) if fit is not None else wrap
 
 
-def accuracy(head: Head, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Accuracy (%) of a head; the one definition every method's val search uses."""
-    with torch.no_grad():
-        return 100.0 * float((head.logits(x).argmax(1) == y).sum()) / max(len(y), 1)
-
-
 def fit_data(cache, shots: int, seed: int, templates: str | None = None, device="cpu") -> FitData:
     """The :class:`FitData` of one (shots, seed) subset of an open cache (train and val only)."""
-    from ..evaluate import split_features
-    from ..fit import train_samples
-
     dev = torch.device(device)
     train_rows, val_rows = cache.fewshot(shots, seed)
     train = cache.split("train")
@@ -242,6 +197,15 @@ def fit_data(cache, shots: int, seed: int, templates: str | None = None, device=
     )
 
 
-# Import every method module now: they register their heads too, and a run folder of any method
-# must load (``heads.load_head`` imports this package) without the caller touching the registry.
-_load_all()
+
+
+def train_samples(features: np.ndarray, labels: np.ndarray, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, V, d] float16 cache rows -> ([n·V, d] normalized float32, [n·V] labels).
+
+    Every view (center and hflip) of every train image is its own sample, as in
+    the paper; normalizing once here keeps it out of the 16k-step loop.
+    """
+    n, v, d = features.shape
+    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).reshape(n * v, d)
+    y = torch.from_numpy(np.repeat(np.asarray(labels, dtype=np.int64), v))
+    return normalize_rows(x).to(device), y.to(device)

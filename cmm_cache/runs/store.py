@@ -38,77 +38,26 @@ from .errors import CmmError
 from .fewshot import group_name
 from .heads import CMMHead, Head, Model, load_head
 
-# Never part of a run's identity: they are in the folder name, or change speed and not results.
-NOT_IDENTITY = ("seed", "shots", "device")
 
 
 # ----------------------------------------------------------------------------
 # Identity
 
 
-def typed_options(options: dict, defaults: dict) -> dict:
-    """Options with ints given for float defaults made floats, so `lr=1` and `lr=1.0` are one config."""
-    out = dict(options)
-    for k, v in options.items():
-        d = defaults.get(k)
-        if isinstance(d, float) and isinstance(v, int) and not isinstance(v, bool):
-            out[k] = float(v)
-    return out
 
 
-def identity(config: dict, runtime_options=()) -> dict:
-    """The part of a run's (flat) resolved config that decides its numbers."""
-    drop = set(NOT_IDENTITY) | set(runtime_options)
-    ident = {k: v for k, v in config.items() if k not in drop}
-    ident.setdefault("method", "cmm")  # runs written before methods existed are CMM runs
-    return ident
 
 
-def config_key(config: dict, runtime_options=()) -> str:
-    """8 hex digits of sha256 over the canonical JSON of :func:`identity`."""
-    blob = json.dumps(identity(config, runtime_options), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:8]
 
 
-def _runtime_options(method: str) -> tuple:
-    from .methods import METHODS, list_methods
-
-    list_methods()  # fills the registry
-    m = METHODS.get(method)
-    return m.runtime_options if m is not None else ("threads",)
 
 
-def result_config_key(result: dict) -> str | None:
-    """A result's config key: recorded since run folders carry one, else computed from its config."""
-    if result.get("config_key"):
-        return str(result["config_key"])
-    cfg = result.get("config")
-    if not isinstance(cfg, dict):
-        return None
-    return config_key(cfg, _runtime_options(cfg.get("method") or result.get("method") or "cmm"))
 
 
-def config_changes(result: dict) -> dict:
-    """What a run's config sets away from its method's defaults (for messages and tables)."""
-    from .methods import METHODS, list_methods
-
-    list_methods()
-    cfg = identity(result.get("config") or {}, _runtime_options(result.get("method") or "cmm"))
-    m = METHODS.get(cfg.get("method", "cmm"))
-    defaults = m.defaults if m is not None else {}
-    return {k: v for k, v in cfg.items() if k not in ("method", "templates") and k in defaults and defaults[k] != v}
 
 
 # ----------------------------------------------------------------------------
 # Where a run goes
-
-
-def locate_cache(dataset: str, backbone: str, cache_dir=None) -> Path:
-    """The cache file of (dataset, backbone) in the cache dir: the one lookup fit and eval use
-    (:func:`cmm_cache.paths.find_cache`: a registered name, a path, or your data's short name)."""
-    from .paths import find_cache
-
-    return find_cache(dataset, backbone, cache_dir)
 
 
 def dataset_folder(cache: Cache) -> str:
@@ -198,80 +147,14 @@ def save_run(
     return write_run(path, result, arrays, cache)
 
 
-@dataclass
-class Run:
-    path: Path
-    result: dict
-    model: Model | None  # the CMM tensors (None for other methods)
-    classnames: list[str]
-    wnids: list[str] | None
-    provenance: dict
-    head: Head | None = None  # what scores features: use this
-    T0: torch.Tensor | None = None  # the zero-shot text classifier of the run's cache
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.T0.shape[1])
 
 
-def load_run(run_dir: str | os.PathLike) -> Run:
-    run_dir = Path(run_dir)
-    if not (run_dir / "result.json").is_file():
-        raise CmmError(
-            f"No run at {run_dir} (result.json missing).",
-            "Fit one first with `cmm-cache fit`, or pass --run PATH to an existing run folder.",
-        )
-    try:
-        result = json.loads((run_dir / "result.json").read_text())
-        classes = json.loads((run_dir / "classes.json").read_text())
-        provenance = json.loads((run_dir / "provenance.json").read_text())
-        with np.load(run_dir / "weights.npz") as z:
-            arr = {k: torch.from_numpy(z[k]) for k in z.files}
-        head = run_head(result, arr)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise CmmError(f"The run at {run_dir} is incomplete or damaged ({e}).", "Fit it again.") from e
-    model = head.model if isinstance(head, CMMHead) else None
-    return Run(run_dir, result, model, classes["names"], classes.get("wnids"), provenance, head, arr["T0"])
 
 
-def run_head(result: dict, arrays: dict) -> Head:
-    """The head a run folder describes (runs written before heads existed are CMM runs)."""
-    if "head" in result:
-        return load_head(result["head"]["kind"], arrays, result["head"].get("params", {}))
-    cfg = result.get("config", {})
-    model = Model(
-        arrays.get("W"),
-        arrays["T"],
-        arrays["T0"],
-        bool(cfg.get("normalize_T_in_s", False)),
-        cfg.get("fusion", "prob"),
-        bool(cfg.get("cmm_only", False)),
-    )
-    return CMMHead(model, result.get("alpha"))
 
 
 # ----------------------------------------------------------------------------
 # Checks before scoring a run on another cache
 
-IDENTITY_KEYS = ("model", "pretrained", "weights_sha256", "embed_dim")
 
 
-def check_same_backbone(run: Run, cache: Cache) -> None:
-    """Refuse a cache encoded by another model than the run's (provenance identity, feature size)."""
-    d = run.embed_dim
-    if cache.embed_dim != d:
-        raise CmmError(
-            f"{cache.path} holds {cache.embed_dim}-d features, the run at {run.path} expects {d}-d.",
-            "Evaluate with a cache extracted with the run's backbone.",
-        )
-    diff = [
-        k
-        for k in IDENTITY_KEYS
-        if k in run.provenance and k in cache.provenance and run.provenance[k] != cache.provenance[k]
-    ]
-    if diff:
-        detail = "; ".join(f"{k}: run {run.provenance[k]!r} vs cache {cache.provenance[k]!r}" for k in diff)
-        raise CmmError(
-            f"{cache.path} was encoded by another backbone than the run at {run.path} ({detail}).",
-            f"Extract the shift set with the run's backbone ({run.result.get('backbone')}).",
-        )

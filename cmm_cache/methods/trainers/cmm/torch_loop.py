@@ -1,18 +1,17 @@
 """The trainer's torch path: the hand-derived step of one batch and the loop over it.
 
-Used on CUDA, for float64, where the compiled CPU loop (:mod:`cmm_cache.cpu_kernel`)
+Used on CUDA, for float64, where the compiled CPU loop (:mod:`.kernel`)
 is unavailable or switched off, and as its test oracle at float32. Every op is a
 small matmul or a row-wise op; the d×d products and AdamW go through the guarded
-kernels of :mod:`cmm_cache.fit_ops`.
+kernels of :mod:`cmm_cache.methods.trainers.ops`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import fit_ops as ops
-
-LOGIT_SCALE = 100.0  # CLIP's learned temperature, fixed (paper: softmax(100·cos))
+from cmm_cache.heads.base import LOGIT_SCALE
+from cmm_cache.methods.trainers import ops
 
 
 def clip_prob_true(x: torch.Tensor, y: torch.Tensor, T0: torch.Tensor, chunk: int = 8192) -> torch.Tensor:

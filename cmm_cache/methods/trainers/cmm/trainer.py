@@ -1,4 +1,4 @@
-"""The CMM trainer (paper §3, §4.1), pure tensors.
+"""The CMM trainer (paper §3, §4.1), pure tensors: :func:`train_cmm`.
 
 Only two tensors are trained, on cached CLIP features:
 
@@ -14,15 +14,15 @@ over 50 iterations then cosine to 1e-5. Three implementations, on purpose:
 * :class:`ReferenceCMM` / :func:`fit_reference` — a plain autograd + nn.Module
   transcription of the equations above: the test oracle and the benchmark's
   baseline (`cmm-cache bench fit --reference`), not the trainer.
-* the compiled CPU loop (:mod:`cmm_cache.cpu_kernel`, ``cmm_loop.c``) — the
+* the compiled CPU loop (:mod:`.kernel`, ``cmm_loop.c``) — the
   default for float32 on the CPU: whole segments of iterations in C, one pass
   over W, m and v per step.
-* the torch path (:mod:`cmm_cache.fit_torch`) — the same hand-derived step in
+* the torch path (:mod:`.torch_loop`) — the same hand-derived step in
   torch ops: CUDA, float64, and wherever the compiled loop is unavailable.
 
-:func:`fit` picks the implementation, draws the batches up front and runs the
+:func:`train_cmm` picks the implementation, draws the batches up front and runs the
 loop in segments, choosing the CPU thread count by timing
-(:mod:`cmm_cache.threads`). Tests hold all three to the same numbers.
+(:mod:`.threads`). Tests hold all three to the same numbers.
 """
 
 from __future__ import annotations
@@ -30,33 +30,25 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .fit_torch import LOGIT_SCALE, TorchLoop, clip_prob_true, cmm_grads
-
-__all__ = [
-    "LOGIT_SCALE",
-    "FitConfig",
-    "FitResult",
-    "ReferenceCMM",
-    "clip_prob_true",
-    "cmm_grads",
-    "draw_batches",
-    "fit",
-    "fit_reference",
-    "lr_schedule",
-    "normalize_rows",
-    "train_samples",
-]
+from cmm_cache.errors import CmmError
+from cmm_cache.heads.base import LOGIT_SCALE
+from cmm_cache.methods.trainers.cmm import kernel
+from cmm_cache.methods.trainers.cmm.threads import ThreadChooser, candidates
+from cmm_cache.methods.trainers.cmm.torch_loop import TorchLoop, clip_prob_true
 
 
 @dataclass
-class FitConfig:
-    """Everything that defines a run. Defaults are the paper's."""
+class TrainConfig:
+    """What decides the trained W and T: the loss and the optimizer. Defaults are the paper's.
+
+    Everything here is part of a run's identity. How the loop runs (:class:`Runtime`) and how alpha is then
+    chosen (the ``cmm`` method's ``alpha`` option) are kept apart on purpose: neither changes W or T.
+    """
 
     iterations: int = 16000
     batch_size: int = 8
@@ -70,20 +62,11 @@ class FitConfig:
     use_map: bool = True  # False: no W, only T is learned
     triplet: bool = True  # False: no triplet term
     cmm_only: bool = False  # True: train and predict with softmax(100 s) alone
-    alpha: float | None = None  # fixed alpha at evaluation (None: grid search on val)
     # Open choices the paper leaves to the implementer
     normalize_T_in_s: bool = False  # s = v̂' normalize(T)ᵀ instead of v̂' Tᵀ
     fusion: str = "prob"  # "prob": alpha·softmax + softmax; "logit": softmax(alpha·z_cmm + z_clip)
-    seed: int = 1
-    device: str = "cpu"
-    threads: int | None = None  # CPU threads for the loop; None: chosen by timing while it runs (threads.py)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def validate(self) -> None:
-        from .errors import CmmError
-
         if self.fusion not in ("prob", "logit"):
             raise CmmError(f"Unknown fusion '{self.fusion}'.", "Use --fusion prob or --fusion logit.")
         for name in ("iterations", "batch_size"):
@@ -93,24 +76,17 @@ class FitConfig:
             raise CmmError("--warmup, --lr and --weight-decay must be non-negative (lr positive).")
 
 
+@dataclass
+class Runtime:
+    """How the loop runs: never part of a run's identity (the compiled loop is bit-identical for any thread count;
+    the torch path agrees with it to float tolerance)."""
+
+    threads: int | None = None  # CPU threads for the loop; None: chosen by timing while it runs (threads.py)
+    engine: str = "auto"  # "auto" (compiled loop where it applies), "kernel" (insist), "torch"
+
+
 # ----------------------------------------------------------------------------
 # Inputs, drawn and prepared once per run
-
-
-def normalize_rows(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-def train_samples(features: np.ndarray, labels: np.ndarray, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """[n, V, d] float16 cache rows -> ([n·V, d] normalized float32, [n·V] labels).
-
-    Every view (center and hflip) of every train image is its own sample, as in
-    the paper; normalizing once here keeps it out of the 16k-step loop.
-    """
-    n, v, d = features.shape
-    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).reshape(n * v, d)
-    y = torch.from_numpy(np.repeat(np.asarray(labels, dtype=np.int64), v))
-    return normalize_rows(x).to(device), y.to(device)
 
 
 def draw_batches(num_samples: int, iterations: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -125,7 +101,7 @@ def draw_batches(num_samples: int, iterations: int, batch_size: int, seed: int) 
     return torch.cat(perms)[:need].view(iterations, batch_size)
 
 
-def lr_schedule(cfg: FitConfig) -> list[float]:
+def lr_schedule(cfg: TrainConfig) -> list[float]:
     """Linear warm-up over `warmup` iterations, then cosine from lr to min_lr."""
     out = []
     span = max(cfg.iterations - cfg.warmup, 1)
@@ -145,7 +121,7 @@ def lr_schedule(cfg: FitConfig) -> list[float]:
 class ReferenceCMM(torch.nn.Module):
     """The loss above, written the obvious way. Oracle for tests and bench."""
 
-    def __init__(self, T0: torch.Tensor, cfg: FitConfig):
+    def __init__(self, T0: torch.Tensor, cfg: TrainConfig):
         super().__init__()
         d = T0.shape[1]
         self.cfg = cfg
@@ -176,12 +152,17 @@ class ReferenceCMM(torch.nn.Module):
 
 
 def fit_reference(
-    x: torch.Tensor, y: torch.Tensor, T0: torch.Tensor, cfg: FitConfig, batches: torch.Tensor | None = None
+    x: torch.Tensor,
+    y: torch.Tensor,
+    T0: torch.Tensor,
+    cfg: TrainConfig,
+    batches: torch.Tensor | None = None,
+    seed: int = 1,
 ) -> tuple[torch.Tensor | None, torch.Tensor, float]:
     """Train with ReferenceCMM + DataLoader-free batches + torch.optim.AdamW. Returns (W, T, seconds)."""
     model = ReferenceCMM(T0, cfg).to(x.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    batches = draw_batches(len(x), cfg.iterations, cfg.batch_size, cfg.seed) if batches is None else batches
+    batches = draw_batches(len(x), cfg.iterations, cfg.batch_size, seed) if batches is None else batches
     lrs = lr_schedule(cfg)
     t0 = time.perf_counter()
     for t in range(cfg.iterations):
@@ -202,7 +183,7 @@ def fit_reference(
 
 
 @dataclass
-class FitResult:
+class TrainResult:
     W: torch.Tensor | None
     T: torch.Tensor
     seconds: float
@@ -212,69 +193,66 @@ class FitResult:
     threads: dict = field(default_factory=dict)  # the thread choice (ThreadChooser.summary)
 
 
-def _kernel_fits(x: torch.Tensor, T0: torch.Tensor, cfg: FitConfig) -> bool:
-    from .cpu_kernel import MAX_BATCH
-
+def _kernel_fits(x: torch.Tensor, T0: torch.Tensor, cfg: TrainConfig) -> bool:
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
-        and cfg.batch_size <= MAX_BATCH
+        and cfg.batch_size <= kernel.MAX_BATCH
         and T0.shape[0] >= 2
         and len(x) < 2**31
     )
 
 
-def make_loop(x, y, T0, p0y, cfg: FitConfig, batches, lrs, engine: str = "auto"):
+def make_loop(x, y, T0, p0y, cfg: TrainConfig, batches, lrs, engine: str = "auto"):
     """The loop that runs this fit: the compiled CPU loop where it applies and builds, else the torch path.
 
     `engine` "kernel" insists on the compiled loop (a clear error where it cannot run),
     "torch" skips it; "auto" (the default) prefers it.
     """
-    from . import cpu_kernel
-    from .errors import CmmError
-
     if engine not in ("auto", "kernel", "torch"):
         raise ValueError(f"engine must be auto, kernel or torch, not {engine!r}")
     if engine != "torch" and _kernel_fits(x, T0, cfg):
-        lib = cpu_kernel.load()
+        lib = kernel.load()
         if lib is not None:
-            loop = cpu_kernel.KernelLoop(lib, x, y, p0y, T0, cfg)
+            loop = kernel.KernelLoop(lib, x, y, p0y, T0, cfg)
             loop.set_schedule(batches, lrs)
             return loop
     if engine == "kernel":
-        why = cpu_kernel.status()["reason"] if _kernel_fits(x, T0, cfg) else "float32 CPU tensors, batch <= 64 only"
+        why = kernel.status()["reason"] if _kernel_fits(x, T0, cfg) else "float32 CPU tensors, batch <= 64 only"
         raise CmmError(
             f"The compiled CPU training loop cannot run here ({why}).", "Use the torch path (engine='auto')."
         )
     return TorchLoop(x, y, T0, p0y, cfg, batches, lrs)
 
 
-def fit(
+def train_cmm(
     x: torch.Tensor,
     y: torch.Tensor,
     T0: torch.Tensor,
-    cfg: FitConfig,
+    cfg: TrainConfig,
+    *,
+    seed: int = 1,
+    runtime: Runtime | None = None,
     progress: Callable[[int, float | None], None] | None = None,
     log_every: int = 500,
     batches: torch.Tensor | None = None,
-    engine: str = "auto",
-) -> FitResult:
+) -> TrainResult:
     """Train W and T on normalized samples x [N, d] with labels y [N] from T0 [C, d].
 
-    The loss is recorded every `log_every` iterations (and at the last), and
-    `progress(iteration, loss)` is called then. `engine`: see :func:`make_loop`.
+    The batches are drawn from `seed` (unless given). The loss is recorded every `log_every` iterations
+    (and at the last), and `progress(iteration, loss)` is called then. `runtime`: threads and engine
+    (see :func:`make_loop`).
     """
-    from .threads import ThreadChooser, candidates
-
+    runtime = runtime or Runtime()
     cfg.validate()
     dev = x.device
     if batches is None:
-        batches = draw_batches(len(x), cfg.iterations, cfg.batch_size, cfg.seed)
+        batches = draw_batches(len(x), cfg.iterations, cfg.batch_size, seed)
     lrs = lr_schedule(cfg)
     T0 = T0.to(dev, x.dtype)
     p0y = clip_prob_true(x, y, T0)
-    loop = make_loop(x, y, T0, p0y, cfg, batches, lrs, engine)
-    chooser = ThreadChooser(candidates(dev, cfg.threads))
+    loop = make_loop(x, y, T0, p0y, cfg, batches, lrs, runtime.engine)
+    chooser = ThreadChooser(candidates(dev, runtime.threads))
     every = max(int(log_every), 1)
     losses = []
     t, n_it = 0, cfg.iterations
@@ -298,7 +276,7 @@ def fit(
         W, T = loop.weights()
     finally:
         loop.close()
-    return FitResult(
+    return TrainResult(
         W=W,
         T=T,
         seconds=seconds,
