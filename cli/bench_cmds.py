@@ -5,14 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import click
-
-from .common import (
-    console,
-    device_option,
-    emit_json,
-    handle_errors,
-    json_option,
-)
+from cmm_cache.cli.common import console, device_option, emit_json, handle_errors, json_option
 
 
 @click.command("extract")
@@ -47,7 +40,7 @@ from .common import (
 @handle_errors
 def bench_extract(data_dir, backbone, pretrained, batch_size, workers, limit, repeat, device, as_json):
     """End-to-end extraction images/s vs the encoder's bare forward images/s (same batch size)."""
-    from cmm_cache.bench_extract import bench_extract as run
+    from cmm_cache.bench.extract import bench_extract as run
 
     r = run(
         data_dir,
@@ -162,7 +155,7 @@ def bench_fit(
     cmm-cache bench fit --classes 47 --compare-threads --busy
     cmm-cache bench fit --protocol
     """
-    from cmm_cache import bench_fit as b
+    from cmm_cache.bench import fit as b
 
     log = console.print
     if suite:
@@ -173,7 +166,7 @@ def bench_fit(
             classes or 47, dim, shots, iterations, conditions=conditions, busy_procs=busy_procs, repeat=repeat, log=log
         )
     elif protocol:
-        from cmm_cache.bench_protocol import bench_protocol
+        from cmm_cache.bench.protocol import bench_protocol
 
         with b.BusyLoad(busy_procs) if busy else contextlib.nullcontext():
             out = bench_protocol(classes=classes or 47, dim=dim, iterations=iterations, log=log)

@@ -6,8 +6,15 @@ import json
 from pathlib import Path
 
 import click
-
-from .common import cache_dir_option, console, device_option, emit_json, handle_errors, int_list, json_option
+from cmm_cache.cli.common import (
+    cache_dir_option,
+    console,
+    device_option,
+    emit_json,
+    handle_errors,
+    int_list,
+    json_option,
+)
 
 
 def _method_options(pairs) -> dict:
@@ -95,12 +102,14 @@ def compare_cmd(
     cmm-cache compare --methods all --shots 1,2,4,8,16 --seeds 1,2,3 --plot acc.png
     cmm-cache compare --methods zero-shot,tip-adapter,gda,cmm --cache dtd.h5 --csv dtd.csv --json
     """
-    from cmm_cache import paths
-    from cmm_cache.cache import open_cache
-    from cmm_cache.compare import compare, json_table, plot, resolve_methods, write_table_csv
-    from cmm_cache.results import resolve_device
+    from cmm_cache.cli.fit_cmds import (
+        resolve_cache,  # the lookup fit uses (--cache, --dataset/--backbone, last extract)
+    )
 
-    from .fit_cmds import resolve_cache  # the lookup fit uses (--cache, --dataset/--backbone, last extract)
+    from cmm_cache.cache.reader import open_cache
+    from cmm_cache.runs.compare import compare, json_table, plot, resolve_methods, write_table_csv
+    from cmm_cache.util import paths
+    from cmm_cache.util.device import resolve_device
 
     cache = open_cache(resolve_cache(cache_file, dataset, backbone, cache_dir))
     names = resolve_methods(methods)
@@ -159,8 +168,8 @@ def bench_methods_cmd(methods, classes, dim, shots, repeat, threads, as_json):
     cmm-cache bench methods                       # closed-form methods (target: < 1 s each)
     cmm-cache bench methods --methods all --repeat 1 --classes 47
     """
-    from cmm_cache.bench_methods import bench_methods
-    from cmm_cache.compare import resolve_methods
+    from cmm_cache.bench.methods import bench_methods
+    from cmm_cache.runs.compare import resolve_methods
 
     names = resolve_methods(methods) if methods else None
     if not as_json:
@@ -185,7 +194,7 @@ def bench_methods_cmd(methods, classes, dim, shots, repeat, threads, as_json):
 @handle_errors
 def bench_compare_cmd(methods, classes, dim, shots, seeds, max_iterations, as_json):
     """Wall time of `compare` on a synthetic cache of DTD's size (47 classes × 1024-d, 36 test images per class)."""
-    from cmm_cache.bench_methods import bench_compare
+    from cmm_cache.bench.methods import bench_compare
 
     # Progress lines go to stderr with --json too (stdout holds only the JSON object): this benchmark takes minutes.
     out = bench_compare(methods, classes, dim, shots, seeds, max_iterations, log=console.print)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import click
-
-from .common import console, emit_json, handle_errors, json_option
+from cmm_cache.cli.common import console, emit_json, handle_errors, json_option
 
 
 @click.command("export")
@@ -32,7 +31,7 @@ def export_cmd(run_path, out, head_only, pretrained, as_json):
     """
     from rich.markup import escape
 
-    from cmm_cache.export import export_run
+    from cmm_cache.serving.export import export_run
 
     meta = export_run(run_path, out, head_only=head_only, pretrained=pretrained)
     console.print(

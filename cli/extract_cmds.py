@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 
 import click
-
-from .common import (
+from cmm_cache.cli.common import (
     cache_dir_option,
     console,
     data_root_option,
@@ -16,7 +15,7 @@ from .common import (
     int_list,
     json_option,
 )
-from .progress import ImageProgress
+from cmm_cache.cli.progress import ImageProgress
 
 
 def _show_progress(as_json: bool) -> bool:
@@ -29,7 +28,7 @@ def _show_progress(as_json: bool) -> bool:
 
 def _backbone_help() -> str:
     """The registry's aliases, then the other forms a name may take."""
-    from cmm_cache.backbones import list_backbones
+    from cmm_cache.backbones.registry import list_backbones
 
     aliases = " | ".join(b.name for b in list_backbones())
     return f"{aliases} | any open_clip MODEL/TAG | hf-hub:ORG/REPO (see `cmm-cache backbones`)."
@@ -122,14 +121,14 @@ def extract_cmd(
     torchrun --nproc-per-node 4 -m cmm_cache extract --dataset imagenet --backbone rn50
     """
     if add_text:
-        from cmm_cache.add_text import add_text as run_add_text
         from cmm_cache.errors import CmmError
+        from cmm_cache.extract.add_text import add_text as run_add_text
 
         if force:
             raise CmmError("--add-text keeps the cache and adds to it; --force re-extracts it: choose one.")
         r = run_add_text(dataset, backbone, pretrained=pretrained, cache_root=cache_dir, out=out, device=device)
         return _report(r, as_json)
-    from cmm_cache.extract import extract
+    from cmm_cache.extract.pipeline import extract
 
     with ImageProgress(f"extract {dataset} × {backbone}", enabled=_show_progress(as_json)) as prog:
         r = extract(

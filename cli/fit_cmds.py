@@ -6,10 +6,17 @@ from pathlib import Path
 
 import click
 from click.core import ParameterSource
-
-from .common import cache_dir_option, console, device_option, emit_json, handle_errors, int_list, json_option
-from .progress import Bars
-from .tables import summary_table
+from cmm_cache.cli.common import (
+    cache_dir_option,
+    console,
+    device_option,
+    emit_json,
+    handle_errors,
+    int_list,
+    json_option,
+)
+from cmm_cache.cli.progress import Bars
+from cmm_cache.cli.tables import summary_table
 
 
 class MethodChoice(click.Choice):
@@ -20,7 +27,7 @@ class MethodChoice(click.Choice):
 
     @property
     def choices(self):
-        from cmm_cache.methods import list_methods
+        from cmm_cache.methods.registry import list_methods
 
         return tuple(list_methods())
 
@@ -48,9 +55,10 @@ CMM_FLAGS = {
 
 def _method_options(ctx: click.Context, method: str, values: dict, pairs) -> dict:
     """The options a user set: CMM's flags given on the command line, then --set KEY=VALUE."""
+    from cmm_cache.cli.options import parse_options
+
     from cmm_cache.errors import CmmError
-    from cmm_cache.methods import get_method
-    from cmm_cache.protocol import parse_options
+    from cmm_cache.methods.registry import get_method
 
     m = get_method(method)
     opts = {}
@@ -74,17 +82,17 @@ def _method_options(ctx: click.Context, method: str, values: dict, pairs) -> dic
 
 def resolve_cache(cache, dataset, backbone, cache_dir) -> Path:
     """--cache, else --dataset/--backbone in the cache dir, else the cache extracted last (and say which)."""
-    from cmm_cache import paths
+    from cmm_cache.cache.locate import find_cache, last_extract
     from cmm_cache.errors import CmmError
-    from cmm_cache.runs import locate_cache
+    from cmm_cache.util import paths
 
     if cache:
         return Path(cache)
     if dataset or backbone:
         if not (dataset and backbone):
             raise CmmError("Give both --dataset and --backbone (or --cache PATH).")
-        return locate_cache(dataset, backbone, cache_dir)
-    last = paths.last_extract(cache_dir)
+        return find_cache(dataset, backbone, cache_dir)
+    last = last_extract(cache_dir)
     if not last:
         raise CmmError(
             f"No cache to fit: nothing was extracted into {paths.cache_dir(cache_dir)} yet.",
@@ -212,10 +220,11 @@ def fit_cmd(ctx, cache_file, dataset, backbone, shots, seeds, method, set_pairs,
     cmm-cache fit --shots 16 --no-map             # an ablation: another folder than the full CMM's
     cmm-cache fit --method zero-shot              # any registered method; its options with --set KEY=VALUE
     """
-    from cmm_cache import paths
-    from cmm_cache.cache import open_cache
-    from cmm_cache.protocol import fit_protocol, resolve_device
-    from cmm_cache.results import summarize
+    from cmm_cache.cache.reader import open_cache
+    from cmm_cache.runs.protocol import fit_protocol
+    from cmm_cache.runs.results import summarize
+    from cmm_cache.util import paths
+    from cmm_cache.util.device import resolve_device
 
     options = _method_options(ctx, method, cmm_flags, set_pairs)
     cache = open_cache(resolve_cache(cache_file, dataset, backbone, cache_dir))

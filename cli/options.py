@@ -10,7 +10,6 @@ import json
 from cmm_cache.errors import CmmError
 from cmm_cache.methods.registry import get_method
 
-
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -44,7 +43,6 @@ def _parse_value(key: str, text: str, default):
 
 def parse_options(method: str, pairs) -> dict:
     """``["iterations=2000", "use_map=false"]`` -> typed options of `method` (typed by its defaults)."""
-    from .methods import get_method
 
     m = get_method(method)
     out = {}

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import click
-
-from .common import console, device_option, emit_json, handle_errors, json_option
-from .progress import Bars
+from cmm_cache.cli.common import console, device_option, emit_json, handle_errors, json_option
+from cmm_cache.cli.progress import Bars
 
 
 def _table(preds, k):
@@ -24,7 +23,7 @@ def _table(preds, k):
 def _write_csv(preds, k, path):
     import csv
 
-    from cmm_cache.atomic import atomic_path
+    from cmm_cache.util.atomic import atomic_path
 
     cols = ["path", "class", "prob"] + [f"{w}{i + 1}" for i in range(k) for w in ("class", "prob")]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
@@ -61,8 +60,8 @@ def predict_cmd(inputs, run_path, top_k, csv_path, skip_bad, batch_size, workers
     cmm-cache predict --run RUN_DIR photo.jpg more_photos/
     cmm-cache predict --run RUN_DIR list.csv --top-k 5 --json
     """
-    from cmm_cache.predict import collect_images, load_classifier
-    from cmm_cache.predict import top_k as topk
+    from cmm_cache.serving.predict import collect_images, load_classifier
+    from cmm_cache.serving.predict import top_k as topk
 
     paths = collect_images(inputs)
     clf = load_classifier(run_path, device, pretrained)

@@ -31,9 +31,10 @@ def main() -> None:
 
     import torch
 
-    from cmm_cache import fit_ops as ops
-    from cmm_cache.bench_fit import synthetic
-    from cmm_cache.fit import FitConfig, clip_prob_true, cmm_grads, draw_batches, fit
+    from cmm_cache.bench.fit import synthetic
+    from cmm_cache.methods.trainers import ops
+    from cmm_cache.methods.trainers.cmm.torch_loop import clip_prob_true, cmm_grads
+    from cmm_cache.methods.trainers.cmm.trainer import FitConfig, draw_batches, fit
 
     torch.set_num_threads(a.threads)
     x, y, T0 = synthetic(a.classes, a.dim, 16)

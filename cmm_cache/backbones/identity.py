@@ -19,7 +19,7 @@ def _plain(v):
     return json.loads(json.dumps(v, default=str))  # tuples -> lists, as the provenance JSON holds them
 
 
-def _local_weights(prov: dict) -> bool:
+def is_local_weights(prov: dict) -> bool:
     return bool(prov.get("pretrained")) and prov.get("pretrained") == prov.get("weights_path")
 
 
@@ -32,7 +32,7 @@ def backbone_differences(a: dict, b: dict) -> dict[str, tuple]:
     for k in FINGERPRINT_KEYS:
         if k not in a or k not in b:
             continue
-        if k == "pretrained" and (_local_weights(a) or _local_weights(b)):
+        if k == "pretrained" and (is_local_weights(a) or is_local_weights(b)):
             continue  # a weights file may move; its sha256 is what identifies it
         if _plain(a[k]) != _plain(b[k]):
             diff[k] = (_plain(a[k]), _plain(b[k]))

@@ -7,23 +7,21 @@ random-weights seed, preprocessing); :mod:`.identity` compares two such records.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import socket
-import threading
-import zipfile
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib import resources
-from pathlib import Path
-from urllib.parse import urlparse
 
-from .errors import CmmError
+from cmm_cache.backbones.registry import BackboneSpec, resolve_backbone
+from cmm_cache.backbones.weights import (
+    _is_torchscript,
+    _offline_error,
+    _reachable,
+    file_sha256,
+    hf_offline,
+    resolve_weights,
+)
+from cmm_cache.errors import CmmError
 
 RANDOM_WEIGHTS_SEED = 0
-
-
 
 
 @dataclass
@@ -78,37 +76,7 @@ def _short(t) -> str:
 # --------------------------------------------------------------------------- registry
 
 
-
-
-
-
-
-
-
-
-
-
 # --------------------------------------------------------------------------- weights
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def load_backbone(name: str, pretrained: str | os.PathLike | None = None, device: str = "cpu") -> Backbone:

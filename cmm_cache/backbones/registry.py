@@ -24,7 +24,6 @@ from pathlib import Path
 
 from cmm_cache.errors import CmmError
 
-
 _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 
 

@@ -1,6 +1,6 @@
 """`cmm-cache bench extract`: end-to-end extraction throughput against the encoder's bare forward.
 
-End-to-end = the real :func:`cmm_cache.extract.extract` over an image folder
+End-to-end = the real :func:`cmm_cache.extract.pipeline.extract` over an image folder
 (decoding in DataLoader workers, encoding, chunk files, final HDF5), model
 loading excluded. Bare forward = the same model on the same images already
 decoded into tensors, at the same batch size and thread count. The design
@@ -16,9 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import Dataset, SplitList
-from .errors import CmmError
-from .paths import is_image_file
+from cmm_cache.backbones.load import load_backbone
+from cmm_cache.bench.fit import machine_line
+from cmm_cache.datasets.base import Dataset, SplitList
+from cmm_cache.errors import CmmError
+from cmm_cache.extract.encode import configure_cpu_threads, default_num_workers, encode_image_batch, load_image
+from cmm_cache.extract.pipeline import extract
+from cmm_cache.util.device import resolve_device
+from cmm_cache.util.paths import is_image_file
 
 
 class _FolderDataset(Dataset):
@@ -75,8 +80,6 @@ def _decoded_batches(bb, paths, batch_size: int, dev: str) -> list:
     """The bare-forward input: every image decoded and preprocessed beforehand, in batches (on the device)."""
     import torch
 
-    from .encode import load_image
-
     tensors = [bb.preprocess(load_image(p)) for p in paths]
     batches = [torch.stack(tensors[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
     if dev.startswith("cuda"):
@@ -86,7 +89,6 @@ def _decoded_batches(bb, paths, batch_size: int, dev: str) -> list:
 
 
 def _bare_once(bb, batches, dev: str) -> float:
-    from .encode import encode_image_batch
 
     t = time.perf_counter()
     for b in batches:
@@ -96,7 +98,6 @@ def _bare_once(bb, batches, dev: str) -> float:
 
 
 def _e2e_once(ds, backbone: str, bb, out: Path, dev: str, batch_size: int, workers: int) -> tuple[float, float]:
-    from .extract import extract
 
     t = time.perf_counter()
     r = extract(
@@ -126,10 +127,6 @@ def bench_extract(
     log=None,
 ) -> dict:
     import torch
-
-    from .backbones import load_backbone, resolve_device
-    from .bench_fit import machine_line
-    from .encode import configure_cpu_threads, default_num_workers, encode_image_batch
 
     log = log or (lambda *a, **k: None)
     where = machine_line()  # before the benchmark's own load

@@ -7,7 +7,7 @@
   with a CPU-bound process running beside it (:class:`BusyLoad`).
 * :func:`bench_suite` — every figure of the README's speed section in one run:
   quiet and busy × 1/2 threads/default, the single-run time and the whole
-  DTD-sized protocol (:mod:`cmm_cache.bench_protocol`).
+  DTD-sized protocol (:mod:`cmm_cache.bench.protocol`).
 
 Synthetic features have the real shapes (and so the real cost); their values
 do not matter for speed.
@@ -24,9 +24,17 @@ import time
 
 import torch
 
-from .evaluate import ALPHA_GRID, Model, evaluate, select_alpha
-from .fit import FitConfig, fit, fit_reference, normalize_rows
-from .results import resolve_device, versions
+from cmm_cache.bench.parallel import usable_cores
+from cmm_cache.bench.protocol import bench_protocol
+from cmm_cache.evaluation.metrics import evaluate_head
+from cmm_cache.heads.base import normalize_rows
+from cmm_cache.heads.cmm import CMMHead, Model
+from cmm_cache.methods.cmm import ALPHA_GRID, select_alpha
+from cmm_cache.methods.trainers import ops
+from cmm_cache.methods.trainers.cmm import kernel
+from cmm_cache.methods.trainers.cmm.trainer import Runtime, TrainConfig, fit_reference, train_cmm
+from cmm_cache.util.device import resolve_device
+from cmm_cache.util.versions import versions
 
 
 def cpu_model() -> str:
@@ -43,23 +51,20 @@ def cpu_model() -> str:
 
 def machine() -> dict:
     """What the figures were measured on: CPU model and count, torch's threads, the kernels in use."""
-    from . import cpu_kernel, fit_ops
-    from .fit_many import usable_cores
 
     return {
         "cpu": cpu_model(),
         "cores": usable_cores(),
         "load_average": _load(),
         "torch_threads": torch.get_num_threads(),
-        "kernel": cpu_kernel.status(),
-        "torch_path": fit_ops.describe(torch.device("cpu")),
+        "kernel": kernel.status(),
+        "torch_path": ops.describe(torch.device("cpu")),
         "versions": versions(),
     }
 
 
 def machine_line() -> str:
     """One line for a benchmark's output: CPU model, usable cores, 1-minute load average now, torch version."""
-    from .fit_many import usable_cores
 
     load = _load()
     return (
@@ -106,9 +111,9 @@ def synthetic(classes: int, dim: int, shots: int, device="cpu", seed: int = 0):
     return x.to(device), y.to(device), T0.to(device)
 
 
-def _one_fit(x, y, T0, cfg) -> dict:
+def _one_fit(x, y, T0, cfg: TrainConfig, threads: int | None = None) -> dict:
     t0 = time.perf_counter()
-    r = fit(x, y, T0, cfg)
+    r = train_cmm(x, y, T0, cfg, runtime=Runtime(threads=threads))
     return {"fit_seconds": time.perf_counter() - t0, "loop_seconds": r.seconds, "threads": r.threads, "result": r}
 
 
@@ -130,10 +135,10 @@ def bench_fit(
     log = log or _quiet
     dev = resolve_device(device)
     x, y, T0 = synthetic(classes, dim, shots, dev)
-    cfg = FitConfig(iterations=iterations, batch_size=batch_size, device=str(dev), threads=threads)
+    cfg = TrainConfig(iterations=iterations, batch_size=batch_size)
     out = {"device": str(dev), "classes": classes, "dim": dim, "shots": shots, "samples": int(len(x))}
     out.update(iterations=iterations, batch_size=batch_size, machine=machine())
-    runs = [_one_fit(x, y, T0, cfg) for _ in range(max(repeat, 1))]  # a shared machine is noisy: the fastest
+    runs = [_one_fit(x, y, T0, cfg, threads) for _ in range(max(repeat, 1))]  # a shared machine is noisy: the fastest
     best = min(runs, key=lambda r: r["fit_seconds"])
     r = best.pop("result")
     out.update(best, engine=r.engine, fit_seconds_all=[a["fit_seconds"] for a in runs])
@@ -164,7 +169,7 @@ def _bench_eval(r, x, y, T0, classes, dim, test_size, dev, log) -> dict:
     model = Model(r.W, r.T, T0)
     t0 = time.perf_counter()
     alpha, _ = select_alpha(model, x[: classes * 4 * 2 : 2], y[: classes * 4 * 2 : 2], ALPHA_GRID)
-    evaluate(model, xt, idx.to(dev), alpha)
+    evaluate_head(CMMHead(model, alpha), xt, idx.to(dev), zero_shot_T0=model.T0)
     secs = time.perf_counter() - t0
     log(f"alpha search on {classes * 4} val + test evaluation on {test_size} images: {secs:.2f} s")
     return {"eval_seconds": secs, "eval_test_size": test_size}
@@ -174,7 +179,7 @@ def _bench_reference(x, y, T0, iterations, batch_size, reference_iterations, dev
     n = reference_iterations or iterations
     prev = torch.get_num_threads()
     try:
-        _, _, secs = fit_reference(x, y, T0, FitConfig(iterations=n, batch_size=batch_size, device=str(dev)))
+        _, _, secs = fit_reference(x, y, T0, TrainConfig(iterations=n, batch_size=batch_size))
     finally:
         torch.set_num_threads(prev)
     ref = {"reference_iterations_timed": n, "reference_seconds": secs * iterations / n}
@@ -212,7 +217,7 @@ def bench_threads(
         with BusyLoad(busy_procs) if cond == "busy" else contextlib.nullcontext():
             for _ in range(max(repeat, 1)):
                 for c in choices:
-                    r = _one_fit(x, y, T0, FitConfig(iterations=iterations, threads=c))
+                    r = _one_fit(x, y, T0, TrainConfig(iterations=iterations), threads=c)
                     times[_name(c)].append(r["fit_seconds"])
                     if c is None:
                         picks = r["threads"]
@@ -240,7 +245,6 @@ def bench_suite(
 ) -> dict:
     """Every figure the README's speed section quotes, in one run (default: DTD-sized, 47 classes × 1024-d)."""
     log = log or _quiet
-    from .bench_protocol import bench_protocol
 
     out = {"machine": machine()}
     m = out["machine"]

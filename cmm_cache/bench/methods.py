@@ -15,8 +15,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .bench_fit import machine_line
-from .methods import FitData, get_method, registered_methods
+from cmm_cache.bench.fit import machine_line
+from cmm_cache.cache.reader import Split, open_cache
+from cmm_cache.cache.writer import write_cache
+from cmm_cache.methods.base import FitData
+from cmm_cache.methods.registry import get_method, registered_methods
+from cmm_cache.runs.compare import compare
 
 
 def synthetic_fit_data(classes=100, dim=1024, shots=16, views=2, templates=7, val_per_class=4, seed=0) -> FitData:
@@ -120,8 +124,6 @@ def synthetic_cache(
     1 template as `extract --dataset dtd` writes by default) with few-shot subsets for every (K, seed)."""
     import numpy as np
 
-    from .cache import Split, write_cache
-
     full = synthetic_fit_data(classes, dim, train_per_class, 2, templates, val_per_class + test_per_class, seed)
     n_val = classes * (val_per_class + test_per_class)
     xv, yv = full.x_val.view(classes, -1, dim), full.y_val.view(classes, -1)
@@ -147,7 +149,7 @@ def synthetic_cache(
         path,
         dataset="synthetic",
         backbone=f"synthetic-{dim}d",
-        provenance={"model": "synthetic", "embed_dim": dim, "note": "cmm_cache.bench_methods.synthetic_cache"},
+        provenance={"model": "synthetic", "embed_dim": dim, "note": "cmm_cache.bench.methods.synthetic_cache"},
         classnames=list(full.classnames),
         text={"synthetic": (full.T0.numpy(), [f"template {j} {{}}" for j in range(templates)], per)},
         default_templates="synthetic",
@@ -172,9 +174,6 @@ def bench_compare(
     """Wall time of `compare` (all fits, test evaluations and run folders) on a synthetic cache of that size."""
     import tempfile
     from pathlib import Path
-
-    from .cache import open_cache
-    from .compare import compare
 
     where = machine_line()  # before the benchmark's own load
     with tempfile.TemporaryDirectory(prefix="cmm-bench-compare-") as tmp:

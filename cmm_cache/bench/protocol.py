@@ -5,13 +5,13 @@ each opening the cache, reading its few-shot subset (N = C·K·2 samples),
 training 16k iterations, choosing alpha on val, scoring test and writing its
 run folder. This benchmark writes a DTD-sized cache (47 classes, 1024-d,
 1692 test images) to a temporary folder and times exactly that
-(:func:`cmm_cache.protocol.fit_run` + :func:`cmm_cache.runs.write_run`, the cache read once per process),
+(:func:`cmm_cache.runs.protocol.fit_run` + :func:`cmm_cache.runs.store.write_run`, the cache read once per process),
 two ways:
 
 * ``sequential`` — the runs one after another in this process, each choosing
-  its threads as :func:`cmm_cache.fit.fit` does;
+  its threads as :func:`~cmm_cache.methods.trainers.cmm.trainer.train_cmm` does;
 * ``parallel`` — the runs spread over one worker process per core, one thread
-  each (:func:`cmm_cache.fit_many.parallel_map`).
+  each (:func:`cmm_cache.bench.parallel.parallel_map`).
 
 It reports the wall time of each, and where the time goes: the training loops,
 the rest of each run (cache reads, set-up, alpha search, test evaluation,
@@ -28,12 +28,18 @@ from pathlib import Path
 
 import numpy as np
 
+from cmm_cache.bench.parallel import default_processes, parallel_map
+from cmm_cache.cache.reader import Split, open_cache
+from cmm_cache.cache.writer import write_cache
+from cmm_cache.datasets.fewshot import group_name
+from cmm_cache.runs.protocol import fit_run, read_once
+from cmm_cache.runs.store import write_run
+
 DTD = {"classes": 47, "test_per_class": 36}  # DTD: 47 classes, 1692 test images
 
 
 def write_synthetic_cache(path, classes=47, dim=1024, shots=(1, 2, 4, 8, 16), seeds=(1, 2, 3), test_per_class=36):
     """A schema-conformant cache with random features of the real shapes; returns its path."""
-    from .cache import Split, write_cache
 
     rng = np.random.default_rng(0)
     kmax = max(shots)
@@ -74,23 +80,17 @@ def write_synthetic_cache(path, classes=47, dim=1024, shots=(1, 2, 4, 8, 16), se
 @functools.lru_cache(maxsize=4)
 def _open(path: str):
     """One open cache per process (a worker keeps it across its jobs, as one `fit` process does)."""
-    from .cache import open_cache
-    from .protocol import read_once
 
     return read_once(open_cache(path))
 
 
 def protocol_run(job: tuple) -> dict:
     """One run of the protocol, as `cmm-cache fit` does it (module level: it runs in worker processes too)."""
-    from .fewshot import group_name
-    from .fit import FitConfig
-    from .protocol import fit_run
-    from .runs import write_run
 
     cache_path, shots, seed, cfg_kw, out_dir = job
     t0 = time.perf_counter()
     cache = _open(cache_path)
-    result, arrays = fit_run(cache, shots, seed, FitConfig(**cfg_kw, seed=seed))
+    result, arrays = fit_run(cache, shots, seed, options=cfg_kw)
     t1 = time.perf_counter()
     write_run(Path(out_dir) / group_name(shots, seed), result, arrays, cache)
     t2 = time.perf_counter()
@@ -118,7 +118,6 @@ def bench_protocol(
 ) -> dict:
     """Wall time of the whole protocol in each mode, with its breakdown."""
     log = log or _quiet
-    from .fit_many import default_processes, parallel_map
 
     out = {"classes": classes, "dim": dim, "shots": list(shots), "seeds": list(seeds), "iterations": iterations}
     with tempfile.TemporaryDirectory(prefix="cmm-bench-") as tmp:

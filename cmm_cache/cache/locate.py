@@ -18,6 +18,8 @@ from cmm_cache.errors import CmmError
 from cmm_cache.util.atomic import write_json
 from cmm_cache.util.paths import cache_dir, safe_name
 
+_cache_root = cache_dir  # for functions whose `cache_dir` parameter shadows the name
+
 
 CACHE_SUFFIX = ".h5"
 
@@ -36,8 +38,6 @@ def dataset_caches(dataset: str, cache_root: str | os.PathLike | None = None) ->
     """
     root = cache_dir(cache_root)
     if not is_user_data(dataset):
-        from .manifests import resolve_name
-
         if resolve_name(dataset) is not None:
             return sorted((root / dataset_key(dataset)).glob("*" + CACHE_SUFFIX))
         name = safe_name(dataset)
@@ -86,7 +86,6 @@ def find_cache(dataset: str, backbone: str, cache_dir: str | os.PathLike | None 
     direct = cache_path(dataset, backbone, root)
     if direct.is_file():
         return direct
-    from .manifests import resolve_name
 
     bare = not is_user_data(dataset) and resolve_name(dataset) is None
     others = dataset_caches(dataset, root)
@@ -121,7 +120,6 @@ def _last_file(cache_root) -> Path:
 
 def record_last_extract(dataset: str, backbone: str, path: Path, cache_root=None) -> None:
     """Remember the cache written last, so `fit` without arguments can use it."""
-    from .atomic import write_json
 
     write_json(_last_file(cache_root), {"dataset": dataset, "backbone": backbone, "path": str(path)})
 

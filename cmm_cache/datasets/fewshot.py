@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-from .errors import CmmError
+from cmm_cache.errors import CmmError
 
 VAL_CAP = 4
 GROUP_RE = re.compile(r"^shot_(\d+)-seed_(\d+)$")

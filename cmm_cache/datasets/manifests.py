@@ -29,7 +29,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from .errors import CmmError
+from cmm_cache.errors import CmmError
 
 SCHEMA = "cmm-manifest/1"
 KINDS = ("coop", "shift", "synthetic", "custom")
@@ -38,7 +38,7 @@ KINDS = ("coop", "shift", "synthetic", "custom")
 @dataclass(frozen=True)
 class SplitSource:
     """One kind of `split_source.type`: where a dataset's split lists come from (the one list of kinds;
-    `cmm_cache.datasets.SPLIT_READERS` holds a reader for each)."""
+    `cmm_cache.datasets.registry.SPLIT_READERS` holds a reader for each)."""
 
     doc: str
     listing: str  # how `cmm-cache datasets` says where the split lists come from

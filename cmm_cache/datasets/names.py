@@ -22,7 +22,6 @@ def is_user_data(dataset: str) -> bool:
     s = str(dataset)
     if any(sep in s for sep in ("/", "\\")) or s.startswith((".", "~")) or s.lower().endswith(DATASET_FILE_SUFFIXES):
         return True
-    from .manifests import resolve_name
 
     return resolve_name(s) is None and Path(s).expanduser().exists()
 
@@ -53,8 +52,6 @@ def dataset_key(dataset: str) -> str:
     (:func:`user_data_name`): short, readable, and two folders both called `images` do not share a cache.
     """
     if not is_user_data(dataset):
-        from .manifests import resolve_name  # registered aliases share one folder: imagenet-sketch = imagenet_sketch
-
         return safe_name(resolve_name(dataset) or dataset)
     p = Path(dataset).expanduser().resolve()
     digest = hashlib.sha256(str(p).encode("utf-8")).hexdigest()[:8]

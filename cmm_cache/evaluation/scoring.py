@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from .cache import Cache
-from .errors import CmmError
-from .evaluate import evaluate_head, shift_classes, split_features
-from .runs import Run, check_same_backbone, result_config_key
+from cmm_cache.backbones.identity import backbone_differences, describe_differences
+from cmm_cache.cache.reader import Cache
+from cmm_cache.errors import CmmError
+from cmm_cache.evaluation.metrics import evaluate_head, split_features
+from cmm_cache.evaluation.shift import shift_classes
+from cmm_cache.heads.run_folder import Run
 
 
 def check_cache(run: Run, cache: Cache, *, own: bool) -> bool:
@@ -53,7 +55,7 @@ def evaluate_run(run: Run, cache: Cache, device="cpu", *, shift: bool = False, o
         "run_dataset": res["dataset"],
         "backbone": res["backbone"],
         "method": res.get("method") or "cmm",
-        "config_key": result_config_key(res),
+        "config_key": res.get("config_key"),
         "shots": res["shots"],
         "seed": res["seed"],
         "alpha": res.get("alpha"),
@@ -68,25 +70,18 @@ def evaluate_run(run: Run, cache: Cache, device="cpu", *, shift: bool = False, o
     }
 
 
-IDENTITY_KEYS = ("model", "pretrained", "weights_sha256", "embed_dim")
-
-
 def check_same_backbone(run: Run, cache: Cache) -> None:
-    """Refuse a cache encoded by another model than the run's (provenance identity, feature size)."""
+    """Refuse a cache encoded by another backbone than the run's (:mod:`cmm_cache.backbones.identity`)."""
     d = run.embed_dim
     if cache.embed_dim != d:
         raise CmmError(
             f"{cache.path} holds {cache.embed_dim}-d features, the run at {run.path} expects {d}-d.",
             "Evaluate with a cache extracted with the run's backbone.",
         )
-    diff = [
-        k
-        for k in IDENTITY_KEYS
-        if k in run.provenance and k in cache.provenance and run.provenance[k] != cache.provenance[k]
-    ]
+    diff = backbone_differences(run.provenance, cache.provenance)
     if diff:
-        detail = "; ".join(f"{k}: run {run.provenance[k]!r} vs cache {cache.provenance[k]!r}" for k in diff)
         raise CmmError(
-            f"{cache.path} was encoded by another backbone than the run at {run.path} ({detail}).",
-            f"Extract the shift set with the run's backbone ({run.result.get('backbone')}).",
+            f"{cache.path} was encoded by another backbone than the run at {run.path} "
+            f"({describe_differences(diff, 'run', 'cache')}).",
+            f"Extract it with the run's backbone ({run.result.get('backbone')}).",
         )

@@ -21,10 +21,19 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .cache import Cache, CacheLock, add_text_nodes, cache_summary, open_cache, remove_stale_tmp
-from .errors import CmmError
-from .extract import ExtractResult
+from cmm_cache import __version__
+from cmm_cache.backbones.load import RANDOM_WEIGHTS_SEED, load_backbone
+from cmm_cache.backbones.registry import register_model_configs, resolve_backbone
+from cmm_cache.backbones.weights import file_sha256, resolve_weights
+from cmm_cache.cache.info import cache_summary
+from cmm_cache.cache.locate import find_cache
+from cmm_cache.cache.lock import CacheLock
+from cmm_cache.cache.reader import Cache, open_cache
+from cmm_cache.cache.writer import add_text_nodes, remove_stale_tmp
+from cmm_cache.errors import CmmError
+from cmm_cache.extract.encode import class_text_features, encode_text_templates
+from cmm_cache.extract.pipeline import ExtractResult
+from cmm_cache.util.device import resolve_device
 
 # The recomputed class features must match the cached ones this closely (cosine); autocast float16 on a GPU
 # against float32 on the CPU differs by ~1e-4, other weights by far more.
@@ -33,7 +42,7 @@ MIN_COSINE = 0.999
 
 @dataclass
 class TextTower:
-    """What :func:`cmm_cache.encode.encode_text_templates` needs: a model with encode_text, its tokenizer."""
+    """What :func:`cmm_cache.extract.encode.encode_text_templates` needs: a model with encode_text, its tokenizer."""
 
     model: object
     tokenizer: object
@@ -48,8 +57,6 @@ def load_text_tower(spec, weights: str | None, device: str) -> TextTower:
     """
     import open_clip
     import torch
-
-    from .backbones import load_backbone, register_model_configs
 
     if weights is not None:
         register_model_configs()
@@ -71,7 +78,6 @@ def load_text_tower(spec, weights: str | None, device: str) -> TextTower:
 
 def _identity(cache: Cache, backbone: str, pretrained) -> tuple[object, str | None]:
     """(spec, weights file) of `backbone`, refused unless it is the backbone the cache was extracted with."""
-    from .backbones import RANDOM_WEIGHTS_SEED, file_sha256, resolve_backbone, resolve_weights
 
     prov = cache.provenance
     spec = resolve_backbone(backbone, pretrained)
@@ -97,7 +103,6 @@ def _identity(cache: Cache, backbone: str, pretrained) -> tuple[object, str | No
 
 
 def _per_template(cache: Cache, tower: TextTower, sets: list[str]) -> dict[str, np.ndarray]:
-    from .encode import class_text_features, encode_text_templates
 
     out = {}
     for s in sets:
@@ -123,8 +128,6 @@ def add_text(
     device: str = "auto",
 ) -> ExtractResult:
     """Add ``text/<set>/per_template`` to the cache of (`dataset`, `backbone`) (or the file `out`)."""
-    from .backbones import resolve_device
-    from .paths import find_cache
 
     final = Path(out) if out else find_cache(dataset, backbone, cache_root)  # as fit finds it (short names too)
     if not final.exists():

@@ -1,7 +1,7 @@
 """Extraction under torchrun (torch.distributed): each rank encodes a disjoint share, rank 0 writes.
 
 Without torchrun (``WORLD_SIZE`` unset or 1) every helper here is a no-op on
-a one-process context, so :func:`cmm_cache.extract.extract` has one code path.
+a one-process context, so :func:`cmm_cache.extract.pipeline.extract` has one code path.
 Backends: gloo on the CPU (tested with 2 processes), nccl on CUDA (one GPU per
 rank, ``cuda:LOCAL_RANK``).
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+
+from cmm_cache.errors import CmmError
 
 
 @dataclass
@@ -72,7 +74,6 @@ class DistContext:
 
     def raise_any(self, err: BaseException | None) -> None:
         """Raise `err`, or another rank's error: every rank hears of a failure, none waits for a dead one."""
-        from .errors import CmmError
 
         mine = None if err is None else (getattr(err, "message", str(err)), getattr(err, "hint", None))
         errors = self.gather_errors(mine)

@@ -6,12 +6,12 @@
    the target path, the few-shot plan and the request's fingerprint; rank 0
    takes the cache's lock and decides: up to date, resume, or start afresh;
 2. **run** (:func:`run`): rank 0 encodes the text, every rank its share of the
-   images into chunk files of the work folder (:mod:`cmm_cache.shard`);
+   images into chunk files of the work folder (:mod:`cmm_cache.extract.shard`);
 3. **finish** (:func:`finish`): rank 0 assembles the one file from the
    chunks, renames it into place, and removes the work folder and any
    temporary file a killed run left.
 
-Under torchrun (:mod:`cmm_cache.distributed`) every rank runs the same code.
+Under torchrun (:mod:`cmm_cache.extract.distributed`) every rank runs the same code.
 """
 
 from __future__ import annotations
@@ -23,18 +23,24 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .cache import (
-    CacheLock,
-    PartialStore,
-    SplitPlan,
-    assemble_cache,
-    cache_summary,
-    open_cache,
-    remove_stale_tmp,
+from cmm_cache.backbones.load import load_backbone
+from cmm_cache.backbones.registry import resolve_backbone
+from cmm_cache.cache.info import cache_summary
+from cmm_cache.cache.locate import cache_path, record_last_extract
+from cmm_cache.cache.lock import CacheLock
+from cmm_cache.cache.partial import PartialStore, SplitPlan
+from cmm_cache.cache.reader import open_cache
+from cmm_cache.cache.writer import assemble_cache, remove_stale_tmp
+from cmm_cache.datasets.registry import load_dataset
+from cmm_cache.errors import CmmError
+from cmm_cache.extract.distributed import DistContext, init_distributed
+from cmm_cache.extract.encode import (
+    class_text_features,
+    configure_cpu_threads,
+    default_num_workers,
+    encode_text_templates,
 )
-from .distributed import DistContext, init_distributed
-from .errors import CmmError
-from .extract_plan import (
+from cmm_cache.extract.plan import (
     DEFAULT_SEEDS,
     DEFAULT_SHOTS,
     ExtractableDataset,
@@ -46,7 +52,8 @@ from .extract_plan import (
     request_fingerprint,
     same_request,
 )
-from .shard import ChunkFn, ChunkWritten, ProgressFn, encode_share
+from cmm_cache.extract.shard import ChunkFn, ChunkWritten, ProgressFn, encode_share
+from cmm_cache.util.device import resolve_device
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -70,7 +77,7 @@ DEFAULT_CHUNK_ROWS = 256
 class ExtractRequest:
     """Everything a caller decides about one extraction (the CLI's options, one to one)."""
 
-    dataset: object  # a name or path for cmm_cache.datasets.load_dataset, or an ExtractableDataset
+    dataset: object  # a name or path for cmm_cache.datasets.registry.load_dataset, or an ExtractableDataset
     backbone: str
     pretrained: str | os.PathLike | None = None
     data_root: str | os.PathLike | None = None
@@ -159,8 +166,6 @@ def extract(dataset, backbone: str, **options) -> ExtractResult:
 def run_extract(req: ExtractRequest) -> ExtractResult:
     import torch
 
-    from .backbones import resolve_device
-
     t0 = time.perf_counter()
     with contextlib.ExitStack() as cleanup:  # undone in reverse: lock, process group, thread count
         cleanup.callback(torch.set_num_threads, torch.get_num_threads())  # the thread policy is for this run only
@@ -182,8 +187,6 @@ def run_extract(req: ExtractRequest) -> ExtractResult:
 
 def _load_dataset(req: ExtractRequest) -> tuple[ExtractableDataset, str]:
     if isinstance(req.dataset, (str, os.PathLike)):
-        from .datasets import load_dataset
-
         ds = load_dataset(str(req.dataset), req.data_root, download=req.download, cache_root=req.cache_root)
         return check_dataset(ds), req.dataset_name or str(req.dataset)
     ds = check_dataset(req.dataset)
@@ -192,7 +195,6 @@ def _load_dataset(req: ExtractRequest) -> tuple[ExtractableDataset, str]:
 
 def _workers(req: ExtractRequest, dist: DistContext, device: str) -> int:
     """Decoding workers (shared out among the ranks of one machine); on the CPU the encoder gets the rest."""
-    from .encode import configure_cpu_threads, default_num_workers
 
     workers = default_num_workers(device) if req.num_workers is None else int(req.num_workers)
     if dist.active and req.num_workers is None:
@@ -204,8 +206,6 @@ def _workers(req: ExtractRequest, dist: DistContext, device: str) -> int:
 
 def resolve(req: ExtractRequest, dist: DistContext, device: str) -> ExtractJob:
     """Everything decided before the lock: dataset, plan (files checked), backbone loaded, fingerprint."""
-    from .backbones import load_backbone, resolve_backbone
-    from .paths import cache_path
 
     ds, ds_name = _load_dataset(req)
     bb_name = str(req.backbone)
@@ -309,7 +309,6 @@ def _check_existing(final: Path, request: dict) -> None:
 
 def _text_embeddings(job: ExtractJob) -> dict:
     """Per-template text embeddings of every template set (kept in the work folder so a resume skips them)."""
-    from .encode import encode_text_templates
 
     ds, text = job.ds, job.store.load_text()
     if text is None or set(text) != set(ds.templates) or any(v.ndim != 3 for v in text.values()):
@@ -348,8 +347,6 @@ def run(job: ExtractJob) -> _Encoded:
 
 def finish(job: ExtractJob, enc: _Encoded) -> list[dict]:
     """Rank 0 writes the one file from the chunks; returns the skipped images (rank 0's view)."""
-    from .encode import class_text_features
-    from .paths import record_last_extract
 
     skipped: list[dict] = []
     if job.dist.is_main:
@@ -416,7 +413,6 @@ def add_text_hint(dataset: str, backbone: str, out: str | os.PathLike | None = N
 
 
 def _up_to_date_result(job: ExtractJob, t0: float) -> ExtractResult:
-    from .paths import record_last_extract
 
     c = open_cache(job.final)
     r = _result(job, "up-to-date", t0)

@@ -1,7 +1,7 @@
 """What an extraction will write, decided before any image is read.
 
 - :class:`ExtractableDataset`: the members ``extract`` uses on a dataset (a
-  ``typing.Protocol``: any object with them works, :class:`cmm_cache.datasets.Dataset`
+  ``typing.Protocol``: any object with them works, :class:`cmm_cache.datasets.base.Dataset`
   among them);
 - :func:`default_shots`: the protocol's K values, capped to what a small dataset holds;
 - :func:`plan_splits`: the rows of each split (unions of the few-shot subsets for
@@ -19,8 +19,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .cache import SCHEMA, SplitPlan
-from .errors import CmmError
+from cmm_cache.cache.partial import SplitPlan
+from cmm_cache.cache.schema import SCHEMA
+from cmm_cache.errors import CmmError
+from cmm_cache.extract.encode import views_for_split
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
@@ -39,7 +41,7 @@ class SplitRows(Protocol):
 
 @runtime_checkable
 class ExtractableDataset(Protocol):
-    """What :func:`cmm_cache.extract.extract` needs from a dataset."""
+    """What :func:`cmm_cache.extract.pipeline.extract` needs from a dataset."""
 
     name: str
     classnames: list[str]  # as prompted
@@ -83,7 +85,7 @@ def check_dataset(ds) -> ExtractableDataset:
     missing = [m for m in _MEMBERS if not hasattr(ds, m)]
     raise CmmError(
         f"{type(ds).__name__} cannot be extracted: it lacks {', '.join(missing)}.",
-        "Pass a dataset name or path, or an object with the members of cmm_cache.extract_plan.ExtractableDataset.",
+        "Pass a dataset name or path, or an object with the members of cmm_cache.extract.plan.ExtractableDataset.",
     )
 
 
@@ -125,7 +127,6 @@ def plan_splits(
     ds: ExtractableDataset, shots: Sequence[int], seeds: Sequence[int], chunk_rows: int
 ) -> tuple[list[SplitPlan], FewshotRows]:
     """(split plans, few-shot positions) for a dataset: unions of few-shot rows for train/val, all of test."""
-    from .encode import views_for_split
 
     _need_splits(ds)
     plans: list[SplitPlan] = []
@@ -203,7 +204,7 @@ def build_provenance(
     import open_clip
     import torch
 
-    from . import __version__
+    from cmm_cache import __version__
 
     gpu = None
     if str(device).startswith("cuda"):

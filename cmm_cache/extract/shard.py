@@ -1,6 +1,6 @@
 """This process's share of an extraction: encode the chunks it owns that are not on disk yet.
 
-Rows are grouped in chunks (:class:`cmm_cache.cache.SplitPlan`); under
+Rows are grouped in chunks (:class:`cmm_cache.cache.partial.SplitPlan`); under
 torchrun the chunks are dealt round-robin to the ranks. A chunk is written to
 the work folder as soon as its last row is encoded, so a killed run loses at
 most the chunks in flight. Batches never straddle two chunks, so a resumed run
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import PartialStore, SplitPlan
-from .distributed import DistContext
-from .encode import ImageItem, iter_encoded
-from .errors import CmmError
+from cmm_cache.cache.partial import PartialStore, SplitPlan
+from cmm_cache.errors import CmmError
+from cmm_cache.extract.distributed import DistContext
+from cmm_cache.extract.encode import ImageItem, iter_encoded
 
 ProgressFn = Callable[[int, int], None]  # (images done, images total) of this process's share
 

@@ -26,13 +26,12 @@ be scored, exported and used for prediction on its own.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import ClassVar
 
 import numpy as np
 import torch
-
-import importlib
-import pkgutil
 
 from cmm_cache.errors import CmmError
 
@@ -127,18 +126,6 @@ class Head:
     @property
     def num_classes(self) -> int:
         raise NotImplementedError
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 class LinearProbsModule(torch.nn.Module):

@@ -1,9 +1,9 @@
 """The CMM head (and its ablations): W, T, T0, the fusion choices and the alpha chosen on val.
 
-    cmm  = 100 · normalize(v̂ W + v̂) Tᵀ     (T row-normalized if the run chose so)
-    clip = 100 · v̂ T0ᵀ                      (zero-shot CLIP)
-    prob fusion:  alpha · softmax(cmm) + softmax(clip)
-    logit fusion: alpha · cmm + clip
+cmm  = 100 · normalize(v̂ W + v̂) Tᵀ     (T row-normalized if the run chose so)
+clip = 100 · v̂ T0ᵀ                      (zero-shot CLIP)
+prob fusion:  alpha · softmax(cmm) + softmax(clip)
+logit fusion: alpha · cmm + clip
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Tip-Adapter's head (Zhang et al., ECCV 2022): zero-shot logits plus a cache model of the few-shot keys.
 
-    logits = 100 · x T0ᵀ + α · exp(−β (1 − x Kᵀ)) V
+logits = 100 · x T0ᵀ + α · exp(−β (1 − x Kᵀ)) V
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from cmm_cache.heads.base import Head, register_head
 

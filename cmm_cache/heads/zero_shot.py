@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from cmm_cache.heads.base import LOGIT_SCALE, Head, LinearProbsModule, register_head
 
 

@@ -127,7 +127,7 @@ class Method:
 @contextmanager
 def fit_scope(data: FitData, single_thread: bool = False):
     """How every baseline computes: one CPU thread below d = 768 and subnormals flushed
-    (:func:`cmm_cache.fit_ops.flush_denormals`); the caller's settings are restored afterwards.
+    (:func:`cmm_cache.methods.trainers.ops.flush_denormals`); the caller's settings are restored afterwards.
 
     Their steps are many small ops: on a 2-core machine shared with other work every two-thread
     parallel region waits for a descheduled peer (measured: one L-BFGS fit at 37 classes × 512-d
@@ -195,8 +195,6 @@ def fit_data(cache, shots: int, seed: int, templates: str | None = None, device=
         dataset=str(cache.dataset),
         _per_template=lambda: cache.text_per_template(name),
     )
-
-
 
 
 def train_samples(features: np.ndarray, labels: np.ndarray, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:

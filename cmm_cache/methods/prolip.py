@@ -27,12 +27,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..heads import Head, register_head
-from . import FitData, Method, MethodResult, register_method, scoped
-
-
-
-
+from cmm_cache.evaluation.metrics import head_accuracy
+from cmm_cache.heads.map import MapHead
+from cmm_cache.methods.base import FitData, Method, MethodResult, scoped
+from cmm_cache.methods.registry import register_method
+from cmm_cache.methods.search import select_on_val
 
 
 def view_order(epochs: int, views: int) -> list[int]:
@@ -90,14 +89,8 @@ def fit(data: FitData, options: dict, progress=None) -> MethodResult:
     pairs = [(lr, lam) for lr in options["lrs"] for lam in lams]  # their loop order: lr outer, λ inner
     epochs = int(options["epochs"])
     W = train_maps(views, y, data.T0, [p[0] for p in pairs], [p[1] for p in pairs], epochs, progress)
-    best = (0, -1.0)
-    with torch.no_grad():
-        for k in range(len(pairs)):
-            acc = 100.0 * float((MapHead(W[k], data.T0).logits(data.x_val).argmax(1) == data.y_val).sum())
-            acc /= max(len(data.y_val), 1)
-            if acc > best[1]:
-                best = (k, acc)
-    k, val = best
+    chosen = select_on_val(range(len(pairs)), lambda k: head_accuracy(MapHead(W[k], data.T0), data.x_val, data.y_val))
+    k, val = chosen.value, chosen.score
     return MethodResult(
         head=MapHead(W[k], data.T0),
         hparams={"lr": pairs[k][0], "lambda": pairs[k][1]},
@@ -116,5 +109,7 @@ METHOD = register_method(
         summary="d×d map of the image feature from identity, CE + λ‖W − I‖² (λ = 1/shots), lr on val",
         source="Fahes et al. (ProLIP), astra-vision/ProLIP methods/RegLinearAdapter.py @ 18facf5",
         trained=True,
+        budget="epochs",
+        rank=60,
     )
 )

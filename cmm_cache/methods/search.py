@@ -49,9 +49,7 @@ def select_scored(candidates: Sequence, scores: Sequence[float], *, start: tuple
     return Selection(best_value, best_score, list(zip(candidates, scores)))
 
 
-def select_on_val(
-    candidates: Iterable, score: Callable[[Any], float], *, start: tuple | None = None
-) -> Selection:
+def select_on_val(candidates: Iterable, score: Callable[[Any], float], *, start: tuple | None = None) -> Selection:
     """Score each candidate on val (``score(candidate)``, in order) and select by the rule above."""
     candidates = list(candidates)
     return select_scored(candidates, [score(c) for c in candidates], start=start)

@@ -30,8 +30,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..heads import Head, register_head
-from . import FitData, Method, MethodResult, register_method, scoped
+from cmm_cache.datasets.manifests import resolve_name
+from cmm_cache.evaluation.metrics import accuracy, percent
+from cmm_cache.heads.tip_adapter import TipHead, tip_logits
+from cmm_cache.methods.base import FitData, Method, MethodResult, scoped
+from cmm_cache.methods.registry import register_method
+from cmm_cache.methods.search import improves, select_scored
 
 # Their configs/<dataset>.yaml: (search_scale, init_alpha, train_epoch); init_beta is 1 everywhere.
 CONFIGS = {
@@ -45,19 +49,12 @@ DEFAULT_CONFIG = CONFIGS["imagenet"]
 
 
 def dataset_config(dataset: str) -> tuple:
-    from ..manifests import resolve_name
 
     try:
         name = resolve_name(dataset) or dataset
     except Exception:  # noqa: BLE001 — an unregistered name simply has no published config
         name = dataset
     return CONFIGS.get(name, DEFAULT_CONFIG)
-
-
-
-
-
-
 
 
 def cache_model(data: FitData) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,18 +115,17 @@ def search_hp(keys, values, T0, x_val, y_val, scale, steps, chunk: int = 8) -> t
     if order is not None:
         affinity = affinity[:, order]
     A = torch.tensor(alphas, dtype=x_val.dtype, device=x_val.device)  # ascending, as their grid
-    best = (0.0, 0.0, 0.0)
+    pairs, scores = [], []  # (beta, alpha) in their loop order: beta outer, alpha inner
     with torch.no_grad():
         for i in range(0, len(betas), chunk):
             B = torch.tensor(betas[i : i + chunk], dtype=x_val.dtype, device=x_val.device)[:, None, None]
             cache = sums(torch.exp(-B * (1.0 - affinity)))  # [b, n, C]
             hits = _alpha_hits(clip, cache, A, y_val).tolist()  # [b, alphas]
             for beta, row in zip(betas[i : i + chunk], hits):
-                for alpha, h in zip(alphas, row):
-                    acc = 100.0 * h / max(len(y_val), 1)
-                    if acc > best[2]:
-                        best = (beta, alpha, acc)
-    return best
+                pairs += [(beta, alpha) for alpha in alphas]
+                scores += [percent(h, len(y_val)) for h in row]
+    chosen = select_scored(pairs, scores, start=((0.0, 0.0), 0.0))  # their initial best: beta = alpha = 0
+    return chosen.value[0], chosen.value[1], chosen.score
 
 
 def _options_for(data: FitData, options: dict) -> tuple:
@@ -166,7 +162,7 @@ def train_keys(data: FitData, keys, values, alpha, beta, epochs, lr, batch, max_
     opt = torch.optim.AdamW([W], lr=lr, eps=1e-4)  # torch's default weight decay 0.01, as theirs
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
     g = torch.Generator().manual_seed(int(data.seed))
-    best, best_epoch, history, steps = keys.clone(), -1, [], 0
+    best, best_epoch, best_acc, history, steps = keys.clone(), -1, 0.0, [], 0
     for epoch in range(epochs):
         if steps >= total:
             break
@@ -181,11 +177,10 @@ def train_keys(data: FitData, keys, values, alpha, beta, epochs, lr, batch, max_
             sched.step()
             steps += 1
         with torch.no_grad():
-            acc = 100.0 * float((tip_logits(data.x_val, W, values, T0, alpha, beta).argmax(1) == data.y_val).sum())
-            acc /= max(len(data.y_val), 1)
+            acc = accuracy(tip_logits(data.x_val, W, values, T0, alpha, beta), data.y_val)
         history.append(acc)
-        if acc > (history[best_epoch] if best_epoch >= 0 else 0.0):
-            best, best_epoch = W.detach().clone(), epoch
+        if improves(acc, best_acc):  # the shared rule; their start: accuracy 0
+            best, best_epoch, best_acc = W.detach().clone(), epoch, acc
         if progress is not None:
             progress(steps, total, float(loss))
     return best, best_epoch, history, steps
@@ -220,6 +215,7 @@ TIP = register_method(
         defaults=dict(_SEARCH),
         summary="Training-free cache model of the few-shot features fused with zero-shot (beta/alpha on val)",
         source=SOURCE,
+        rank=40,
     )
 )
 
@@ -238,5 +234,8 @@ TIP_F = register_method(
         summary="Tip-Adapter with fine-tuned cache keys (best epoch and beta/alpha on val)",
         source=SOURCE + " (run_tip_adapter_F)",
         trained=True,
+        budget="max_iterations",
+        rank=41,
+        selection="few-shot val (theirs: test)",
     )
 )

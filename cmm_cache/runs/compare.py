@@ -1,12 +1,13 @@
 """Methods × shots × seeds on one cache: fit every run, save it, one table of mean ± std, a plot.
 
-    from cmm_cache.compare import compare, write_table_csv, plot
+    from cmm_cache.runs.compare import compare, write_table_csv, plot
     out = compare(open_cache(path), ["zero-shot", "tip-adapter", "cmm"], shots=[1, 16], seeds=[1, 2, 3])
     out["table"]   # one row per method: per shot mean ± std over seeds, the best per shot marked
 
-Every run goes through :func:`cmm_cache.results.fit_run` (same few-shot subsets, same val-only
-selection, same test evaluation for every method) and is saved as an ordinary run folder, both
-in :func:`fit_one` — the one place where compare meets the run-folder layer.
+Compare is the protocol (:mod:`cmm_cache.runs.protocol`) run for several methods: the same plan of
+(shots, seed) subsets, one read of the cache for every run, the same val-only selection and test
+evaluation (:func:`~cmm_cache.runs.protocol.fit_run`); each run is saved as an ordinary run folder in
+:func:`fit_one`, the one place where compare meets the run-folder layer.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
-from .atomic import atomic_path
-from .cache import Cache
-from .errors import CmmError
-from .methods import Method, get_method, registered_methods
-from .results import fit_run
+from cmm_cache.cache.reader import Cache
+from cmm_cache.errors import CmmError
+from cmm_cache.methods.registry import get_method, registered_methods
+from cmm_cache.runs.protocol import fit_run, plan, read_once
+from cmm_cache.runs.store import save_run
+from cmm_cache.util.atomic import atomic_path
 
 # ----------------------------------------------------------------------------
 # What to run
@@ -37,41 +39,6 @@ def resolve_methods(spec) -> list[str]:
     for name in spec:
         out.append(get_method(name).name)  # raises CmmError listing the methods
     return list(dict.fromkeys(out))
-
-
-def cap_options(method: Method, options: dict | None, cap: int | None) -> dict:
-    """Options with the method's optimizer steps per training run capped at `cap` (smoke tests, CI).
-
-    A method's step budget is its ``max_iterations`` option if it has one, else ``iterations``,
-    else ``epochs`` (full-batch methods: one step per epoch). Closed-form methods are unchanged.
-    """
-    opts = dict(options or {})
-    if cap is None:
-        return opts
-    d = method.defaults
-    if "max_iterations" in d:
-        have = opts.get("max_iterations", d["max_iterations"])
-        opts["max_iterations"] = int(cap) if have is None else min(int(cap), int(have))
-    elif "iterations" in d:
-        opts["iterations"] = min(int(cap), int(opts.get("iterations", d["iterations"])))
-    elif "epochs" in d and d["epochs"] is not None:
-        opts["epochs"] = min(int(cap), int(opts.get("epochs", d["epochs"])))
-    return opts
-
-
-def default_grid(cache: Cache, shots=None, seeds=None) -> tuple[list[int], list[int]]:
-    """Shots and seeds to run: as given, else every K / seed the cache holds; missing subsets are one error."""
-    groups = set(cache.fewshot_groups)
-    shots = sorted(set(shots)) if shots else sorted({k for k, _ in groups})
-    seeds = sorted(set(seeds)) if seeds else sorted({s for k, s in groups if k in shots})
-    missing = [f"{k}-shot/seed {s}" for k in shots for s in seeds if (k, s) not in groups]
-    if not shots or missing:
-        have = ", ".join(f"{k}-shot/seed {s}" for k, s in sorted(groups)) or "none"
-        raise CmmError(
-            f"{cache.path} has no few-shot subset for {', '.join(missing) or 'any shot'}.",
-            f"It holds: {have}. Pick --shots/--seeds among those, or re-extract with them.",
-        )
-    return shots, seeds
 
 
 # ----------------------------------------------------------------------------
@@ -99,7 +66,6 @@ def fit_one(
     The one place where compare meets the run-folder layer: point it at another runs API and
     nothing else here changes.
     """
-    from .runs import save_run
 
     result, arrays = fit_run(cache, shots, seed, method=method, options=options, templates=templates, device=device)
     row = {key: result.get(key) for key in RUN_KEYS}
@@ -124,21 +90,21 @@ def compare(
     """Fit every (method, shots, seed); returns {cache, dataset, backbone, methods, shots, seeds, table, runs}.
 
     `options` maps a method name to its options; `max_iterations` caps every trained method
-    (see :func:`cap_options`); with `runs_root` each run is saved (:func:`fit_one`).
+    (:meth:`~cmm_cache.methods.base.Method.capped`); with `runs_root` each run is saved (:func:`fit_one`).
     `progress(done, total, run_summary)` is called after each run.
     """
     names = resolve_methods(methods)
-    shots, seeds = default_grid(cache, shots, seeds)
-    total, runs = len(names) * len(shots) * len(seeds), []
+    cache = read_once(cache)  # every run of every method shares one read of the file
+    jobs = plan(cache, sorted(set(shots)) if shots else None, sorted(set(seeds)) if seeds else None)
+    shots, seeds = sorted({k for k, _ in jobs}), sorted({s for _, s in jobs})
+    total, runs = len(names) * len(jobs), []
     for name in names:
-        m = get_method(name)
-        opts = cap_options(m, (options or {}).get(name), max_iterations)
-        for k in shots:
-            for s in seeds:
-                row = fit_one(cache, name, k, s, opts, runs_root, templates, device)
-                runs.append(row)
-                if progress is not None:
-                    progress(len(runs), total, row)
+        opts = get_method(name).capped((options or {}).get(name), max_iterations)
+        for k, s in jobs:
+            row = fit_one(cache, name, k, s, opts, runs_root, templates, device)
+            runs.append(row)
+            if progress is not None:
+                progress(len(runs), total, row)
     return {
         "cache": str(cache.path),
         "dataset": cache.dataset,

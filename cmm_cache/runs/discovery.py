@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CmmError
-from .runs import config_changes, result_config_key
+from cmm_cache.datasets.names import dataset_key
+from cmm_cache.errors import CmmError
+from cmm_cache.runs.identity import config_changes, result_config_key
+from cmm_cache.util.paths import safe_name
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,6 @@ def scan_runs(folder: Path) -> list[RunRef]:
 def dataset_dirs(runs_root: Path, dataset: str) -> list[Path]:
     """Run folders of a dataset name: its key's folder, or for a bare short name such as ``dtd10``
     the ``dtd10-<hash>`` folders of that name (your own data)."""
-    from .paths import dataset_key, safe_name
 
     exact = Path(runs_root) / dataset_key(dataset)
     if exact.is_dir():
@@ -94,7 +95,6 @@ def find_run(
     `seed`. Among several configurations the method's default one is taken;
     without it, one error lists the candidates (pass ``--run PATH``).
     """
-    from .paths import safe_name
 
     root = Path(runs_root)
     k_hint = shots or 16

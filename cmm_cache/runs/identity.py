@@ -11,8 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from cmm_cache.methods.registry import discover
-
+from cmm_cache.methods.registry import METHODS, list_methods
 
 # Never part of a run's identity: they are in the folder name, or change speed and not results.
 NOT_IDENTITY = ("seed", "shots", "device")
@@ -43,7 +42,6 @@ def config_key(config: dict, runtime_options=()) -> str:
 
 
 def _runtime_options(method: str) -> tuple:
-    from .methods import METHODS, list_methods
 
     list_methods()  # fills the registry
     m = METHODS.get(method)
@@ -62,7 +60,6 @@ def result_config_key(result: dict) -> str | None:
 
 def config_changes(result: dict) -> dict:
     """What a run's config sets away from its method's defaults (for messages and tables)."""
-    from .methods import METHODS, list_methods
 
     list_methods()
     cfg = identity(result.get("config") or {}, _runtime_options(result.get("method") or "cmm"))

@@ -1,7 +1,7 @@
 """Fitting on one cache: one (shots, seed) run, or the whole protocol (every K × seed) as a library loop.
 
-    from cmm_cache.cache import open_cache
-    from cmm_cache.protocol import fit_protocol
+    from cmm_cache.cache.reader import open_cache
+    from cmm_cache.runs.protocol import fit_protocol
 
     cache = open_cache(path)
     for r in fit_protocol(cache, shots=[1, 2, 4, 8, 16], seeds=[1, 2, 3], method="cmm", options={"iterations": 2000}):
@@ -17,8 +17,6 @@ method chose everything on the few-shot val subset.
 
 from __future__ import annotations
 
-import json
-import platform
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,15 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .cache import Cache, Split
-from .errors import CmmError
-from .evaluate import evaluate_head, split_features
-from .fit import FitConfig
+from cmm_cache.cache.reader import Cache, Split
+from cmm_cache.errors import CmmError
+from cmm_cache.evaluation.metrics import evaluate_head, split_features
+from cmm_cache.methods.base import Method, fit_data
+from cmm_cache.methods.registry import get_method
+from cmm_cache.runs.identity import config_key, typed_options
+from cmm_cache.runs.store import check_target, save_run, target_dir
+from cmm_cache.util.device import resolve_device
+from cmm_cache.util.versions import versions
 
 StepFn = Callable[[int, int, "float | None"], None]  # (done, total, loss or None) of one run's training
-
-
 
 
 # ----------------------------------------------------------------------------
@@ -72,22 +72,23 @@ def read_once(cache: Cache) -> ReadOnceCache:
 
 
 def plan(cache: Cache, shots=None, seeds=None) -> list[tuple[int, int]]:
-    """The (shots, seed) runs of a protocol: every K the cache holds (or `shots`) × every seed it
-    holds for that K (or `seeds`); a group the cache lacks is one clear error."""
+    """The (shots, seed) runs of a protocol: every K the cache holds (or `shots`, in that order) × every seed
+    it holds for that K (or `seeds`). Subsets the cache lacks are one clear error that lists them all."""
     groups = cache.fewshot_groups
     if not groups:
         raise CmmError(f"{cache.path} holds no few-shot subsets.", "Re-extract it with --shots/--seeds.")
-    todo = []
+    todo, missing = [], []
     for k in list(dict.fromkeys(shots or sorted({k for k, _ in groups}))):
         have = sorted(s for kk, s in groups if kk == k)
         for s in list(dict.fromkeys(seeds or have or [1])):
-            if (k, s) not in groups:
-                held = ", ".join(f"{a}/{b}" for a, b in groups)
-                raise CmmError(
-                    f"{cache.path} has no few-shot subset for {k} shots, seed {s}.",
-                    f"It holds (shots/seed): {held}. Re-run `cmm-cache extract` with --shots/--seeds covering it.",
-                )
-            todo.append((int(k), int(s)))
+            (todo if (k, s) in groups else missing).append((int(k), int(s)))
+    if missing:
+        held = ", ".join(f"{a}-shot/seed {b}" for a, b in sorted(groups))
+        raise CmmError(
+            f"{cache.path} has no few-shot subset for " + ", ".join(f"{k}-shot/seed {s}" for k, s in missing) + ".",
+            f"It holds: {held}. Pick --shots/--seeds among those, or re-run `cmm-cache extract` with --shots/--seeds "
+            "covering them.",
+        )
     return todo
 
 
@@ -138,27 +139,19 @@ def check_data(cache: Cache, shots: int, seed: int) -> tuple[list[int], list[int
 # One run
 
 
-def _method_options(method: str, cfg: FitConfig | None, options: dict | None, device) -> tuple:
-    from .methods import get_method
-    from .runs import typed_options
-
+def resolve_method(method: str, options: dict | None) -> tuple[Method, dict]:
+    """The method and its resolved options (defaults overlaid; an unknown option is one clear error)."""
     m = get_method(method)
-    if cfg is not None:
-        if method != "cmm":
-            raise CmmError("A FitConfig configures CMM only; pass options=... for other methods.")
-        options = {k: v for k, v in cfg.to_dict().items() if k not in ("seed", "device")}
-        device = device or cfg.device
-    return m, m.resolve(typed_options(options or {}, m.defaults)), device
+    return m, m.resolve(typed_options(options or {}, m.defaults))
 
 
 def fit_run(
     cache: Cache,
     shots: int,
     seed: int,
-    cfg: FitConfig | None = None,
+    *,
     templates: str | None = None,
     progress: Callable[[int, float | None], None] | None = None,
-    *,
     method: str = "cmm",
     options: dict | None = None,
     device: str | torch.device | None = None,
@@ -166,19 +159,15 @@ def fit_run(
     """Fit `method` on the (shots, seed) subset of `cache`, select its hyper-parameters
     on the val subset, evaluate on test. Returns (result dict, arrays for weights.npz).
 
-    A :class:`FitConfig` as `cfg` is CMM's options (the historical signature);
-    otherwise `options` are the method's (see :mod:`cmm_cache.methods`).
-    `progress(done, loss)` follows a trained method's iterations.
+    `options` are the method's (see :mod:`cmm_cache.methods`; CMM's are the fields of its
+    ``TrainConfig`` plus ``alpha`` and ``threads``). `progress(done, loss)` follows a trained method's iterations.
     """
-    m, opts, device = _method_options(method, cfg, options, device)
+    m, opts = resolve_method(method, options)
     step = None if progress is None else (lambda done, total, loss: progress(done, loss))
     return _fit_one(read_once(cache), shots, seed, m, opts, templates, torch.device(device or "cpu"), step)
 
 
 def _fit_one(cache: ReadOnceCache, shots, seed, m, opts: dict, templates, dev, step: StepFn | None):
-    from .methods import fit_data
-    from .runs import config_key
-
     train_counts, val_counts, warnings = check_data(cache, shots, seed)
     data = fit_data(cache, shots, seed, templates, dev)
     fitted = m.fit(data, opts, progress=step)
@@ -260,7 +249,7 @@ def fit_protocol(
     """Fit `method` on every (shots, seed) of the protocol and yield each run's result, in order.
 
     `shots`/`seeds` default to every K and seed the cache holds. Each result is
-    saved in its run folder (:func:`cmm_cache.runs.save_run`; `runs_root`
+    saved in its run folder (:func:`cmm_cache.runs.store.save_run`; `runs_root`
     defaults to ``<cache-dir>/runs``, `out` is an exact folder for one run or
     the folder receiving ``shot_K-seed_S`` folders) unless `save` is False; the
     yielded dict adds ``run`` (the folder) and ``replaced`` (an earlier run of
@@ -269,11 +258,9 @@ def fit_protocol(
     maps the fit of each :class:`FitJob` (default: one after the other, in this
     process) — the place for a parallel runner; it must yield in job order.
     """
-    from .runs import check_target, config_key, save_run, target_dir
-
     cache = read_once(cache)
-    m, opts, _ = _method_options(method, None, options, None)
-    dev = resolve_device(str(device) if device is not None else "cpu")
+    m, opts = resolve_method(method, options)
+    dev = torch.device(resolve_device(str(device) if device is not None else "cpu"))
     if templates is not None:
         cache.text(templates)  # refuse an unknown set before training anything
     jobs = [FitJob(k, s) for k, s in plan(cache, shots, seeds)]
@@ -297,5 +284,3 @@ def fit_protocol(
             result["run"] = str(save_run(cache, result, arrays, runs_root, out, force=True, several=several))
             result["replaced"] = replaced[job]
         yield result
-
-

@@ -4,10 +4,6 @@ Rows are grouped by (dataset, backbone, method, config key, shots): runs of
 different configurations are never averaged into one mean. A result.json that
 cannot be read, or lacks the fields a summary needs, is reported by path and
 left out.
-
-Fitting and run folders live in :mod:`cmm_cache.protocol` and
-:mod:`cmm_cache.runs`; their public names are re-exported here, where they
-were before.
 """
 
 from __future__ import annotations
@@ -18,19 +14,10 @@ import os
 import statistics
 from pathlib import Path
 
-from .discovery import iter_result_files
-from .errors import CmmError
-from .protocol import fit_protocol, fit_run, resolve_device, versions  # noqa: F401  (re-exported)
-from .runs import (  # noqa: F401  (re-exported)
-    IDENTITY_KEYS,
-    Run,
-    check_same_backbone,
-    load_run,
-    result_config_key,
-    run_head,
-    save_run,
-    write_run,
-)
+from cmm_cache.errors import CmmError
+from cmm_cache.runs.discovery import iter_result_files
+from cmm_cache.runs.identity import result_config_key
+from cmm_cache.util.atomic import atomic_path
 
 RESULT_FIELDS = [
     "dataset",
@@ -130,7 +117,6 @@ def read_results(run_dirs) -> list[dict]:
 
 def write_csv(results: list[dict], path: str | os.PathLike) -> Path:
     """One row per run: the Results fields, the provenance hash and the run folder (written atomically)."""
-    from .atomic import atomic_path
 
     path = Path(path)
     cols = RESULT_FIELDS + ["cache_provenance_sha256", "run"]

@@ -23,37 +23,23 @@ before methods existed) and ``<backbone>/<method>/shot_K-seed_S/``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .cache import Cache
-from .errors import CmmError
-from .fewshot import group_name
-from .heads import CMMHead, Head, Model, load_head
-
-
+from cmm_cache.cache.reader import Cache
+from cmm_cache.datasets.fewshot import group_name
+from cmm_cache.datasets.names import dataset_key, is_user_data
+from cmm_cache.errors import CmmError
+from cmm_cache.runs.identity import result_config_key
+from cmm_cache.util.atomic import atomic_dir
+from cmm_cache.util.paths import runs_dir, safe_name
 
 # ----------------------------------------------------------------------------
 # Identity
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # ----------------------------------------------------------------------------
@@ -63,7 +49,6 @@ from .heads import CMMHead, Head, Model, load_head
 def dataset_folder(cache: Cache) -> str:
     """The runs folder of a cache's dataset: the cache's own folder name when the cache sits in the
     cache dir as ``<key>/<backbone>.h5`` (so runs and caches of one dataset share one name), else its key."""
-    from .paths import dataset_key, is_user_data, safe_name
 
     parent = Path(cache.path).parent.name
     if is_user_data(cache.dataset) and re.fullmatch(re.escape(safe_name(cache.dataset_name)) + r"-[0-9a-f]{8}", parent):
@@ -73,7 +58,6 @@ def dataset_folder(cache: Cache) -> str:
 
 def run_dir(runs_root, cache: Cache, method: str, key: str, shots: int, seed: int) -> Path:
     """``<runs-root>/<dataset key>/<backbone>/<method>-<key>/shot_K-seed_S``."""
-    from .paths import safe_name
 
     return (
         Path(runs_root) / dataset_folder(cache) / safe_name(cache.backbone) / f"{safe_name(method)}-{key}"
@@ -83,7 +67,6 @@ def run_dir(runs_root, cache: Cache, method: str, key: str, shots: int, seed: in
 def target_dir(cache: Cache, result: dict, runs_root=None, out=None, several: bool = False) -> Path:
     """Where :func:`save_run` puts a result: `out` itself (one run), `out/shot_K-seed_S` (several),
     else its place under the runs root (default ``<cache-dir>/runs``)."""
-    from .paths import runs_dir
 
     k, s = int(result["shots"]), int(result["seed"])
     if out is not None:
@@ -121,7 +104,6 @@ def check_target(path: Path, key: str, force: bool = False) -> bool:
 
 def write_run(run_dir: str | os.PathLike, result: dict, arrays: dict, cache: Cache) -> Path:
     """Write a run folder atomically; an existing run at that path is replaced."""
-    from .atomic import atomic_dir
 
     run_dir = Path(run_dir)
     with atomic_dir(run_dir) as tmp:
@@ -135,7 +117,7 @@ def write_run(run_dir: str | os.PathLike, result: dict, arrays: dict, cache: Cac
 def save_run(
     cache: Cache, result: dict, arrays: dict, runs_root=None, out=None, *, force: bool = False, several: bool = False
 ) -> Path:
-    """Save a fitted run (from :func:`cmm_cache.protocol.fit_run`) in its folder and return that folder.
+    """Save a fitted run (from :func:`cmm_cache.runs.protocol.fit_run`) in its folder and return that folder.
 
     The folder is named by method and config key, so only a run of the same
     config is replaced; `out` (an exact folder, or with `several` the folder
@@ -147,14 +129,5 @@ def save_run(
     return write_run(path, result, arrays, cache)
 
 
-
-
-
-
-
-
 # ----------------------------------------------------------------------------
 # Checks before scoring a run on another cache
-
-
-

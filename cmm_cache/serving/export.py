@@ -25,6 +25,11 @@ from pathlib import Path
 
 import torch
 
+from cmm_cache.errors import CmmError
+from cmm_cache.heads.run_folder import load_run
+from cmm_cache.serving.predict import Classifier
+from cmm_cache.util.atomic import atomic_path
+
 META_NAME = "cmm_cache.json"
 
 
@@ -65,10 +70,6 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, head_only:
 
     Exported on the CPU in float32 (the file runs anywhere torch does).
     """
-    from .atomic import atomic_path
-    from .errors import CmmError
-    from .predict import Classifier
-    from .runs import load_run
 
     clf = Classifier(load_run(run_dir), "cpu", pretrained)
     head = clf.run.head.module().eval()

@@ -8,7 +8,7 @@
 A prediction is exactly what `eval` scores from the cache: the run's backbone
 (its identity checked against the run's provenance: model, weights, random-
 weights seed, feature size, preprocessing), the same encoder code as
-`extract` (:func:`cmm_cache.encode.iter_encoded`: decoding workers, float16
+`extract` (:func:`cmm_cache.extract.encode.iter_encoded`: decoding workers, float16
 rounding of the raw features as the cache stores them), the same
 normalization, then the run's head (for CMM: W, T, T0 and the alpha/fusion
 chosen on val).
@@ -17,7 +17,6 @@ chosen on val).
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,12 +25,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CmmError
-from .fit import normalize_rows
-from .runs import Run, load_run
+from cmm_cache.backbones.identity import backbone_differences, describe_differences, is_local_weights
+from cmm_cache.backbones.load import load_backbone
+from cmm_cache.backbones.registry import resolve_backbone
+from cmm_cache.errors import CmmError
+from cmm_cache.extract.encode import (
+    ImageItem,
+    configure_cpu_threads,
+    default_num_workers,
+    encode_image_batch,
+    iter_encoded,
+)
+from cmm_cache.heads.base import normalize_rows
+from cmm_cache.heads.run_folder import Run, load_run
+from cmm_cache.util.device import resolve_device
+from cmm_cache.util.paths import is_image_file
 
-# What identifies the encoder a run's features came from (keys of the cache provenance).
-FINGERPRINT_KEYS = ("model", "pretrained", "weights_sha256", "random_weights_seed", "embed_dim", "preprocessing")
 LIST_SUFFIXES = (".csv", ".tsv", ".txt")
 _PATH_COLUMNS = ("path", "image", "file", "filename", "filepath")
 
@@ -40,29 +49,14 @@ _PATH_COLUMNS = ("path", "image", "file", "filename", "filepath")
 # The run's backbone
 
 
-def _plain(v):
-    return json.loads(json.dumps(v, default=str))  # tuples -> lists, as the provenance JSON holds them
-
-
-def _local_weights(prov: dict) -> bool:
-    return bool(prov.get("pretrained")) and prov.get("pretrained") == prov.get("weights_path")
-
-
 def check_backbone(run: Run, loaded: dict) -> None:
-    """Refuse a backbone whose fingerprint differs from the one recorded with the run's cache."""
-    rp = run.provenance
-    diff = []
-    for k in FINGERPRINT_KEYS:
-        if k not in rp or k not in loaded:
-            continue
-        if k == "pretrained" and (_local_weights(rp) or _local_weights(loaded)):
-            continue  # a weights file may move; its sha256 is what identifies it
-        if _plain(rp[k]) != _plain(loaded[k]):
-            diff.append(k)
+    """Refuse a backbone whose fingerprint differs from the one recorded with the run's cache
+    (:mod:`cmm_cache.backbones.identity`: the same rule ``eval`` applies to a cache)."""
+    diff = backbone_differences(run.provenance, loaded)
     if diff:
-        detail = "; ".join(f"{k}: run {_plain(rp[k])!r} vs loaded {_plain(loaded[k])!r}" for k in diff)
         raise CmmError(
-            f"The backbone loaded for the run at {run.path} is not the one its features came from ({detail}).",
+            f"The backbone loaded for the run at {run.path} is not the one its features came from "
+            f"({describe_differences(diff, 'run', 'loaded')}).",
             "Pass --pretrained with the weights file the cache was extracted with (same sha256), "
             "and use the open_clip version that extracted it.",
         )
@@ -70,10 +64,9 @@ def check_backbone(run: Run, loaded: dict) -> None:
 
 def load_run_backbone(run: Run, device: str = "cpu", pretrained: str | os.PathLike | None = None):
     """The run's backbone on `device`, checked against the run's provenance."""
-    from .backbones import load_backbone, resolve_backbone
 
     prov = run.provenance
-    weights = pretrained or (prov.get("pretrained") if _local_weights(prov) else None)
+    weights = pretrained or (prov.get("pretrained") if is_local_weights(prov) else None)
     spec = resolve_backbone(str(run.result.get("backbone") or prov.get("backbone")), weights)
     bb = load_backbone(spec, device=device)
     check_backbone(run, bb.provenance())
@@ -99,7 +92,6 @@ def _read_list(f: Path) -> list[str]:
 
 def collect_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
     """Image paths from files, folders (searched recursively by extension) and CSV/TSV/TXT lists."""
-    from .paths import is_image_file
 
     out: list[str] = []
     missing = []
@@ -179,7 +171,6 @@ class Classifier:
 
     def encode(self, images: torch.Tensor) -> np.ndarray:
         """Raw features of preprocessed images [n, 3, H, W], rounded to float16 exactly as `extract` does."""
-        from .encode import encode_image_batch
 
         x = images.to(self.device)
         return encode_image_batch(self.backbone.model, x, self.device).cpu().numpy().astype(np.float16)
@@ -242,7 +233,6 @@ class Classifier:
 
     def iter_files(self, paths, *, batch_size=64, num_workers=None, progress=None) -> Iterator[tuple]:
         """(path, probabilities [1, C] or None, error or None) per file, in order."""
-        from .encode import ImageItem, configure_cpu_threads, default_num_workers, iter_encoded
 
         items = [ImageItem(key=i, path=str(p), views=1) for i, p in enumerate(paths)]
         batches = [list(range(i, min(len(items), i + batch_size))) for i in range(0, len(items), batch_size)]
@@ -283,7 +273,6 @@ def load_classifier(run_dir: str | os.PathLike, device: str = "auto", pretrained
     """A fitted run (any method) as a classifier: ``predict(images or features) -> probabilities``,
     ``classes`` and ``transform`` (the backbone's preprocessing). `pretrained`: the local weights file,
     when the cache was extracted from one that has moved since."""
-    from .backbones import resolve_device
 
     return Classifier(load_run(Path(run_dir).expanduser()), resolve_device(device), pretrained)
 

@@ -7,14 +7,10 @@ resolve paths the same way.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import re
 from pathlib import Path
 
-from .errors import CmmError
-
+from cmm_cache.errors import CmmError
 
 # What counts as an image file wherever a folder is scanned (datasets, bench, predict).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -28,8 +24,6 @@ def is_image_file(name: str | os.PathLike) -> bool:
     """An image by its extension (hidden files excluded)."""
     base = os.path.basename(str(name))
     return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
-
-
 
 
 def data_root(explicit: str | os.PathLike | None = None, required: bool = False) -> Path | None:
@@ -65,26 +59,6 @@ def safe_name(name: str) -> str:
     return "".join(c if (c.isalnum() or c in "-_.+") else "_" for c in name)
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def runs_dir(cache_root: str | os.PathLike | None = None) -> Path:
     """Fitted runs live beside the caches: `<cache-dir>/runs/`."""
     return cache_dir(cache_root) / "runs"
-
-
-
-
-
-

@@ -32,8 +32,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..errors import CmmError
-from ..fit_ops import AdamW
+from cmm_cache.errors import CmmError
+from cmm_cache.methods.search import improves, select_scored
+from cmm_cache.methods.trainers.ops import AdamW
 
 LOGIT_SCALE = math.exp(4.60517)  # their LogitHead: CLIP's initial temperature, not learned
 GRID = {"lr": [1e-3, 1e-4], "weight_decay": [0.0, 1e-2, 1e-4], "batch_size": [8, 32]}
@@ -110,7 +111,7 @@ class GridResult:
 
     def chosen(self) -> int:
         """Index of the winning config: best val, first in loop order."""
-        return max(range(len(self.configs)), key=lambda k: (self.best_val[k], -k))
+        return select_scored(range(len(self.configs)), self.best_val).value
 
 
 def _val_acc(W: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor) -> torch.Tensor:
@@ -135,7 +136,7 @@ def train_grid(pool_x, pool_y, n_image, W0, x_val, y_val, configs, iterations, s
     W = W0[None].repeat(len(configs), 1, 1).contiguous()
     grad = torch.zeros_like(W)
     # One AdamW per (lr, weight decay) over views of W: the fused kernel when torch has it (probed, with
-    # public fallbacks: cmm_cache.fit_ops), so no private op is called unguarded.
+    # public fallbacks: cmm_cache.methods.trainers.ops), so no private op is called unguarded.
     opts = {key: (AdamW([W[j] for j in js], weight_decay=key[1]), js) for key, js in by_opt.items()}
     best_W, best_val = W.clone(), torch.full((len(configs),), -1.0, dtype=torch.float64)
     best_iter = torch.zeros(len(configs), dtype=torch.long)
@@ -151,7 +152,7 @@ def train_grid(pool_x, pool_y, n_image, W0, x_val, y_val, configs, iterations, s
                 opt.step([grad[j] for j in js], lr_at(i, lr, iterations))
             if i % EVAL_EVERY == 0:
                 acc = _val_acc(W, x_val, y_val).cpu()
-                better = acc > best_val
+                better = improves(acc, best_val)  # the shared rule, elementwise (start -1: the first eval counts)
                 best_W[better] = W[better]
                 best_val = torch.where(better, acc, best_val)
                 best_iter[better] = i

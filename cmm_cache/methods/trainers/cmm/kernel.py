@@ -30,6 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cmm_cache.util.atomic import atomic_path
+from cmm_cache.util.paths import cache_dir
+
 SOURCE = Path(__file__).with_name("cmm_loop.c")
 HEADERS = [Path(__file__).with_name(n) for n in ("cmm_ctx.h", "cmm_pool.h")]  # included by the source
 ABI_VERSION = 1
@@ -72,7 +75,6 @@ def _cpu_flags() -> str:
 
 
 def _kernel_dir() -> Path:
-    from .paths import cache_dir
 
     return cache_dir() / "kernels"
 
@@ -83,7 +85,6 @@ class _CompileFailed(Exception):
 
 def _build(cc: str, out_dir: Path) -> tuple[Path | None, str]:
     """Compile the source (cached by hash); returns (library path or None, reason)."""
-    from .atomic import atomic_path
 
     src = b"".join(p.read_bytes() for p in [SOURCE, *HEADERS])
     try:

@@ -25,7 +25,7 @@ def clip_prob_true(x: torch.Tensor, y: torch.Tensor, T0: torch.Tensor, chunk: in
 
 
 def cmm_grads(W, T, T0, x, y, p0y, cfg, want_loss=False):
-    """Loss (if asked) and gradients (gW, gT) of the CMM loss (see cmm_cache.fit) on one batch.
+    """Loss (if asked) and gradients (gW, gT) of the CMM loss (see cmm_cache.methods.trainers.cmm.trainer) on one batch.
 
     x: [B, d] normalized image features; y: [B]; p0y: [B] softmax(100 v̂ T0ᵀ)[y]
     (used by probability fusion; logit fusion recomputes the CLIP logits).
