@@ -5,7 +5,15 @@ from __future__ import annotations
 import contextlib
 
 import click
-from cmm_cache.cli.common import console, device_option, emit_json, handle_errors, json_option
+from cmm_cache.cli.common import (
+    console,
+    device_option,
+    emit_json,
+    handle_errors,
+    json_option,
+    pretrained_option,
+    workers_option,
+)
 
 
 @click.command("extract")
@@ -22,11 +30,9 @@ from cmm_cache.cli.common import console, device_option, emit_json, handle_error
     show_default=True,
     help="Backbone (rn50-arch = RN50 with random weights, no download).",
 )
-@click.option("--pretrained", type=click.Path(dir_okay=False), default=None)
+@pretrained_option("Local weights file for the backbone's architecture (no download).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option(
-    "--workers", default=None, type=click.IntRange(0), help="DataLoader decoding processes [default: as extract]."
-)
+@workers_option("DataLoader decoding processes [default: as extract].")
 @click.option("--limit", default=None, type=click.IntRange(1), help="Use only the first N images.")
 @click.option(
     "--repeat",

@@ -8,12 +8,16 @@ from pathlib import Path
 import click
 from cmm_cache.cli.common import (
     cache_dir_option,
+    cache_options,
     console,
     device_option,
     emit_json,
     handle_errors,
     int_list,
     json_option,
+    runs_dir_option,
+    shots_seeds_options,
+    templates_option,
 )
 
 
@@ -57,12 +61,9 @@ def _table(out: dict):
 
 @click.command("compare")
 @click.option("--methods", default="all", show_default=True, help="'all' or a comma list, e.g. zero-shot,gda,cmm.")
-@click.option("--shots", default=None, callback=int_list, help="K list, e.g. 1,2,4,8,16 [default: every K cached].")
-@click.option("--seeds", "--seed", "seeds", default=None, callback=int_list, help="Seed list [default: all cached].")
-@click.option("--cache", "cache_file", type=click.Path(dir_okay=False), default=None, help="Any cmm-cache/1 file.")
-@click.option("--dataset", default=None, help="With --backbone: use <cache-dir>/<dataset>/<backbone>.h5.")
-@click.option("--backbone", default=None)
-@click.option("--templates", default=None, help="Text template set in the cache [default: the cache's default].")
+@shots_seeds_options
+@cache_options()
+@templates_option
 @click.option(
     "--max-iterations",
     default=None,
@@ -70,7 +71,7 @@ def _table(out: dict):
     help="Cap every trained method's optimizer steps per training (smoke tests; recorded in each run).",
 )
 @click.option("--option", "method_options", multiple=True, help="A method's option: METHOD.KEY=VALUE (JSON value).")
-@click.option("--runs-dir", type=click.Path(file_okay=False), default=None, help="[default: <cache-dir>/runs]")
+@runs_dir_option
 @click.option("--no-save", is_flag=True, help="Do not write run folders.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write the table as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Accuracy vs shots, .png/.svg")

@@ -5,7 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from cmm_cache.cli.common import cache_dir_option, console, device_option, emit_json, handle_errors, json_option
+from cmm_cache.cli.common import (
+    cache_dir_option,
+    console,
+    device_option,
+    emit_json,
+    handle_errors,
+    json_option,
+    run_option,
+    runs_dir_option,
+)
 
 
 def shift_name(shift: str) -> str:
@@ -54,7 +63,7 @@ def find_run_path(run_path, shift, dataset, backbone, method, shots, seed, runs_
 
 
 @click.command("eval")
-@click.option("--run", "run_path", type=click.Path(file_okay=False), default=None, help="Run folder written by `fit`.")
+@run_option(required=False)
 @click.option(
     "--shift",
     default=None,
@@ -84,12 +93,7 @@ def find_run_path(run_path, shift, dataset, backbone, method, shots, seed, runs_
     help="Cache to evaluate on [default: the run's own cache, or <cache-dir>/<shift>/<backbone>.h5]; "
     "another cache of the run's backbone and classes is accepted.",
 )
-@click.option(
-    "--runs-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Root of run folders [default: <cache-dir>/runs].",
-)
+@runs_dir_option
 @cache_dir_option
 @device_option
 @json_option

@@ -14,6 +14,8 @@ from cmm_cache.cli.common import (
     handle_errors,
     int_list,
     json_option,
+    pretrained_option,
+    workers_option,
 )
 from cmm_cache.cli.progress import ImageProgress
 
@@ -39,12 +41,7 @@ def _backbone_help() -> str:
     "--dataset", required=True, help="Dataset name (see `cmm-cache datasets`), manifest file or image folder."
 )
 @click.option("--backbone", required=True, help=_backbone_help())
-@click.option(
-    "--pretrained",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Local weights file for the backbone's architecture (no download).",
-)
+@pretrained_option("Local weights file for the backbone's architecture (no download).")
 @click.option(
     "--shots",
     default=None,
@@ -62,12 +59,7 @@ def _backbone_help() -> str:
     type=click.IntRange(1),
     help="Images per encoder batch (flip views included).",
 )
-@click.option(
-    "--workers",
-    default=None,
-    type=click.IntRange(0),
-    help="DataLoader decoding processes [default: min(8, cores) with a GPU, cores/2 on the CPU].",
-)
+@workers_option("DataLoader decoding processes [default: min(8, cores) with a GPU, cores/2 on the CPU].")
 @click.option(
     "--skip-bad",
     is_flag=True,

@@ -8,12 +8,14 @@ import click
 from click.core import ParameterSource
 from cmm_cache.cli.common import (
     cache_dir_option,
+    cache_options,
     console,
     device_option,
     emit_json,
     handle_errors,
-    int_list,
     json_option,
+    runs_dir_option,
+    shots_seeds_options,
 )
 from cmm_cache.cli.progress import Bars
 from cmm_cache.cli.tables import summary_table
@@ -121,29 +123,8 @@ def _run_line(cache, r: dict) -> str:
 
 
 @click.command("fit")
-@click.option(
-    "--cache",
-    "cache_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Any cache file following schema cmm-cache/1 (default: the cache extracted last).",
-)
-@click.option("--dataset", default=None, help="With --backbone: use <cache-dir>/<dataset>/<backbone>.h5.")
-@click.option("--backbone", default=None)
-@click.option(
-    "--shots",
-    default=None,
-    callback=int_list,
-    help="Few-shot K list, e.g. 1,2,4,8,16 [default: every K in the cache].",
-)
-@click.option(
-    "--seeds",
-    "--seed",
-    "seeds",
-    default=None,
-    callback=int_list,
-    help="Seed list, e.g. 1,2,3 [default: every seed the cache holds for each K].",
-)
+@cache_options()
+@shots_seeds_options
 @click.option("--method", default="cmm", show_default=True, type=MethodChoice(), help="The method to fit.")
 @click.option(
     "--set",
@@ -186,13 +167,7 @@ def _run_line(cache, r: dict) -> str:
     type=click.IntRange(1),
     help="CPU threads for training [default: chosen by timing while the run goes, see README 'Speed'].",
 )
-@click.option(
-    "--runs-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Root for run folders [default: <cache-dir>/runs]; a run goes to "
-    "<root>/<dataset>/<backbone>/<method>-<config key>/shot_K-seed_S.",
-)
+@runs_dir_option
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
