@@ -218,4 +218,37 @@ def backbones_cmd(as_json):
     )
 
 
-COMMANDS = [datasets_cmd, backbones_cmd]
+@click.command("methods")
+@json_option
+@handle_errors
+def methods_cmd(as_json):
+    """List the registered methods: what each is, how it chooses its hyper-parameters, its source."""
+    from cmm_cache.methods.registry import get_method, registered_methods
+
+    rows = []
+    for name in registered_methods():
+        m = get_method(name)
+        rows.append(
+            {
+                "name": m.name,
+                "summary": m.summary,
+                "selection": m.selection,
+                "trained": m.trained,
+                "options": sorted(m.defaults),
+                "source": m.source,
+            }
+        )
+    if as_json:
+        emit_json({"methods": rows})
+        return
+    from rich.table import Table
+
+    t = Table(title="methods (`fit --method NAME`, `compare --methods LIST`)")
+    for col in ("name", "what it is", "hyper-parameters chosen on", "source"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(r["name"], r["summary"], r["selection"], r["source"])
+    console.print(t)
+
+
+COMMANDS = [datasets_cmd, backbones_cmd, methods_cmd]

@@ -147,3 +147,9 @@ def test_the_checker_sees_a_wrong_way_import(tmp_path):
     found = _imports("cmm_cache.heads.planted", fake)
     assert "cmm_cache.methods.registry" in found
     assert stage("cmm_cache.methods.registry") not in ALLOWED["heads"]
+
+
+def test_docs_architecture_names_every_stage():
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    for f in set(ALLOWED) - {"errors"}:
+        assert f"`{f}/`" in doc, f"docs/architecture.md does not describe cmm_cache/{f}/"

@@ -75,6 +75,18 @@ def test_a_new_method_is_one_new_file(tmp_path, monkeypatch):
     assert registry.get_method("toy").capped({}, 3) == {"steps": 3}
 
 
+def test_a_broken_method_module_fails_loudly_with_its_own_error(tmp_path, monkeypatch):
+    import cmm_cache.methods as package
+    from cmm_cache.methods import registry
+
+    (tmp_path / "broken_method.py").write_text("import no_such_package_for_cmm_cache_tests\n")
+    monkeypatch.setattr(package, "__path__", [*package.__path__, str(tmp_path)])
+    monkeypatch.setattr(registry, "_discovered", False)
+    monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))
+    with pytest.raises(ModuleNotFoundError, match="no_such_package_for_cmm_cache_tests"):
+        registry.get_method("cmm")
+
+
 def test_cmm_ablations_are_cmm_with_one_option_changed():
     base = get_method("cmm").defaults
     for name, key, value in [("cmm-no-map", "use_map", False), ("cmm-no-triplet", "triplet", False),

@@ -140,3 +140,15 @@ def test_bench_methods_command():
     names = [m["method"] for m in out["methods"]]
     assert names == ["zero-shot", "tip-adapter", "gda"] and all(is_figure(m["seconds"]) for m in out["methods"])
     assert "cores, load average" in out["machine"]  # the figures say what machine and load they came from
+
+
+def test_compare_reads_each_cache_split_once_for_every_method_and_run(tmp_path, monkeypatch):
+    from cmm_cache.cache.reader import Cache
+
+    reads = []
+    real = Cache.split
+    monkeypatch.setattr(Cache, "split", lambda self, name: reads.append(name) or real(self, name))
+    cache = open_cache(make_text_cache(tmp_path / "c.h5"))
+    out = compare(cache, "zero-shot,gda,cmm", [1, 4], [1, 2], max_iterations=20)
+    assert len(out["runs"]) == 12
+    assert sorted(reads) == ["test", "train", "val"]
