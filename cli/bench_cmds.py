@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 
 import click
-
-from .common import (
+from cmm_cache.cli.common import (
     console,
     device_option,
     emit_json,
     handle_errors,
     json_option,
+    pretrained_option,
+    workers_option,
 )
 
 
@@ -29,11 +30,9 @@ from .common import (
     show_default=True,
     help="Backbone (rn50-arch = RN50 with random weights, no download).",
 )
-@click.option("--pretrained", type=click.Path(dir_okay=False), default=None)
+@pretrained_option("Local weights file for the backbone's architecture (no download).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option(
-    "--workers", default=None, type=click.IntRange(0), help="DataLoader decoding processes [default: as extract]."
-)
+@workers_option("DataLoader decoding processes [default: as extract].")
 @click.option("--limit", default=None, type=click.IntRange(1), help="Use only the first N images.")
 @click.option(
     "--repeat",
@@ -47,7 +46,7 @@ from .common import (
 @handle_errors
 def bench_extract(data_dir, backbone, pretrained, batch_size, workers, limit, repeat, device, as_json):
     """End-to-end extraction images/s vs the encoder's bare forward images/s (same batch size)."""
-    from cmm_cache.bench_extract import bench_extract as run
+    from cmm_cache.bench.extract import bench_extract as run
 
     r = run(
         data_dir,
@@ -162,7 +161,7 @@ def bench_fit(
     cmm-cache bench fit --classes 47 --compare-threads --busy
     cmm-cache bench fit --protocol
     """
-    from cmm_cache import bench_fit as b
+    from cmm_cache.bench import fit as b
 
     log = console.print
     if suite:
@@ -173,7 +172,7 @@ def bench_fit(
             classes or 47, dim, shots, iterations, conditions=conditions, busy_procs=busy_procs, repeat=repeat, log=log
         )
     elif protocol:
-        from cmm_cache.bench_protocol import bench_protocol
+        from cmm_cache.bench.protocol import bench_protocol
 
         with b.BusyLoad(busy_procs) if busy else contextlib.nullcontext():
             out = bench_protocol(classes=classes or 47, dim=dim, iterations=iterations, log=log)

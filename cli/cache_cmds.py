@@ -5,19 +5,12 @@ from __future__ import annotations
 import sys
 
 import click
-
-from .common import (
-    cache_dir_option,
-    console,
-    emit_json,
-    handle_errors,
-    json_option,
-)
+from cmm_cache.cli.common import cache_dir_option, console, emit_json, handle_errors, json_option
 
 
 def _resolve_path(path, dataset, backbone, cache_dir):
+    from cmm_cache.cache.locate import cache_path, last_extract
     from cmm_cache.errors import CmmError
-    from cmm_cache.paths import cache_path, last_extract
 
     if path:
         return path
@@ -42,8 +35,8 @@ def cache_group():
 @handle_errors
 def cache_ls(cache_dir, as_json):
     """Table of the caches in the cache dir (and unfinished extractions)."""
-    from cmm_cache.cache import list_caches
-    from cmm_cache.paths import cache_dir as resolve_cache_dir
+    from cmm_cache.cache.info import list_caches
+    from cmm_cache.util.paths import cache_dir as resolve_cache_dir
 
     rows = list_caches(cache_dir)
     root = str(resolve_cache_dir(cache_dir))
@@ -87,7 +80,7 @@ def cache_info_cmd(path, dataset, backbone, cache_dir, as_json):
     """Attributes, provenance and nodes of one cache (PATH, or --dataset/--backbone, else the last extracted)."""
     import json as _json
 
-    from cmm_cache.cache import cache_info
+    from cmm_cache.cache.info import cache_info
 
     info = cache_info(_resolve_path(path, dataset, backbone, cache_dir))
     if as_json:
@@ -123,7 +116,8 @@ def cache_info_cmd(path, dataset, backbone, cache_dir, as_json):
 @handle_errors
 def cache_verify(path, dataset, backbone, all_, cache_dir, as_json):
     """Read every byte (HDF5 checksums) and check the schema; exit 1 on damage."""
-    from cmm_cache.cache import list_caches, verify_cache
+    from cmm_cache.cache.info import list_caches
+    from cmm_cache.cache.verify import verify_cache
 
     if all_:
         paths = [r["path"] for r in list_caches(cache_dir) if not r.get("unfinished")]

@@ -54,6 +54,85 @@ def json_option(f):
     )(f)
 
 
+def stack(*decorators):
+    """Several click options as one decorator (applied in the order listed, as they read in --help)."""
+
+    def apply(f):
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return apply
+
+
+def cache_options(what: str = "the cache extracted last"):
+    """--cache FILE, or --dataset with --backbone: the cache a stage-two command reads (fit, compare)."""
+    return stack(
+        click.option(
+            "--cache",
+            "cache_file",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help=f"Any cache file following schema cmm-cache/1 [default: {what}].",
+        ),
+        click.option("--dataset", default=None, help="With --backbone: the cache of this dataset in the cache dir."),
+        click.option("--backbone", default=None, help="With --dataset: the cache of this backbone in the cache dir."),
+    )
+
+
+def shots_seeds_options(f):
+    """--shots K,K,... and --seeds S,S,... of the few-shot subsets to fit (fit, compare)."""
+    return stack(
+        click.option(
+            "--shots",
+            default=None,
+            callback=int_list,
+            help="Few-shot K list, e.g. 1,2,4,8,16 [default: every K in the cache].",
+        ),
+        click.option(
+            "--seeds",
+            "--seed",
+            "seeds",
+            default=None,
+            callback=int_list,
+            help="Seed list, e.g. 1,2,3 [default: every seed the cache holds for each K].",
+        ),
+    )(f)
+
+
+def templates_option(f):
+    return click.option(
+        "--templates", default=None, help="Text template set in the cache [default: the cache's default]."
+    )(f)
+
+
+def runs_dir_option(f):
+    return click.option(
+        "--runs-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Root of run folders [default: <cache-dir>/runs]; a run goes to "
+        "<root>/<dataset>/<backbone>/<method>-<config key>/shot_K-seed_S.",
+    )(f)
+
+
+def run_option(required: bool = True):
+    """--run: a run folder written by `fit` (predict, export, eval)."""
+    return click.option(
+        "--run", "run_path", required=required, type=click.Path(file_okay=False), help="Run folder written by `fit`."
+    )
+
+
+def pretrained_option(
+    help: str = "The local weights file the cache was extracted with, if it has moved (checked by sha256).",
+):
+    return click.option("--pretrained", type=click.Path(dir_okay=False), default=None, help=help)
+
+
+def workers_option(help: str = "Decoding processes [default: as extract]."):
+    return click.option("--workers", default=None, type=click.IntRange(0), help=help)
+
+
 def int_list(ctx, param, value):
     """Click callback: '1,2,4' -> [1, 2, 4] (None stays None)."""
     if value is None:

@@ -6,8 +6,19 @@ import json
 from pathlib import Path
 
 import click
-
-from .common import cache_dir_option, console, device_option, emit_json, handle_errors, int_list, json_option
+from cmm_cache.cli.common import (
+    cache_dir_option,
+    cache_options,
+    console,
+    device_option,
+    emit_json,
+    handle_errors,
+    int_list,
+    json_option,
+    runs_dir_option,
+    shots_seeds_options,
+    templates_option,
+)
 
 
 def _method_options(pairs) -> dict:
@@ -50,12 +61,9 @@ def _table(out: dict):
 
 @click.command("compare")
 @click.option("--methods", default="all", show_default=True, help="'all' or a comma list, e.g. zero-shot,gda,cmm.")
-@click.option("--shots", default=None, callback=int_list, help="K list, e.g. 1,2,4,8,16 [default: every K cached].")
-@click.option("--seeds", "--seed", "seeds", default=None, callback=int_list, help="Seed list [default: all cached].")
-@click.option("--cache", "cache_file", type=click.Path(dir_okay=False), default=None, help="Any cmm-cache/1 file.")
-@click.option("--dataset", default=None, help="With --backbone: use <cache-dir>/<dataset>/<backbone>.h5.")
-@click.option("--backbone", default=None)
-@click.option("--templates", default=None, help="Text template set in the cache [default: the cache's default].")
+@shots_seeds_options
+@cache_options()
+@templates_option
 @click.option(
     "--max-iterations",
     default=None,
@@ -63,7 +71,7 @@ def _table(out: dict):
     help="Cap every trained method's optimizer steps per training (smoke tests; recorded in each run).",
 )
 @click.option("--option", "method_options", multiple=True, help="A method's option: METHOD.KEY=VALUE (JSON value).")
-@click.option("--runs-dir", type=click.Path(file_okay=False), default=None, help="[default: <cache-dir>/runs]")
+@runs_dir_option
 @click.option("--no-save", is_flag=True, help="Do not write run folders.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write the table as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Accuracy vs shots, .png/.svg")
@@ -95,12 +103,14 @@ def compare_cmd(
     cmm-cache compare --methods all --shots 1,2,4,8,16 --seeds 1,2,3 --plot acc.png
     cmm-cache compare --methods zero-shot,tip-adapter,gda,cmm --cache dtd.h5 --csv dtd.csv --json
     """
-    from cmm_cache import paths
-    from cmm_cache.cache import open_cache
-    from cmm_cache.compare import compare, json_table, plot, resolve_methods, write_table_csv
-    from cmm_cache.results import resolve_device
+    from cmm_cache.cli.fit_cmds import (
+        resolve_cache,  # the lookup fit uses (--cache, --dataset/--backbone, last extract)
+    )
 
-    from .fit_cmds import resolve_cache  # the lookup fit uses (--cache, --dataset/--backbone, last extract)
+    from cmm_cache.cache.reader import open_cache
+    from cmm_cache.runs.compare import compare, json_table, plot, resolve_methods, write_table_csv
+    from cmm_cache.util import paths
+    from cmm_cache.util.device import resolve_device
 
     cache = open_cache(resolve_cache(cache_file, dataset, backbone, cache_dir))
     names = resolve_methods(methods)
@@ -159,8 +169,8 @@ def bench_methods_cmd(methods, classes, dim, shots, repeat, threads, as_json):
     cmm-cache bench methods                       # closed-form methods (target: < 1 s each)
     cmm-cache bench methods --methods all --repeat 1 --classes 47
     """
-    from cmm_cache.bench_methods import bench_methods
-    from cmm_cache.compare import resolve_methods
+    from cmm_cache.bench.methods import bench_methods
+    from cmm_cache.runs.compare import resolve_methods
 
     names = resolve_methods(methods) if methods else None
     if not as_json:
@@ -185,7 +195,7 @@ def bench_methods_cmd(methods, classes, dim, shots, repeat, threads, as_json):
 @handle_errors
 def bench_compare_cmd(methods, classes, dim, shots, seeds, max_iterations, as_json):
     """Wall time of `compare` on a synthetic cache of DTD's size (47 classes × 1024-d, 36 test images per class)."""
-    from cmm_cache.bench_methods import bench_compare
+    from cmm_cache.bench.methods import bench_compare
 
     # Progress lines go to stderr with --json too (stdout holds only the JSON object): this benchmark takes minutes.
     out = bench_compare(methods, classes, dim, shots, seeds, max_iterations, log=console.print)

@@ -5,19 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
-from .common import (
-    console,
-    data_root_option,
-    emit_json,
-    handle_errors,
-    json_option,
-)
+from cmm_cache.cli.common import console, data_root_option, emit_json, handle_errors, json_option
 
 
 def _row(m: dict, root) -> dict:
-    from cmm_cache.fewshot import parse_group
-    from cmm_cache.manifests import SPLIT_SOURCES
+    from cmm_cache.datasets.fewshot import parse_group
+    from cmm_cache.datasets.manifests import SPLIT_SOURCES
 
     src = m["split_source"]
     groups = [parse_group(g) for g in (m.get("fewshot") or {}).get("groups", [])]
@@ -74,8 +67,8 @@ def _templates(counts: dict, default: str) -> str:
 
 def _user_data(path: str) -> dict:
     """Your own folder / CSV loaded as `extract --dataset PATH` would, described (+ where its cache goes)."""
-    from cmm_cache.datasets import load_dataset
-    from cmm_cache.paths import dataset_key
+    from cmm_cache.datasets.names import dataset_key
+    from cmm_cache.datasets.registry import load_dataset
 
     info = load_dataset(path).describe()
     info["cache_folder"] = dataset_key(path)
@@ -125,9 +118,10 @@ def datasets_cmd(name, data_root, as_json):
     Also accepted wherever --dataset is: an image folder (one sub-folder
     per class), a CSV (path,label[,split]) or a manifest .json path.
     """
-    from cmm_cache import manifests as mf
-    from cmm_cache.paths import MANIFEST_SUFFIX, is_user_data
-    from cmm_cache.paths import data_root as resolve_root
+    from cmm_cache.datasets import manifests as mf
+    from cmm_cache.datasets.names import is_user_data
+    from cmm_cache.util.paths import MANIFEST_SUFFIX
+    from cmm_cache.util.paths import data_root as resolve_root
 
     root = resolve_root(data_root)
     if name and is_user_data(name) and not name.lower().endswith(MANIFEST_SUFFIX):
@@ -157,7 +151,7 @@ def _sizes(s: dict) -> str:
 def _print_table(rows: list[dict], root) -> None:
     from rich.table import Table
 
-    from cmm_cache.manifests import SPLIT_SOURCES
+    from cmm_cache.datasets.manifests import SPLIT_SOURCES
 
     t = Table(title="registered datasets" + (f" (data root {root})" if root else ""), show_lines=False)
     wide = console.width >= 140  # narrow terminals get the essential columns only, names never wrapped
@@ -197,7 +191,7 @@ def _print_table(rows: list[dict], root) -> None:
 @handle_errors
 def backbones_cmd(as_json):
     """List the registered backbone aliases (any open_clip MODEL/TAG works too)."""
-    from cmm_cache.backbones import list_backbones
+    from cmm_cache.backbones.registry import list_backbones
 
     rows = [
         {
@@ -224,4 +218,37 @@ def backbones_cmd(as_json):
     )
 
 
-COMMANDS = [datasets_cmd, backbones_cmd]
+@click.command("methods")
+@json_option
+@handle_errors
+def methods_cmd(as_json):
+    """List the registered methods: what each is, how it chooses its hyper-parameters, its source."""
+    from cmm_cache.methods.registry import get_method, registered_methods
+
+    rows = []
+    for name in registered_methods():
+        m = get_method(name)
+        rows.append(
+            {
+                "name": m.name,
+                "summary": m.summary,
+                "selection": m.selection,
+                "trained": m.trained,
+                "options": sorted(m.defaults),
+                "source": m.source,
+            }
+        )
+    if as_json:
+        emit_json({"methods": rows})
+        return
+    from rich.table import Table
+
+    t = Table(title="methods (`fit --method NAME`, `compare --methods LIST`)")
+    for col in ("name", "what it is", "hyper-parameters chosen on", "source"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(r["name"], r["summary"], r["selection"], r["source"])
+    console.print(t)
+
+
+COMMANDS = [datasets_cmd, backbones_cmd, methods_cmd]

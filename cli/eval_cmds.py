@@ -5,13 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
-from .common import cache_dir_option, console, device_option, emit_json, handle_errors, json_option
+from cmm_cache.cli.common import (
+    cache_dir_option,
+    console,
+    device_option,
+    emit_json,
+    handle_errors,
+    json_option,
+    run_option,
+    runs_dir_option,
+)
 
 
 def shift_name(shift: str) -> str:
     """A registered shift set's name; anything else is one error listing the valid names."""
-    from cmm_cache import manifests
+    from cmm_cache.datasets import manifests
     from cmm_cache.errors import CmmError
 
     canon = manifests.resolve_name(shift)
@@ -30,13 +38,13 @@ def shift_name(shift: str) -> str:
 
 def find_run_path(run_path, shift, dataset, backbone, method, shots, seed, runs_root, cache_dir) -> Path:
     """--run, else the run of --dataset/--backbone/--method/--shots/--seed under the runs root."""
-    from cmm_cache import paths
-    from cmm_cache.discovery import find_run
+    from cmm_cache.cache.locate import last_extract
     from cmm_cache.errors import CmmError
+    from cmm_cache.runs.discovery import find_run
 
     if run_path is not None:
         return Path(run_path)
-    last = paths.last_extract(cache_dir) or {}
+    last = last_extract(cache_dir) or {}
     dataset = dataset or ("imagenet" if shift else last.get("dataset"))
     if not dataset:
         raise CmmError("Which run? Nothing was extracted yet.", "Pass --run PATH, or --dataset and --backbone.")
@@ -55,7 +63,7 @@ def find_run_path(run_path, shift, dataset, backbone, method, shots, seed, runs_
 
 
 @click.command("eval")
-@click.option("--run", "run_path", type=click.Path(file_okay=False), default=None, help="Run folder written by `fit`.")
+@run_option(required=False)
 @click.option(
     "--shift",
     default=None,
@@ -85,12 +93,7 @@ def find_run_path(run_path, shift, dataset, backbone, method, shots, seed, runs_
     help="Cache to evaluate on [default: the run's own cache, or <cache-dir>/<shift>/<backbone>.h5]; "
     "another cache of the run's backbone and classes is accepted.",
 )
-@click.option(
-    "--runs-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Root of run folders [default: <cache-dir>/runs].",
-)
+@runs_dir_option
 @cache_dir_option
 @device_option
 @json_option
@@ -102,11 +105,12 @@ def eval_cmd(run_path, shift, dataset, backbone, method, shots, seed, cache_file
     cmm-cache eval --run RUN_DIR
     cmm-cache eval --shift imagenet-sketch          # the default-config 16-shot seed-1 ImageNet CMM run
     """
-    from cmm_cache import paths
-    from cmm_cache.cache import open_cache
-    from cmm_cache.protocol import resolve_device
-    from cmm_cache.runs import load_run, locate_cache
-    from cmm_cache.scoring import evaluate_run
+    from cmm_cache.cache.locate import find_cache
+    from cmm_cache.cache.reader import open_cache
+    from cmm_cache.evaluation.scoring import evaluate_run
+    from cmm_cache.heads.run_folder import load_run
+    from cmm_cache.util import paths
+    from cmm_cache.util.device import resolve_device
 
     if shift and not cache_file:
         shift = shift_name(shift)
@@ -114,11 +118,11 @@ def eval_cmd(run_path, shift, dataset, backbone, method, shots, seed, cache_file
     run = load_run(find_run_path(run_path, shift, dataset, backbone, method, shots, seed, root, cache_dir))
     res = run.result
     if shift:
-        target = Path(cache_file) if cache_file else locate_cache(shift, res["backbone"], cache_dir)
+        target = Path(cache_file) if cache_file else find_cache(shift, res["backbone"], cache_dir)
     else:
         target = Path(cache_file) if cache_file else Path(res.get("cache") or "")
         if not cache_file and not target.is_file():  # the recorded file moved: try the standard place
-            target = locate_cache(res["dataset"], res["backbone"], cache_dir)
+            target = find_cache(res["dataset"], res["backbone"], cache_dir)
     out = evaluate_run(run, open_cache(target), resolve_device(device), shift=bool(shift), own=not cache_file)
     a = "" if out["alpha"] is None else f", alpha {out['alpha']:.1f}"
     zs = "-" if out["zero_shot_test_acc"] is None else f"{out['zero_shot_test_acc']:.2f}"

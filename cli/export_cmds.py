@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import click
-
-from .common import console, emit_json, handle_errors, json_option
+from cmm_cache.cli.common import console, emit_json, handle_errors, json_option, pretrained_option, run_option
 
 
 @click.command("export")
-@click.option("--run", "run_path", required=True, type=click.Path(file_okay=False), help="Run folder written by `fit`.")
+@run_option()
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The file to write (e.g. model.pt2).")
 @click.option("--head-only", is_flag=True, help="Raw image features [n, d] in instead of preprocessed images.")
-@click.option(
-    "--pretrained",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="The local weights file the cache was extracted with, if it has moved (checked by sha256).",
-)
+@pretrained_option()
 @json_option
 @handle_errors
 def export_cmd(run_path, out, head_only, pretrained, as_json):
@@ -32,7 +26,7 @@ def export_cmd(run_path, out, head_only, pretrained, as_json):
     """
     from rich.markup import escape
 
-    from cmm_cache.export import export_run
+    from cmm_cache.serving.export import export_run
 
     meta = export_run(run_path, out, head_only=head_only, pretrained=pretrained)
     console.print(

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 
 import click
-
-from .common import (
+from cmm_cache.cli.common import (
     cache_dir_option,
     console,
     data_root_option,
@@ -15,8 +14,10 @@ from .common import (
     handle_errors,
     int_list,
     json_option,
+    pretrained_option,
+    workers_option,
 )
-from .progress import ImageProgress
+from cmm_cache.cli.progress import ImageProgress
 
 
 def _show_progress(as_json: bool) -> bool:
@@ -29,7 +30,7 @@ def _show_progress(as_json: bool) -> bool:
 
 def _backbone_help() -> str:
     """The registry's aliases, then the other forms a name may take."""
-    from cmm_cache.backbones import list_backbones
+    from cmm_cache.backbones.registry import list_backbones
 
     aliases = " | ".join(b.name for b in list_backbones())
     return f"{aliases} | any open_clip MODEL/TAG | hf-hub:ORG/REPO (see `cmm-cache backbones`)."
@@ -40,12 +41,7 @@ def _backbone_help() -> str:
     "--dataset", required=True, help="Dataset name (see `cmm-cache datasets`), manifest file or image folder."
 )
 @click.option("--backbone", required=True, help=_backbone_help())
-@click.option(
-    "--pretrained",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Local weights file for the backbone's architecture (no download).",
-)
+@pretrained_option("Local weights file for the backbone's architecture (no download).")
 @click.option(
     "--shots",
     default=None,
@@ -63,12 +59,7 @@ def _backbone_help() -> str:
     type=click.IntRange(1),
     help="Images per encoder batch (flip views included).",
 )
-@click.option(
-    "--workers",
-    default=None,
-    type=click.IntRange(0),
-    help="DataLoader decoding processes [default: min(8, cores) with a GPU, cores/2 on the CPU].",
-)
+@workers_option("DataLoader decoding processes [default: min(8, cores) with a GPU, cores/2 on the CPU].")
 @click.option(
     "--skip-bad",
     is_flag=True,
@@ -122,14 +113,14 @@ def extract_cmd(
     torchrun --nproc-per-node 4 -m cmm_cache extract --dataset imagenet --backbone rn50
     """
     if add_text:
-        from cmm_cache.add_text import add_text as run_add_text
         from cmm_cache.errors import CmmError
+        from cmm_cache.extract.add_text import add_text as run_add_text
 
         if force:
             raise CmmError("--add-text keeps the cache and adds to it; --force re-extracts it: choose one.")
         r = run_add_text(dataset, backbone, pretrained=pretrained, cache_root=cache_dir, out=out, device=device)
         return _report(r, as_json)
-    from cmm_cache.extract import extract
+    from cmm_cache.extract.pipeline import extract
 
     with ImageProgress(f"extract {dataset} × {backbone}", enabled=_show_progress(as_json)) as prog:
         r = extract(

@@ -6,10 +6,19 @@ from pathlib import Path
 
 import click
 from click.core import ParameterSource
-
-from .common import cache_dir_option, console, device_option, emit_json, handle_errors, int_list, json_option
-from .progress import Bars
-from .tables import summary_table
+from cmm_cache.cli.common import (
+    cache_dir_option,
+    cache_options,
+    console,
+    device_option,
+    emit_json,
+    handle_errors,
+    json_option,
+    runs_dir_option,
+    shots_seeds_options,
+)
+from cmm_cache.cli.progress import Bars
+from cmm_cache.cli.tables import summary_table
 
 
 class MethodChoice(click.Choice):
@@ -20,7 +29,7 @@ class MethodChoice(click.Choice):
 
     @property
     def choices(self):
-        from cmm_cache.methods import list_methods
+        from cmm_cache.methods.registry import list_methods
 
         return tuple(list_methods())
 
@@ -48,9 +57,10 @@ CMM_FLAGS = {
 
 def _method_options(ctx: click.Context, method: str, values: dict, pairs) -> dict:
     """The options a user set: CMM's flags given on the command line, then --set KEY=VALUE."""
+    from cmm_cache.cli.options import parse_options
+
     from cmm_cache.errors import CmmError
-    from cmm_cache.methods import get_method
-    from cmm_cache.protocol import parse_options
+    from cmm_cache.methods.registry import get_method
 
     m = get_method(method)
     opts = {}
@@ -74,17 +84,17 @@ def _method_options(ctx: click.Context, method: str, values: dict, pairs) -> dic
 
 def resolve_cache(cache, dataset, backbone, cache_dir) -> Path:
     """--cache, else --dataset/--backbone in the cache dir, else the cache extracted last (and say which)."""
-    from cmm_cache import paths
+    from cmm_cache.cache.locate import find_cache, last_extract
     from cmm_cache.errors import CmmError
-    from cmm_cache.runs import locate_cache
+    from cmm_cache.util import paths
 
     if cache:
         return Path(cache)
     if dataset or backbone:
         if not (dataset and backbone):
             raise CmmError("Give both --dataset and --backbone (or --cache PATH).")
-        return locate_cache(dataset, backbone, cache_dir)
-    last = paths.last_extract(cache_dir)
+        return find_cache(dataset, backbone, cache_dir)
+    last = last_extract(cache_dir)
     if not last:
         raise CmmError(
             f"No cache to fit: nothing was extracted into {paths.cache_dir(cache_dir)} yet.",
@@ -113,29 +123,8 @@ def _run_line(cache, r: dict) -> str:
 
 
 @click.command("fit")
-@click.option(
-    "--cache",
-    "cache_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Any cache file following schema cmm-cache/1 (default: the cache extracted last).",
-)
-@click.option("--dataset", default=None, help="With --backbone: use <cache-dir>/<dataset>/<backbone>.h5.")
-@click.option("--backbone", default=None)
-@click.option(
-    "--shots",
-    default=None,
-    callback=int_list,
-    help="Few-shot K list, e.g. 1,2,4,8,16 [default: every K in the cache].",
-)
-@click.option(
-    "--seeds",
-    "--seed",
-    "seeds",
-    default=None,
-    callback=int_list,
-    help="Seed list, e.g. 1,2,3 [default: every seed the cache holds for each K].",
-)
+@cache_options()
+@shots_seeds_options
 @click.option("--method", default="cmm", show_default=True, type=MethodChoice(), help="The method to fit.")
 @click.option(
     "--set",
@@ -178,13 +167,7 @@ def _run_line(cache, r: dict) -> str:
     type=click.IntRange(1),
     help="CPU threads for training [default: chosen by timing while the run goes, see README 'Speed'].",
 )
-@click.option(
-    "--runs-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Root for run folders [default: <cache-dir>/runs]; a run goes to "
-    "<root>/<dataset>/<backbone>/<method>-<config key>/shot_K-seed_S.",
-)
+@runs_dir_option
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
@@ -212,10 +195,11 @@ def fit_cmd(ctx, cache_file, dataset, backbone, shots, seeds, method, set_pairs,
     cmm-cache fit --shots 16 --no-map             # an ablation: another folder than the full CMM's
     cmm-cache fit --method zero-shot              # any registered method; its options with --set KEY=VALUE
     """
-    from cmm_cache import paths
-    from cmm_cache.cache import open_cache
-    from cmm_cache.protocol import fit_protocol, resolve_device
-    from cmm_cache.results import summarize
+    from cmm_cache.cache.reader import open_cache
+    from cmm_cache.runs.protocol import fit_protocol
+    from cmm_cache.runs.results import summarize
+    from cmm_cache.util import paths
+    from cmm_cache.util.device import resolve_device
 
     options = _method_options(ctx, method, cmm_flags, set_pairs)
     cache = open_cache(resolve_cache(cache_file, dataset, backbone, cache_dir))

@@ -28,7 +28,7 @@ def bench():
 def _register() -> None:
     # Command modules import torch and the library inside each command, so
     # `cmm-cache --help` stays fast.
-    from . import (
+    from cmm_cache.cli import (
         bench_cmds,
         cache_cmds,
         compare_cmds,

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import click
-
-from .common import console, device_option, emit_json, handle_errors, json_option
-from .progress import Bars
+from cmm_cache.cli.common import (
+    console,
+    device_option,
+    emit_json,
+    handle_errors,
+    json_option,
+    pretrained_option,
+    run_option,
+    workers_option,
+)
+from cmm_cache.cli.progress import Bars
 
 
 def _table(preds, k):
@@ -24,7 +32,7 @@ def _table(preds, k):
 def _write_csv(preds, k, path):
     import csv
 
-    from cmm_cache.atomic import atomic_path
+    from cmm_cache.util.atomic import atomic_path
 
     cols = ["path", "class", "prob"] + [f"{w}{i + 1}" for i in range(k) for w in ("class", "prob")]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
@@ -36,18 +44,13 @@ def _write_csv(preds, k, path):
 
 @click.command("predict")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--run", "run_path", required=True, type=click.Path(file_okay=False), help="Run folder written by `fit`.")
+@run_option()
 @click.option("--top-k", default=3, show_default=True, type=click.IntRange(1), help="Classes shown per image.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write one row per image.")
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and classify the others (default: stop).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1), help="Images per encoder batch.")
-@click.option("--workers", default=None, type=click.IntRange(0), help="Decoding processes [default: as extract].")
-@click.option(
-    "--pretrained",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="The local weights file the cache was extracted with, if it has moved (checked by sha256).",
-)
+@workers_option()
+@pretrained_option()
 @device_option
 @json_option
 @handle_errors
@@ -61,8 +64,8 @@ def predict_cmd(inputs, run_path, top_k, csv_path, skip_bad, batch_size, workers
     cmm-cache predict --run RUN_DIR photo.jpg more_photos/
     cmm-cache predict --run RUN_DIR list.csv --top-k 5 --json
     """
-    from cmm_cache.predict import collect_images, load_classifier
-    from cmm_cache.predict import top_k as topk
+    from cmm_cache.serving.predict import collect_images, load_classifier
+    from cmm_cache.serving.predict import top_k as topk
 
     paths = collect_images(inputs)
     clf = load_classifier(run_path, device, pretrained)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 
-from .common import console
+from cmm_cache.cli.common import console
 
 DEFAULT_INTERVAL_S = 10.0
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import click
-
-from .common import console, emit_json, handle_errors, json_option
-from .tables import runs_table, summary_table
+from cmm_cache.cli.common import console, emit_json, handle_errors, json_option
+from cmm_cache.cli.tables import runs_table, summary_table
 
 
 @click.group("results")
@@ -27,7 +26,7 @@ def results_merge(run_dirs, csv_path, as_json):
     \b
     cmm-cache results merge ~/.cache/cmm-cache/runs/dtd --csv dtd.csv
     """
-    from cmm_cache.results import scan_results, summarize, write_csv
+    from cmm_cache.runs.results import scan_results, summarize, write_csv
 
     results, damaged = scan_results(run_dirs)
     for d in damaged:

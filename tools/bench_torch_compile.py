@@ -31,13 +31,14 @@ def main() -> None:
 
     import torch
 
-    from cmm_cache import fit_ops as ops
-    from cmm_cache.bench_fit import synthetic
-    from cmm_cache.fit import FitConfig, clip_prob_true, cmm_grads, draw_batches, fit
+    from cmm_cache.bench.fit import synthetic
+    from cmm_cache.methods.trainers import ops
+    from cmm_cache.methods.trainers.cmm.torch_loop import clip_prob_true, cmm_grads
+    from cmm_cache.methods.trainers.cmm.trainer import Runtime, TrainConfig, draw_batches, train_cmm
 
     torch.set_num_threads(a.threads)
     x, y, T0 = synthetic(a.classes, a.dim, 16)
-    cfg = FitConfig(iterations=a.steps)
+    cfg = TrainConfig(iterations=a.steps)
     p0y = clip_prob_true(x, y, T0)
     batches = draw_batches(len(x), a.steps, cfg.batch_size, 1)
     W = torch.zeros(a.dim, a.dim)
@@ -61,7 +62,7 @@ def main() -> None:
             step(W, T, x[b], y[b], p0y[b])
     per_step = (time.perf_counter() - t0) / (a.steps - 1)
     t0 = time.perf_counter()
-    r = fit(x, y, T0, FitConfig(iterations=a.steps, threads=a.threads))
+    r = train_cmm(x, y, T0, TrainConfig(iterations=a.steps), runtime=Runtime(threads=a.threads))
     kernel_step = (time.perf_counter() - t0) / a.steps
     out = {
         "torch": torch.__version__,

@@ -71,7 +71,7 @@ sys.path[:0] = [str(HERE), str(REPO)]
 from manifest_sources import ATTRIBUTION, DATASETS, IMAGENET, SHIFTS, tiny_manifest  # noqa: E402  (static facts, beside it)
 from protocol_files import check_group, load_fewshot_files, prompt_name, read_common, rel_after  # noqa: E402
 
-from cmm_cache.fewshot import group_name  # noqa: E402  (the one shot_K-seed_S rule)
+from cmm_cache.datasets.fewshot import group_name  # noqa: E402  (the one shot_K-seed_S rule)
 
 HAND_WRITTEN = ("__init__.py", "README.md")  # in the output folder, never touched
 COOP_INSTRUCTIONS = "CoOp DATASETS.md: https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"

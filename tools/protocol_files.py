@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cmm_cache.fewshot import group_name, parse_group  # noqa: E402  (the one shot_K-seed_S rule)
+from cmm_cache.datasets.fewshot import group_name, parse_group  # noqa: E402  (the one shot_K-seed_S rule)
 
 
 def clip_md_templates(md: str) -> dict[str, list[str]]:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import h5py
 
-from ..errors import CmmError
-from .partial import PARTIAL_SUFFIX, PartialStore
-from .reader import open_cache, open_h5
-from .schema import as_str
+from cmm_cache.cache.partial import PARTIAL_SUFFIX, PartialStore
+from cmm_cache.cache.reader import open_cache, open_h5
+from cmm_cache.cache.schema import as_str
+from cmm_cache.errors import CmmError
+from cmm_cache.util.paths import cache_dir
 
 
 def human_bytes(n: float) -> str:
@@ -61,7 +62,6 @@ def _unfinished(p: Path) -> dict:
 
 def list_caches(cache_root: str | os.PathLike | None = None) -> list[dict]:
     """Every `<cache-dir>/<dataset>/<backbone>.h5`, plus unfinished extractions (`.partial`)."""
-    from ..paths import cache_dir
 
     root = cache_dir(cache_root)
     if not root.is_dir():

@@ -22,7 +22,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from ..errors import CmmError
+from cmm_cache.errors import CmmError
 
 LOCK_SUFFIX = ".lock"
 _MAX_ATTEMPTS = 100  # each retry means another writer just let go: a handful at most in practice

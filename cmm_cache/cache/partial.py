@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path, write_json
-from ..errors import CmmError
-from .schema import FEATURE_DTYPE, TEXT_DTYPE
+from cmm_cache.cache.schema import FEATURE_DTYPE, TEXT_DTYPE
+from cmm_cache.errors import CmmError
+from cmm_cache.util.atomic import atomic_path, write_json
 
 PARTIAL_SUFFIX = ".partial"
 CHUNK_GLOB = "*.[0-9][0-9][0-9][0-9][0-9][0-9].npz"

@@ -10,9 +10,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import CmmError
-from ..fewshot import GROUP_RE, group_name, parse_group
-from .schema import DAMAGED_HINT, SCHEMA, as_str, per_template_node, provenance_sha256, text_node
+from cmm_cache.cache.schema import DAMAGED_HINT, SCHEMA, as_str, per_template_node, provenance_sha256, text_node
+from cmm_cache.datasets.fewshot import GROUP_RE, group_name, parse_group
+from cmm_cache.errors import CmmError
 
 
 @dataclass

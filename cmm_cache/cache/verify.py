@@ -15,8 +15,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..fewshot import GROUP_RE
-from .schema import SCHEMA, as_str, per_template_node, text_node
+from cmm_cache.cache.schema import SCHEMA, as_str, per_template_node, text_node
+from cmm_cache.datasets.fewshot import GROUP_RE
 
 _BLOCK_BYTES = 64 << 20  # 3-D features are checked in blocks of this size: memory stays flat
 

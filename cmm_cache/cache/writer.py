@@ -1,4 +1,4 @@
-"""Writing caches, always temp file then rename (:mod:`cmm_cache.atomic`).
+"""Writing caches, always temp file then rename (:mod:`cmm_cache.util.atomic`).
 
 - :func:`write_cache`: a whole cache from arrays in memory (converting foreign
   feature files, tests);
@@ -18,12 +18,21 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..atomic import TMP_MARK, atomic_path
-from ..errors import CmmError
-from ..fewshot import group_name
-from .partial import PartialStore, SplitPlan
-from .reader import Split
-from .schema import DSET_KW, FEATURE_DTYPE, INDEX_DTYPE, SCHEMA, TEXT_DTYPE, per_template_node, string_array, text_node
+from cmm_cache.cache.partial import PartialStore, SplitPlan
+from cmm_cache.cache.reader import Split
+from cmm_cache.cache.schema import (
+    DSET_KW,
+    FEATURE_DTYPE,
+    INDEX_DTYPE,
+    SCHEMA,
+    TEXT_DTYPE,
+    per_template_node,
+    string_array,
+    text_node,
+)
+from cmm_cache.datasets.fewshot import group_name
+from cmm_cache.errors import CmmError
+from cmm_cache.util.atomic import TMP_MARK, atomic_path
 
 FewshotRows = Mapping[tuple[int, int], tuple[np.ndarray, np.ndarray]]
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import manifests as _mf
-from ..errors import CmmError
-from ..fewshot import draw as _draw
-from ..fewshot import group_name
-from ..paths import is_image_file
+from cmm_cache.datasets import manifests as _mf
+from cmm_cache.datasets.fewshot import draw as _draw
+from cmm_cache.datasets.fewshot import group_name
+from cmm_cache.errors import CmmError
+from cmm_cache.util.paths import is_image_file
 
 _FIRST_MISSING = 5  # missing files named in an error message
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import manifests as _mf
-from ..errors import CmmError
-from .base import RelLists, get_hint, indent, read_json_maybe_gz
+from cmm_cache.datasets import manifests as _mf
+from cmm_cache.datasets.base import RelLists, get_hint, indent, read_json_maybe_gz
+from cmm_cache.errors import CmmError
 
 
 def read_shipped(m: dict, folder: Path) -> tuple[RelLists, dict]:

@@ -8,7 +8,7 @@ Class names: folder names / CSV label names (underscores become spaces, as
 CoOp prompts them), or a class-names file (``classnames.txt`` beside the data,
 or `classnames_file=`): one name per line in label order, or ``key name`` lines
 mapping a folder name / label to a name (CoOp's ImageNet ``classnames.txt``
-format). The dataset's name is :func:`cmm_cache.paths.user_data_name` of the
+format). The dataset's name is :func:`cmm_cache.datasets.names.user_data_name` of the
 path: the folder's name or the file's stem.
 """
 
@@ -21,10 +21,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import manifests as _mf
-from ..errors import CmmError
-from ..paths import IMAGE_EXTENSIONS, user_data_name
-from .base import Dataset, LoadOptions, SplitList, digest, indent, list_images, make_dataset, prompt_name
+from cmm_cache.datasets import manifests as _mf
+from cmm_cache.datasets.base import (
+    Dataset,
+    LoadOptions,
+    SplitList,
+    digest,
+    indent,
+    list_images,
+    make_dataset,
+    prompt_name,
+)
+from cmm_cache.datasets.names import user_data_name
+from cmm_cache.errors import CmmError
+from cmm_cache.util.paths import IMAGE_EXTENSIONS
 
 SPLIT_FRACTIONS = {"train": 0.5, "val": 0.2, "test": 0.3}
 SPLIT_SEED = 0

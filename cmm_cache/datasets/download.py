@@ -12,10 +12,10 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from .. import manifests as _mf
-from ..atomic import atomic_dir
-from ..errors import CmmError
-from .base import get_hint, indent
+from cmm_cache.datasets import manifests as _mf
+from cmm_cache.datasets.base import get_hint, indent
+from cmm_cache.errors import CmmError
+from cmm_cache.util.atomic import atomic_dir
 
 DOWNLOAD_BASE_ENV = "CMM_DOWNLOAD_BASE"
 ARCHIVE_EXTS = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -116,7 +116,7 @@ def download_dataset(manifest, data_root, *, console=None) -> Path:
 
     Each archive is streamed to a scratch folder beside the target and
     extracted there; a new dataset folder is filled as a temporary folder and
-    renamed into place only when complete (``cmm_cache.atomic.atomic_dir``), and
+    renamed into place only when complete (``cmm_cache.util.atomic.atomic_dir``), and
     into an existing one only complete entries that are missing are moved. A
     killed download never leaves a folder a later run would trust.
     `$CMM_DOWNLOAD_BASE` (a folder or URL) replaces the host, for mirrors and

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import manifests as _mf
-from ..errors import CmmError
-from .base import RelLists, folder_missing, get_hint, indent, list_images
+from cmm_cache.datasets import manifests as _mf
+from cmm_cache.datasets.base import RelLists, folder_missing, get_hint, indent, list_images
+from cmm_cache.errors import CmmError
 
 
 def rest_is_val(rel: str, frac: float) -> bool:

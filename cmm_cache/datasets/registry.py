@@ -8,15 +8,26 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import manifests as _mf
-from .. import paths as _paths
-from ..errors import CmmError
-from ..fewshot import load_published
-from ..paths import LIST_FILE_SUFFIXES, MANIFEST_SUFFIX, is_user_data
-from . import coop, imagenet
-from .base import Dataset, LoadOptions, RelLists, SplitList, folder_missing, get_hint, indent, make_dataset
-from .custom import SPLIT_SEED, load_csv, load_custom_manifest, load_folder
-from .tiny import load_tiny
+from cmm_cache.datasets import coop, imagenet
+from cmm_cache.datasets import manifests as _mf
+from cmm_cache.datasets.base import (
+    Dataset,
+    LoadOptions,
+    RelLists,
+    SplitList,
+    folder_missing,
+    get_hint,
+    indent,
+    make_dataset,
+)
+from cmm_cache.datasets.custom import SPLIT_SEED, load_csv, load_custom_manifest, load_folder
+from cmm_cache.datasets.download import download_dataset
+from cmm_cache.datasets.fewshot import load_published
+from cmm_cache.datasets.names import is_user_data
+from cmm_cache.datasets.tiny import load_tiny
+from cmm_cache.errors import CmmError
+from cmm_cache.util import paths as _paths
+from cmm_cache.util.paths import LIST_FILE_SUFFIXES, MANIFEST_SUFFIX
 
 Loader = Callable[[dict, LoadOptions], Dataset]
 RootedReader = Callable[[dict, Path], tuple[RelLists, dict]]
@@ -41,8 +52,6 @@ def _rooted(reader: RootedReader) -> Loader:
         root = _need_root(m, opts.data_root)
         folder = root / m["folder"]
         if opts.download and not (folder / m.get("image_dir", "")).exists():
-            from .download import download_dataset
-
             download_dataset(m, root)
         if not folder.is_dir():
             raise folder_missing(m, folder)
@@ -96,7 +105,7 @@ def load_dataset(
 ) -> Dataset:
     """Resolve a registered name/alias, a manifest file, an image folder or a CSV/TSV into a Dataset.
 
-    Whether the value is a path is :func:`cmm_cache.paths.is_user_data` (the rule the cache folder uses too).
+    Whether the value is a path is :func:`cmm_cache.datasets.names.is_user_data` (the rule the cache folder uses too).
     """
     s = str(name_or_path)
     if not is_user_data(s):  # a registered name or alias (else the 'unknown dataset' error listing the valid names)

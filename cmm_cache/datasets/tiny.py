@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import manifests as _mf
-from .. import paths as _paths
-from ..atomic import atomic_dir
-from .base import Dataset, LoadOptions, SplitList, make_dataset
+from cmm_cache.datasets import manifests as _mf
+from cmm_cache.datasets.base import Dataset, LoadOptions, SplitList, make_dataset
+from cmm_cache.util import paths as _paths
+from cmm_cache.util.atomic import atomic_dir
 
 TINY_VERSION = 1
 _SPLIT_ID = {"train": 0, "val": 1, "test": 2}

@@ -7,8 +7,9 @@ exactly ``cmm`` with one option changed, so a run's resolved config names the ab
 
 from __future__ import annotations
 
-from . import Method, register_method
-from .cmm import METHOD as CMM
+from cmm_cache.methods.base import Method
+from cmm_cache.methods.cmm import METHOD as CMM
+from cmm_cache.methods.registry import register_method
 
 PRESETS = {
     "cmm-no-map": ({"use_map": False}, "CMM without the map W (only the prototypes T are trained)"),
@@ -26,7 +27,10 @@ VARIANTS = {
             source=CMM.source + " (ablation, Table 6)",
             trained=True,
             runtime_options=CMM.runtime_options,
+            budget=CMM.budget,
+            rank=CMM.rank + 1 + i,
+            selection=CMM.selection if not preset.get("cmm_only") else "none (no fusion weight)",
         )
     )
-    for name, (preset, summary) in PRESETS.items()
+    for i, (name, (preset, summary)) in enumerate(PRESETS.items())
 }

@@ -23,10 +23,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from . import FitData, Method, MethodResult, register_method, scoped
-from .linear_head import LinearHead
-from .linear_trainer import LOGIT_SCALE, TEXT_RATIO
-from .wise_ft import ALPHAS, DEFAULTS, choose_alpha, search_table, train_linear, wise_mix
+from cmm_cache.heads.linear import LinearHead
+from cmm_cache.methods.base import FitData, Method, MethodResult, scoped
+from cmm_cache.methods.registry import register_method
+from cmm_cache.methods.trainers.linear_grid import LOGIT_SCALE, TEXT_RATIO
+from cmm_cache.methods.wise_ft import ALPHAS, DEFAULTS, choose_alpha, search_table, train_linear, wise_mix
 
 
 def text_samples(data: FitData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,6 +81,8 @@ LP = register_method(
         summary="Linear head from text, trained on image features and each template's text embedding",
         source=SOURCE,
         trained=True,
+        budget="iterations",
+        rank=30,
     )
 )
 
@@ -91,5 +94,8 @@ WISE = register_method(
         summary="Cross-modal linear probe, weight-space ensembled with its zero-shot head (ratio 0.5)",
         source=SOURCE + " (get_wiseft)",
         trained=True,
+        budget="iterations",
+        rank=31,
+        selection="few-shot val (head); mixing ratio fixed at 0.5",
     )
 )

@@ -24,8 +24,11 @@ import time
 
 import torch
 
-from . import FitData, Method, MethodResult, accuracy, register_method, scoped
-from .linear_head import LinearHead
+from cmm_cache.evaluation.metrics import head_accuracy
+from cmm_cache.heads.linear import LinearHead
+from cmm_cache.methods.base import FitData, Method, MethodResult, scoped
+from cmm_cache.methods.registry import register_method
+from cmm_cache.methods.search import select_on_val
 
 ALPHAS = [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0]
 
@@ -51,15 +54,15 @@ def fit(data: FitData, options: dict, progress=None) -> MethodResult:
     t0 = time.perf_counter()
     W, b = gda_classifier(data.x_train, data.y_train, data.num_classes)
     zs = 100.0 * data.T0
-    best = (0.1, 0.0)  # their initial best_alpha / best_val_acc
     alphas = options["alphas"] if options["alpha"] is None else [options["alpha"]]
-    for a in alphas:
-        acc = accuracy(LinearHead(zs + a * W, a * b), data.x_val, data.y_val)
-        if acc > best[1]:
-            best = (float(a), acc)
-    alpha, val = best
+    chosen = select_on_val(  # their initial best_alpha / best_val_acc: (0.1, 0)
+        [float(a) for a in alphas],
+        lambda a: head_accuracy(LinearHead(zs + a * W, a * b), data.x_val, data.y_val),
+        start=(0.1, 0.0),
+    )
+    alpha, val = chosen.value, chosen.score
     if val == 0.0:  # no alpha scored: report the accuracy of the kept alpha
-        val = accuracy(LinearHead(zs + alpha * W, alpha * b), data.x_val, data.y_val)
+        val = head_accuracy(LinearHead(zs + alpha * W, alpha * b), data.x_val, data.y_val)
     return MethodResult(
         head=LinearHead(zs + alpha * W, alpha * b),
         hparams={"alpha": alpha},
@@ -75,5 +78,6 @@ METHOD = register_method(
         defaults={"alpha": None, "alphas": list(ALPHAS)},
         summary="Gaussian discriminant analysis (shared covariance), closed form, ensembled with zero-shot",
         source="Wang et al. ICLR 2024, mrflogs/ICLR24 main_few_shots.py @ c83409b",
+        rank=50,
     )
 )

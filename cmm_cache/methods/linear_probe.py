@@ -33,8 +33,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from . import FitData, Method, MethodResult, register_method, scoped
-from .linear_head import LinearHead
+from cmm_cache.heads.linear import LinearHead
+from cmm_cache.methods.base import FitData, Method, MethodResult, scoped
+from cmm_cache.methods.registry import register_method
+from cmm_cache.methods.search import select_scored
 
 C_START = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)  # CoOp's search initialization, in their order
 
@@ -120,16 +122,17 @@ def coop_search(val_acc, start=C_START, steps: int = 8) -> tuple[float, list]:
 
     logs = [math.log10(c) for c in start]
     accs = [acc(lc) for lc in logs]
-    peak = logs[max(range(len(accs)), key=lambda i: (accs[i], -i))]  # first best, as np.argmax
+    peak = select_scored(logs, accs).value  # first best, as their np.argmax
     left, right = peak - 1.0, peak + 1.0
     final = peak
     for _ in range(steps):
         a_left, a_right = acc(left), acc(right)
         mid = 0.5 * (left + right)
-        if a_left < a_right:
-            final, left = right, mid
+        final = select_scored([left, right], [a_left, a_right]).value  # right only when strictly better
+        if final == right:
+            left = mid
         else:
-            final, right = left, mid
+            right = mid
     return final, tried
 
 
@@ -168,5 +171,7 @@ METHOD = register_method(
         summary="Image-only logistic regression (L-BFGS), L2 strength by CoOp's val search",
         source="Radford et al. 2021 linear probe; KaiyangZhou/CoOp lpclip/linear_probe.py @ 61a9cd3",
         trained=True,
+        budget="iterations",
+        rank=10,
     )
 )

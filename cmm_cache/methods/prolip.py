@@ -27,48 +27,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..heads import Head, register_head
-from . import FitData, Method, MethodResult, register_method, scoped
-
-
-@register_head
-class MapHead(Head):
-    """100 · normalize(x Wᵀ) T0ᵀ: a linear map of the image feature, then cosine to the text classifier."""
-
-    kind = "linear-map"
-
-    def __init__(self, W: torch.Tensor, T0: torch.Tensor):
-        self.W, self.T0 = W, T0
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.T0.shape[0])
-
-    def logits(self, x, classes=None):
-        T0 = self.T0 if classes is None else self.T0[classes]
-        return 100.0 * F.normalize(x @ self.W.t(), dim=-1) @ T0.t()
-
-    def state(self):
-        return {"W": self.W.detach().cpu().numpy(), "T0": self.T0.detach().cpu().numpy()}, {}
-
-    @classmethod
-    def from_state(cls, arrays, params):
-        return cls(arrays["W"].float(), arrays["T0"].float())
-
-    def module(self):
-        return _MapModule(self)
-
-
-class _MapModule(torch.nn.Module):
-    def __init__(self, head: MapHead):
-        super().__init__()
-        self.register_buffer("W", head.W.detach().float().clone())
-        self.register_buffer("T0", head.T0.detach().float().clone())
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        z = features @ self.W.t()  # the input's scale cancels in the normalization
-        z = z / z.norm(p=2, dim=-1, keepdim=True).clamp_min(1e-12)
-        return torch.softmax(100.0 * z @ self.T0.t(), -1)
+from cmm_cache.evaluation.metrics import head_accuracy
+from cmm_cache.heads.map import MapHead
+from cmm_cache.methods.base import FitData, Method, MethodResult, scoped
+from cmm_cache.methods.registry import register_method
+from cmm_cache.methods.search import select_on_val
 
 
 def view_order(epochs: int, views: int) -> list[int]:
@@ -126,14 +89,8 @@ def fit(data: FitData, options: dict, progress=None) -> MethodResult:
     pairs = [(lr, lam) for lr in options["lrs"] for lam in lams]  # their loop order: lr outer, λ inner
     epochs = int(options["epochs"])
     W = train_maps(views, y, data.T0, [p[0] for p in pairs], [p[1] for p in pairs], epochs, progress)
-    best = (0, -1.0)
-    with torch.no_grad():
-        for k in range(len(pairs)):
-            acc = 100.0 * float((MapHead(W[k], data.T0).logits(data.x_val).argmax(1) == data.y_val).sum())
-            acc /= max(len(data.y_val), 1)
-            if acc > best[1]:
-                best = (k, acc)
-    k, val = best
+    chosen = select_on_val(range(len(pairs)), lambda k: head_accuracy(MapHead(W[k], data.T0), data.x_val, data.y_val))
+    k, val = chosen.value, chosen.score
     return MethodResult(
         head=MapHead(W[k], data.T0),
         hparams={"lr": pairs[k][0], "lambda": pairs[k][1]},
@@ -152,5 +109,7 @@ METHOD = register_method(
         summary="d×d map of the image feature from identity, CE + λ‖W − I‖² (λ = 1/shots), lr on val",
         source="Fahes et al. (ProLIP), astra-vision/ProLIP methods/RegLinearAdapter.py @ 18facf5",
         trained=True,
+        budget="epochs",
+        rank=60,
     )
 )

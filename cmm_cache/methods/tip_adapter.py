@@ -30,8 +30,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..heads import Head, register_head
-from . import FitData, Method, MethodResult, register_method, scoped
+from cmm_cache.datasets.manifests import resolve_name
+from cmm_cache.evaluation.metrics import accuracy, percent
+from cmm_cache.heads.tip_adapter import TipHead, tip_logits
+from cmm_cache.methods.base import FitData, Method, MethodResult, scoped
+from cmm_cache.methods.registry import register_method
+from cmm_cache.methods.search import improves, select_scored
 
 # Their configs/<dataset>.yaml: (search_scale, init_alpha, train_epoch); init_beta is 1 everywhere.
 CONFIGS = {
@@ -45,68 +49,12 @@ DEFAULT_CONFIG = CONFIGS["imagenet"]
 
 
 def dataset_config(dataset: str) -> tuple:
-    from ..manifests import resolve_name
 
     try:
         name = resolve_name(dataset) or dataset
     except Exception:  # noqa: BLE001 — an unregistered name simply has no published config
         name = dataset
     return CONFIGS.get(name, DEFAULT_CONFIG)
-
-
-def tip_logits(x, keys, values, T0, alpha, beta):
-    """100 · x T0ᵀ + α · exp(−β (1 − x Kᵀ)) V (values: one-hot [N, C])."""
-    return 100.0 * x @ T0.t() + alpha * torch.exp(-beta * (1.0 - x @ keys.t())) @ values
-
-
-@register_head
-class TipHead(Head):
-    """Tip-Adapter's fused logits with its keys, key labels, T0 and the chosen (alpha, beta)."""
-
-    kind = "tip-adapter"
-
-    def __init__(self, keys, key_labels, T0, alpha: float, beta: float):
-        self.keys, self.key_labels, self.T0 = keys, key_labels.long(), T0
-        self.alpha, self.beta = float(alpha), float(beta)
-        self.values = F.one_hot(self.key_labels, T0.shape[0]).to(keys.dtype)
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.T0.shape[0])
-
-    def logits(self, x, classes=None):
-        return self.all_logits(x, classes)["head"]
-
-    def all_logits(self, x, classes=None):
-        T0, V = (self.T0, self.values) if classes is None else (self.T0[classes], self.values[:, classes])
-        clip = 100.0 * x @ T0.t()
-        cache = torch.exp(-self.beta * (1.0 - x @ self.keys.t())) @ V
-        return {"head": clip + self.alpha * cache, "zero_shot": clip}
-
-    def state(self):
-        arrays = {"keys": self.keys, "key_labels": self.key_labels, "T0": self.T0}
-        return {k: v.detach().cpu().numpy() for k, v in arrays.items()}, {"alpha": self.alpha, "beta": self.beta}
-
-    @classmethod
-    def from_state(cls, arrays, params):
-        return cls(arrays["keys"].float(), arrays["key_labels"], arrays["T0"].float(), params["alpha"], params["beta"])
-
-    def module(self):
-        return _TipModule(self)
-
-
-class _TipModule(torch.nn.Module):
-    """Exportable twin of :meth:`TipHead.probs` (normalizes its input)."""
-
-    def __init__(self, head: TipHead):
-        super().__init__()
-        for name in ("keys", "values", "T0"):
-            self.register_buffer(name, getattr(head, name).detach().float().clone())
-        self.alpha, self.beta = head.alpha, head.beta
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = features / features.norm(p=2, dim=-1, keepdim=True).clamp_min(1e-12)
-        return torch.softmax(tip_logits(x, self.keys, self.values, self.T0, self.alpha, self.beta), -1)
 
 
 def cache_model(data: FitData) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,18 +115,17 @@ def search_hp(keys, values, T0, x_val, y_val, scale, steps, chunk: int = 8) -> t
     if order is not None:
         affinity = affinity[:, order]
     A = torch.tensor(alphas, dtype=x_val.dtype, device=x_val.device)  # ascending, as their grid
-    best = (0.0, 0.0, 0.0)
+    pairs, scores = [], []  # (beta, alpha) in their loop order: beta outer, alpha inner
     with torch.no_grad():
         for i in range(0, len(betas), chunk):
             B = torch.tensor(betas[i : i + chunk], dtype=x_val.dtype, device=x_val.device)[:, None, None]
             cache = sums(torch.exp(-B * (1.0 - affinity)))  # [b, n, C]
             hits = _alpha_hits(clip, cache, A, y_val).tolist()  # [b, alphas]
             for beta, row in zip(betas[i : i + chunk], hits):
-                for alpha, h in zip(alphas, row):
-                    acc = 100.0 * h / max(len(y_val), 1)
-                    if acc > best[2]:
-                        best = (beta, alpha, acc)
-    return best
+                pairs += [(beta, alpha) for alpha in alphas]
+                scores += [percent(h, len(y_val)) for h in row]
+    chosen = select_scored(pairs, scores, start=((0.0, 0.0), 0.0))  # their initial best: beta = alpha = 0
+    return chosen.value[0], chosen.value[1], chosen.score
 
 
 def _options_for(data: FitData, options: dict) -> tuple:
@@ -215,7 +162,7 @@ def train_keys(data: FitData, keys, values, alpha, beta, epochs, lr, batch, max_
     opt = torch.optim.AdamW([W], lr=lr, eps=1e-4)  # torch's default weight decay 0.01, as theirs
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
     g = torch.Generator().manual_seed(int(data.seed))
-    best, best_epoch, history, steps = keys.clone(), -1, [], 0
+    best, best_epoch, best_acc, history, steps = keys.clone(), -1, 0.0, [], 0
     for epoch in range(epochs):
         if steps >= total:
             break
@@ -230,11 +177,10 @@ def train_keys(data: FitData, keys, values, alpha, beta, epochs, lr, batch, max_
             sched.step()
             steps += 1
         with torch.no_grad():
-            acc = 100.0 * float((tip_logits(data.x_val, W, values, T0, alpha, beta).argmax(1) == data.y_val).sum())
-            acc /= max(len(data.y_val), 1)
+            acc = accuracy(tip_logits(data.x_val, W, values, T0, alpha, beta), data.y_val)
         history.append(acc)
-        if acc > (history[best_epoch] if best_epoch >= 0 else 0.0):
-            best, best_epoch = W.detach().clone(), epoch
+        if improves(acc, best_acc):  # the shared rule; their start: accuracy 0
+            best, best_epoch, best_acc = W.detach().clone(), epoch, acc
         if progress is not None:
             progress(steps, total, float(loss))
     return best, best_epoch, history, steps
@@ -269,6 +215,7 @@ TIP = register_method(
         defaults=dict(_SEARCH),
         summary="Training-free cache model of the few-shot features fused with zero-shot (beta/alpha on val)",
         source=SOURCE,
+        rank=40,
     )
 )
 
@@ -287,5 +234,8 @@ TIP_F = register_method(
         summary="Tip-Adapter with fine-tuned cache keys (best epoch and beta/alpha on val)",
         source=SOURCE + " (run_tip_adapter_F)",
         trained=True,
+        budget="max_iterations",
+        rank=41,
+        selection="few-shot val (theirs: test)",
     )
 )

@@ -16,9 +16,12 @@ import time
 
 import torch
 
-from . import FitData, Method, MethodResult, accuracy, register_method, scoped
-from .linear_head import LinearHead
-from .linear_trainer import GRID, ITERATIONS, LOGIT_SCALE, grid_configs, train_grid
+from cmm_cache.evaluation.metrics import head_accuracy
+from cmm_cache.heads.linear import LinearHead
+from cmm_cache.methods.base import FitData, Method, MethodResult, scoped
+from cmm_cache.methods.registry import register_method
+from cmm_cache.methods.search import select_on_val
+from cmm_cache.methods.trainers.linear_grid import GRID, ITERATIONS, LOGIT_SCALE, grid_configs, train_grid
 
 ALPHAS = [round(0.1 * i, 1) for i in range(11)]
 
@@ -30,12 +33,11 @@ def wise_mix(W_ft: torch.Tensor, W_zs: torch.Tensor, alpha: float) -> torch.Tens
 
 def choose_alpha(W_ft, W_zs, x_val, y_val, alphas=ALPHAS) -> tuple[float, float]:
     """The mixing weight with the best val accuracy (first in `alphas` among ties), and that accuracy."""
-    best = (None, -1.0)
-    for a in alphas:
-        acc = accuracy(LinearHead(LOGIT_SCALE * wise_mix(W_ft, W_zs, a)), x_val, y_val)
-        if acc > best[1]:
-            best = (float(a), acc)
-    return best
+    chosen = select_on_val(
+        [float(a) for a in alphas],
+        lambda a: head_accuracy(LinearHead(LOGIT_SCALE * wise_mix(W_ft, W_zs, a)), x_val, y_val),
+    )
+    return chosen.value, chosen.score
 
 
 def train_linear(data: FitData, options: dict, W0, text_x=None, text_y=None, progress=None):
@@ -96,5 +98,7 @@ METHOD = register_method(
         summary="Linear probe from the text classifier, weight-space ensemble with zero-shot (alpha on val)",
         source="Wortsman et al. CVPR 2022, mlfoundations/wise-ft src/wise_ft.py @ 4639a39; trainer of Lin et al.",
         trained=True,
+        budget="iterations",
+        rank=20,
     )
 )

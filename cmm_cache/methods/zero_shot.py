@@ -7,13 +7,15 @@ the val accuracy is reported for comparison only.
 
 from __future__ import annotations
 
-from ..heads import ZeroShotHead
-from . import FitData, Method, MethodResult, accuracy, register_method
+from cmm_cache.evaluation.metrics import head_accuracy
+from cmm_cache.heads.zero_shot import ZeroShotHead
+from cmm_cache.methods.base import FitData, Method, MethodResult
+from cmm_cache.methods.registry import register_method
 
 
 def fit(data: FitData, options: dict, progress=None) -> MethodResult:
     head = ZeroShotHead(data.T0)
-    return MethodResult(head=head, hparams={}, val_acc=accuracy(head, data.x_val, data.y_val), fit_seconds=0.0)
+    return MethodResult(head=head, hparams={}, val_acc=head_accuracy(head, data.x_val, data.y_val), fit_seconds=0.0)
 
 
 METHOD = register_method(
@@ -23,5 +25,7 @@ METHOD = register_method(
         defaults={},
         summary="CLIP zero-shot: cosine to the template-averaged class text features",
         source="Radford et al., ICML 2021 (openai/CLIP); text features as cached by extract",
+        rank=0,
+        selection="none (nothing to choose)",
     )
 )

@@ -1,0 +1,87 @@
+"""Scoring a fitted run on a cache's test split: its own cache, another cache of the same backbone and
+classes, or an ImageNet shift set (only the classes the shift set holds are scored)."""
+
+from __future__ import annotations
+
+import torch
+
+from cmm_cache.backbones.identity import backbone_differences, describe_differences
+from cmm_cache.cache.reader import Cache
+from cmm_cache.errors import CmmError
+from cmm_cache.evaluation.metrics import evaluate_head, split_features
+from cmm_cache.evaluation.shift import shift_classes
+from cmm_cache.heads.run_folder import Run
+
+
+def check_cache(run: Run, cache: Cache, *, own: bool) -> bool:
+    """Whether `cache` is the one the run was fitted on. `own`: it must be (the run's recorded cache);
+    otherwise another cache is accepted when it holds the same backbone's features of the same classes."""
+    if cache.provenance_sha256 == run.result.get("cache_provenance_sha256"):
+        return True
+    if own:
+        raise CmmError(
+            f"{cache.path} is not the cache run {run.path} was fitted on (provenance hash differs).",
+            "It was re-extracted or belongs to another backbone; fit the run again on this cache, "
+            "or pass --cache to score the run on another cache of the same backbone and classes.",
+        )
+    check_same_backbone(run, cache)
+    if list(cache.classnames) != list(run.classnames):
+        raise CmmError(
+            f"{cache.path} has other classes ({cache.num_classes}) than the run at {run.path} ({len(run.classnames)}).",
+            "Score a cache of the same classes, or use `cmm-cache predict` on the images.",
+        )
+    return False
+
+
+def evaluate_run(run: Run, cache: Cache, device="cpu", *, shift: bool = False, own: bool = True) -> dict:
+    """Accuracies (%) of the run's head on the cache's test split (what `eval` prints)."""
+    dev = torch.device(device)
+    res = run.result
+    classes = None
+    same = False
+    if shift:
+        check_same_backbone(run, cache)
+        classes = shift_classes(run.classnames, run.wnids, cache)
+    else:
+        same = check_cache(run, cache, own=own)
+    if "test" not in cache.split_names:
+        raise CmmError(f"{cache.path} has no test split to evaluate on.")
+    x, y = split_features(cache.split("test"), None, dev)
+    cls = torch.as_tensor(classes, device=dev) if classes is not None else None
+    acc = evaluate_head(run.head.to(dev), x, y, classes=cls, zero_shot_T0=run.T0.to(dev, torch.float32))
+    return {
+        "run": str(run.path),
+        "dataset": cache.dataset,
+        "run_dataset": res["dataset"],
+        "backbone": res["backbone"],
+        "method": res.get("method") or "cmm",
+        "config_key": res.get("config_key"),
+        "shots": res["shots"],
+        "seed": res["seed"],
+        "alpha": res.get("alpha"),
+        "test_acc": acc["acc"],
+        "zero_shot_test_acc": acc.get("zero_shot_acc"),
+        "cmm_only_test_acc": acc.get("cmm_only_acc"),
+        "num_test": int(len(y)),
+        "classes_scored": int(len(classes)) if classes is not None else len(run.classnames),
+        "cache": str(cache.path),
+        "cache_provenance_sha256": cache.provenance_sha256,
+        "fitted_on_this_cache": same,
+    }
+
+
+def check_same_backbone(run: Run, cache: Cache) -> None:
+    """Refuse a cache encoded by another backbone than the run's (:mod:`cmm_cache.backbones.identity`)."""
+    d = run.embed_dim
+    if cache.embed_dim != d:
+        raise CmmError(
+            f"{cache.path} holds {cache.embed_dim}-d features, the run at {run.path} expects {d}-d.",
+            "Evaluate with a cache extracted with the run's backbone.",
+        )
+    diff = backbone_differences(run.provenance, cache.provenance)
+    if diff:
+        raise CmmError(
+            f"{cache.path} was encoded by another backbone than the run at {run.path} "
+            f"({describe_differences(diff, 'run', 'cache')}).",
+            f"Extract it with the run's backbone ({run.result.get('backbone')}).",
+        )

@@ -1,0 +1,209 @@
+"""The method contract: what a method learns from, what it returns, and how it is declared.
+
+Every method sees the same :class:`FitData` of one (shots, seed) subset — the
+few-shot train features (every view a sample), the few-shot *val* features and
+the class text features — and returns a :class:`MethodResult` whose ``head``
+(:mod:`cmm_cache.heads`) scores normalized image features. Test features are
+not part of :class:`FitData`, so no method can select anything on them:
+hyper-parameters are chosen on the few-shot val subset only, through
+:mod:`cmm_cache.methods.search`.
+
+A method is one module of this package that declares a :class:`Method` (found
+by :mod:`cmm_cache.methods.registry`, no list to edit)::
+
+    from cmm_cache.methods.registry import get_method
+    method = get_method("cmm")
+    result = method.fit(data, method.resolve({"iterations": 2000}), progress=None)
+
+``progress(done, total, loss_or_None)`` is an optional callback for trained methods.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from cmm_cache.errors import CmmError
+from cmm_cache.evaluation.metrics import split_features
+from cmm_cache.heads.base import Head, normalize_rows
+from cmm_cache.methods.trainers.ops import flush_denormals
+
+
+@dataclass
+class FitData:
+    """What a method may learn from: one few-shot subset of one cache (never its test split)."""
+
+    x_train: torch.Tensor  # [N, d] L2-normalized; every view of every train image is its own sample
+    y_train: torch.Tensor  # [N] class ids
+    train_image: torch.Tensor  # [N] which train image each sample is a view of (0..n_images-1)
+    x_val: torch.Tensor  # [n_val, d] L2-normalized, center view
+    y_val: torch.Tensor  # [n_val]
+    T0: torch.Tensor  # [C, d] class text features: template mean, L2-normalized (the zero-shot classifier)
+    classnames: list[str]
+    shots: int
+    seed: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    templates: list[str] = field(default_factory=list)
+    dataset: str = ""  # the cache's dataset name (some methods' published settings are per dataset)
+    # Raw per-template text embeddings [C, M, d], loaded on demand (only some methods need them).
+    _per_template: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.T0.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.T0.shape[1])
+
+    def text_per_template(self) -> torch.Tensor:
+        """[C, M, d] raw embedding of each template (float32, on `device`); a clear error when the cache lacks them."""
+        if self._per_template is None:
+            raise CmmError(
+                "This method needs per-template text embeddings, and none were given.",
+                "Use a cache written by `cmm-cache extract` (or add them with `extract --add-text`).",
+            )
+        return torch.from_numpy(np.asarray(self._per_template(), dtype=np.float32)).to(self.device)
+
+
+@dataclass
+class MethodResult:
+    """A fitted method: its head, what it chose on val, and what it cost."""
+
+    head: Head
+    hparams: dict  # hyper-parameters chosen on the val subset (and fixed ones that matter)
+    val_acc: float  # accuracy (%) of `head` on the val subset
+    fit_seconds: float
+    iterations: int | None = None  # optimizer steps, for trained methods
+    extra: dict = field(default_factory=dict)  # e.g. final loss, the val search table
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: ``fit(data, options, progress=None) -> MethodResult``.
+
+    ``options`` are the user's settings (CLI flags or Python kwargs); ``defaults``
+    lists every option with its default so a run's resolved config is complete.
+    """
+
+    name: str
+    fit: Callable[..., MethodResult]
+    defaults: dict
+    summary: str
+    source: str  # the paper / official code it follows
+    trained: bool = False  # iterative (reports iterations and time) vs closed form / search only
+    runtime_options: tuple = ()  # options that change speed, not results (left out of a run's identity)
+    budget: str | None = None  # the option that bounds its optimizer steps (what `compare --max-iterations` caps)
+    rank: int = 50  # where it stands in `compare --methods all` and tables: simple baselines first, CMM last
+    selection: str = "few-shot val"  # how it chooses its hyper-parameters (shown in the methods table)
+
+    def resolve(self, options: dict | None) -> dict:
+        """Defaults overlaid with `options`; an unknown option is one clear error."""
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            raise CmmError(
+                f"Method '{self.name}' has no option {', '.join(unknown)}.",
+                f"Its options: {', '.join(sorted(self.defaults)) or 'none'}.",
+            )
+        return {**self.defaults, **options}
+
+    def capped(self, options: dict | None, cap: int | None) -> dict:
+        """`options` with the optimizer steps of one run capped at `cap` (smoke tests, CI); closed-form
+        methods (no :attr:`budget`) are unchanged. A budget of None (the method's own default) becomes `cap`."""
+        opts = dict(options or {})
+        if cap is None or self.budget is None:
+            return opts
+        have = opts.get(self.budget, self.defaults.get(self.budget))
+        opts[self.budget] = int(cap) if have is None else min(int(cap), int(have))
+        return opts
+
+
+@contextmanager
+def fit_scope(data: FitData, single_thread: bool = False):
+    """How every baseline computes: one CPU thread below d = 768 and subnormals flushed
+    (:func:`cmm_cache.methods.trainers.ops.flush_denormals`); the caller's settings are restored afterwards.
+
+    Their steps are many small ops: on a 2-core machine shared with other work every two-thread
+    parallel region waits for a descheduled peer (measured: one L-BFGS fit at 37 classes × 512-d
+    took 0.05 s on one thread and up to 10 s on two while another process ran).
+    """
+    threads = torch.get_num_threads()
+    if data.device.type == "cpu" and (single_thread or data.dim < 768):
+        torch.set_num_threads(1)
+    try:
+        with flush_denormals(data.device.type == "cpu"):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def scoped(fit: Callable[..., MethodResult] | None = None, *, single_thread: bool = False):
+    """Decorator: run a method's ``fit(data, options, progress)`` inside :func:`fit_scope`.
+
+    ``@scoped(single_thread=True)`` for methods whose steps are small ops at any d (L-BFGS on a
+    linear head, Lin et al.'s batched heads): one thread costs at most 2× on an idle machine and
+    saves 10× on a busy one (measured at 47 classes × 1024-d: linear probe 1.0 s on one thread vs
+    14 s on two under load; 12,800 steps of the 12 cross-modal heads ~22 s on one thread, ~12 s
+    on two when idle, 190-280 s on two while other processes ran).
+    """
+
+    def wrap(f):
+        @functools.wraps(f)
+        def inner(data: FitData, options: dict, progress=None) -> MethodResult:
+            with fit_scope(data, single_thread):
+                return f(data, options, progress)
+
+        return inner
+
+    return wrap(fit) if fit is not None else wrap
+
+
+def fit_data(cache, shots: int, seed: int, templates: str | None = None, device="cpu") -> FitData:
+    """The :class:`FitData` of one (shots, seed) subset of an open cache (train and val only)."""
+    dev = torch.device(device)
+    train_rows, val_rows = cache.fewshot(shots, seed)
+    train = cache.split("train")
+    feats = train.features[train_rows]
+    x, y = train_samples(feats, train.labels[train_rows], dev)
+    image = torch.arange(len(train_rows)).repeat_interleave(feats.shape[1]).to(dev)
+    T0 = torch.from_numpy(cache.text(templates)).to(dev)
+    if x.shape[1] != T0.shape[1]:
+        raise CmmError(
+            f"{cache.path}: image features are {x.shape[1]}-d but text features {T0.shape[1]}-d.",
+            "The cache is inconsistent; re-extract it.",
+        )
+    x_val, y_val = split_features(cache.split("val"), val_rows, dev)
+    name = templates or cache.default_templates
+    return FitData(
+        x_train=x,
+        y_train=y,
+        train_image=image,
+        x_val=x_val,
+        y_val=y_val,
+        T0=T0,
+        classnames=list(cache.classnames),
+        shots=int(shots),
+        seed=int(seed),
+        device=dev,
+        templates=cache.templates(name),
+        dataset=str(cache.dataset),
+        _per_template=lambda: cache.text_per_template(name),
+    )
+
+
+def train_samples(features: np.ndarray, labels: np.ndarray, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, V, d] float16 cache rows -> ([n·V, d] normalized float32, [n·V] labels).
+
+    Every view (center and hflip) of every train image is its own sample, as in
+    the paper; normalizing once here keeps it out of the 16k-step loop.
+    """
+    n, v, d = features.shape
+    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).reshape(n * v, d)
+    y = torch.from_numpy(np.repeat(np.asarray(labels, dtype=np.int64), v))
+    return normalize_rows(x).to(device), y.to(device)

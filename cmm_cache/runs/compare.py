@@ -1,0 +1,234 @@
+"""Methods × shots × seeds on one cache: fit every run, save it, one table of mean ± std, a plot.
+
+    from cmm_cache.runs.compare import compare, write_table_csv, plot
+    out = compare(open_cache(path), ["zero-shot", "tip-adapter", "cmm"], shots=[1, 16], seeds=[1, 2, 3])
+    out["table"]   # one row per method: per shot mean ± std over seeds, the best per shot marked
+
+Compare is the protocol (:mod:`cmm_cache.runs.protocol`) run for several methods: the same plan of
+(shots, seed) subsets, one read of the cache for every run, the same val-only selection and test
+evaluation (:func:`~cmm_cache.runs.protocol.fit_run`); each run is saved as an ordinary run folder in
+:func:`fit_one`, the one place where compare meets the run-folder layer.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+from cmm_cache.cache.reader import Cache
+from cmm_cache.errors import CmmError
+from cmm_cache.methods.registry import get_method, registered_methods
+from cmm_cache.runs.protocol import fit_run, plan, read_once
+from cmm_cache.runs.store import save_run
+from cmm_cache.util.atomic import atomic_path
+
+# ----------------------------------------------------------------------------
+# What to run
+
+
+def resolve_methods(spec) -> list[str]:
+    """'all' (every registered method, registry order), a comma list or a list; unknown names: one clear error."""
+    if isinstance(spec, str):
+        spec = [s.strip() for s in spec.split(",") if s.strip()]
+    spec = list(spec or [])
+    if not spec or spec == ["all"]:
+        return registered_methods()
+    out = []
+    for name in spec:
+        out.append(get_method(name).name)  # raises CmmError listing the methods
+    return list(dict.fromkeys(out))
+
+
+# ----------------------------------------------------------------------------
+# Running
+
+
+RUN_KEYS = (
+    "method",
+    "shots",
+    "seed",
+    "val_acc",
+    "test_acc",
+    "zero_shot_test_acc",
+    "hparams",
+    "fit_seconds",
+    "iterations",
+)
+
+
+def fit_one(
+    cache: Cache, method: str, shots: int, seed: int, options: dict, runs_root=None, templates=None, device="cpu"
+) -> dict:
+    """Fit one run, save its folder (unless `runs_root` is None) and return its summary row.
+
+    The one place where compare meets the run-folder layer: point it at another runs API and
+    nothing else here changes.
+    """
+
+    result, arrays = fit_run(cache, shots, seed, method=method, options=options, templates=templates, device=device)
+    row = {key: result.get(key) for key in RUN_KEYS}
+    if runs_root is not None:  # <runs>/<dataset>/<backbone>/<method>-<config key>/shot_K-seed_S
+        row["run"] = str(save_run(cache, result, arrays, runs_root))
+    return row
+
+
+def compare(
+    cache: Cache,
+    methods,
+    shots=None,
+    seeds=None,
+    *,
+    options: dict | None = None,
+    max_iterations: int | None = None,
+    runs_root=None,
+    templates: str | None = None,
+    device="cpu",
+    progress: Callable[[int, int, dict], None] | None = None,
+) -> dict:
+    """Fit every (method, shots, seed); returns {cache, dataset, backbone, methods, shots, seeds, table, runs}.
+
+    `options` maps a method name to its options; `max_iterations` caps every trained method
+    (:meth:`~cmm_cache.methods.base.Method.capped`); with `runs_root` each run is saved (:func:`fit_one`).
+    `progress(done, total, run_summary)` is called after each run.
+    """
+    names = resolve_methods(methods)
+    cache = read_once(cache)  # every run of every method shares one read of the file
+    jobs = plan(cache, sorted(set(shots)) if shots else None, sorted(set(seeds)) if seeds else None)
+    shots, seeds = sorted({k for k, _ in jobs}), sorted({s for _, s in jobs})
+    total, runs = len(names) * len(jobs), []
+    for name in names:
+        opts = get_method(name).capped((options or {}).get(name), max_iterations)
+        for k, s in jobs:
+            row = fit_one(cache, name, k, s, opts, runs_root, templates, device)
+            runs.append(row)
+            if progress is not None:
+                progress(len(runs), total, row)
+    return {
+        "cache": str(cache.path),
+        "dataset": cache.dataset,
+        "backbone": cache.backbone,
+        "methods": names,
+        "shots": shots,
+        "seeds": seeds,
+        "max_iterations": max_iterations,
+        "table": table(runs, names, shots),
+        "runs": runs,
+    }
+
+
+# ----------------------------------------------------------------------------
+# The table
+
+
+def _mean_std(vals: list[float]) -> tuple[float | None, float]:
+    if not vals:
+        return None, 0.0
+    return round(statistics.fmean(vals), 3), round(statistics.stdev(vals), 3) if len(vals) > 1 else 0.0
+
+
+def table(runs: list[dict], methods: list[str], shots: list[int]) -> list[dict]:
+    """One row per method: ``cells[k] = {mean, std, runs, best}`` of test accuracy over seeds (sample std);
+    ``best`` marks the highest mean of each shot column (ties: every one of them)."""
+    rows = []
+    for name in methods:
+        cells, secs = {}, [r["fit_seconds"] for r in runs if r["method"] == name and r.get("fit_seconds") is not None]
+        for k in shots:
+            accs = [float(r["test_acc"]) for r in runs if r["method"] == name and int(r["shots"]) == k]
+            mean, std = _mean_std(accs)
+            cells[k] = {"mean": mean, "std": std, "runs": len(accs), "best": False}
+        rows.append({"method": name, "cells": cells, "fit_seconds_mean": _mean_std(secs)[0]})
+    for k in shots:
+        means = [r["cells"][k]["mean"] for r in rows if r["cells"][k]["mean"] is not None]
+        for r in rows:
+            r["cells"][k]["best"] = bool(means) and r["cells"][k]["mean"] == max(means)
+    return rows
+
+
+def json_table(rows: list[dict]) -> list[dict]:
+    """The table with string shot keys (JSON objects have string keys; this makes that explicit)."""
+    return [{**r, "cells": {str(k): v for k, v in r["cells"].items()}} for r in rows]
+
+
+def long_rows(rows: list[dict]) -> list[dict]:
+    """One row per (method, shots): the CSV form of the table."""
+    out = []
+    for r in rows:
+        for k, c in r["cells"].items():
+            out.append(
+                {
+                    "method": r["method"],
+                    "shots": k,
+                    "test_acc_mean": c["mean"],
+                    "test_acc_std": c["std"],
+                    "runs": c["runs"],
+                    "best": c["best"],
+                    "fit_seconds_mean": r["fit_seconds_mean"],
+                }
+            )
+    return out
+
+
+def _atomic(path: Path, write: Callable[[str], None]) -> Path:
+    """Write through `write(temp_path)` (a sibling with the same extension), then rename: never a half file."""
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
+        write(str(tmp))
+    return Path(path)
+
+
+def write_table_csv(rows: list[dict], path) -> Path:
+    flat = long_rows(rows)
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(flat[0]) if flat else ["method", "shots"])
+            w.writeheader()
+            w.writerows(flat)
+
+    return _atomic(Path(path), write)
+
+
+# ----------------------------------------------------------------------------
+# The plot (matplotlib: the optional [plot] extra)
+
+PLOT_FORMATS = (".png", ".svg")
+
+
+def plot(rows: list[dict], path, title: str = "") -> Path:
+    """Test accuracy vs shots, one line per method (error bars: std over seeds), as PNG or SVG."""
+    path = Path(path)
+    if path.suffix.lower() not in PLOT_FORMATS:
+        raise CmmError(f"Cannot write a plot as '{path.suffix or path.name}'.", "Give a .png or .svg file name.")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CmmError(
+            "Writing the plot needs matplotlib, which is not installed.",
+            "Install the plot extra: pip install 'cmm-cache[plot]' (or pip install matplotlib).",
+        ) from None
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colors, markers = plt.get_cmap("tab20").colors, "osD^vPX<>*"  # 13+ methods: no colour used twice
+    for i, r in enumerate(rows):
+        pts = [(k, c["mean"], c["std"]) for k, c in sorted(r["cells"].items()) if c["mean"] is not None]
+        if pts:
+            ks, means, stds = zip(*pts)
+            style = dict(color=colors[i % len(colors)], marker=markers[i % len(markers)], capsize=3)
+            ax.errorbar(ks, means, yerr=stds, label=r["method"], **style)
+    shots = sorted({k for r in rows for k in r["cells"]})
+    if len(shots) > 1:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(shots, [str(k) for k in shots])
+    ax.set_xlabel("shots per class")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    try:
+        return _atomic(path, lambda tmp: fig.savefig(tmp, format=path.suffix[1:].lower(), dpi=120))
+    finally:
+        plt.close(fig)

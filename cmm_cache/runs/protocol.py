@@ -1,0 +1,286 @@
+"""Fitting on one cache: one (shots, seed) run, or the whole protocol (every K × seed) as a library loop.
+
+    from cmm_cache.cache.reader import open_cache
+    from cmm_cache.runs.protocol import fit_protocol
+
+    cache = open_cache(path)
+    for r in fit_protocol(cache, shots=[1, 2, 4, 8, 16], seeds=[1, 2, 3], method="cmm", options={"iterations": 2000}):
+        print(r["shots"], r["seed"], r["test_acc"], r["run"])
+
+Everything that can be refused is checked before the first run trains: the
+method and its options, the template set, the few-shot groups, the data (a
+class without a training image, a single class) and the run folders (another
+configuration in `out`). Each cache split is read from disk once per
+protocol, not once per run. A run's test split is scored only after the
+method chose everything on the few-shot val subset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cmm_cache.cache.reader import Cache, Split
+from cmm_cache.errors import CmmError
+from cmm_cache.evaluation.metrics import evaluate_head, split_features
+from cmm_cache.methods.base import Method, fit_data
+from cmm_cache.methods.registry import get_method
+from cmm_cache.runs.identity import config_key, typed_options
+from cmm_cache.runs.store import check_target, save_run, target_dir
+from cmm_cache.util.device import resolve_device
+from cmm_cache.util.versions import versions
+
+StepFn = Callable[[int, int, "float | None"], None]  # (done, total, loss or None) of one run's training
+
+
+# ----------------------------------------------------------------------------
+# A cache whose splits are read once
+
+
+@dataclass
+class ReadOnceCache(Cache):
+    """A :class:`Cache` that keeps each split (and the test features per device) after the first read,
+    so the runs of one protocol share one read of the file."""
+
+    _splits: dict = field(default_factory=dict, repr=False)
+    _test: dict = field(default_factory=dict, repr=False)
+
+    def split(self, name: str) -> Split:
+        if name not in self._splits:
+            self._splits[name] = super().split(name)
+        return self._splits[name]
+
+    def test_features(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = str(device)
+        if key not in self._test:
+            self._test[key] = split_features(self.split("test"), None, device)
+        return self._test[key]
+
+
+def read_once(cache: Cache) -> ReadOnceCache:
+    if isinstance(cache, ReadOnceCache):
+        return cache
+    return ReadOnceCache(**{f.name: getattr(cache, f.name) for f in fields(Cache)})
+
+
+# ----------------------------------------------------------------------------
+# Checks before training
+
+
+def plan(cache: Cache, shots=None, seeds=None) -> list[tuple[int, int]]:
+    """The (shots, seed) runs of a protocol: every K the cache holds (or `shots`, in that order) × every seed
+    it holds for that K (or `seeds`). Subsets the cache lacks are one clear error that lists them all."""
+    groups = cache.fewshot_groups
+    if not groups:
+        raise CmmError(f"{cache.path} holds no few-shot subsets.", "Re-extract it with --shots/--seeds.")
+    todo, missing = [], []
+    for k in list(dict.fromkeys(shots or sorted({k for k, _ in groups}))):
+        have = sorted(s for kk, s in groups if kk == k)
+        for s in list(dict.fromkeys(seeds or have or [1])):
+            (todo if (k, s) in groups else missing).append((int(k), int(s)))
+    if missing:
+        held = ", ".join(f"{a}-shot/seed {b}" for a, b in sorted(groups))
+        raise CmmError(
+            f"{cache.path} has no few-shot subset for " + ", ".join(f"{k}-shot/seed {s}" for k, s in missing) + ".",
+            f"It holds: {held}. Pick --shots/--seeds among those, or re-run `cmm-cache extract` with --shots/--seeds "
+            "covering them.",
+        )
+    return todo
+
+
+def subset_counts(cache: Cache, shots: int, seed: int) -> tuple[list[int], list[int]]:
+    """Images per class in the (shots, seed) train and val subsets."""
+    tr, va = cache.fewshot(shots, seed)
+    C = cache.num_classes
+    count = lambda split, rows: np.bincount(cache.split(split).labels[rows], minlength=C)[:C]  # noqa: E731
+    return count("train", tr).astype(int).tolist(), count("val", va).astype(int).tolist()
+
+
+def check_data(cache: Cache, shots: int, seed: int) -> tuple[list[int], list[int], list[str]]:
+    """Per-class (train, val) counts of a subset and warnings; a dataset with one class, or a class
+    with no training image, stops here.
+
+    A class with no training image is refused rather than warned about: the run
+    would still produce numbers, but they would not be the K-shot result they
+    claim to be (that class is then learned from its text alone), and nothing in a
+    results table would show it. It happens when `extract --skip-bad` left out
+    every train image of a class in a small subset.
+    """
+    names = cache.classnames
+    if cache.num_classes < 2:
+        raise CmmError(
+            f"{cache.path} holds {cache.num_classes} class ({', '.join(names) or 'none'}): nothing to classify.",
+            "A classifier needs at least two classes; add a folder (class) of images and extract again.",
+        )
+    train, val = subset_counts(cache, shots, seed)
+    empty = [names[c] for c, n in enumerate(train) if n == 0]
+    if empty:
+        skipped = len(cache.provenance.get("skipped") or [])
+        raise CmmError(
+            f"The {shots}-shot seed {seed} subset of {cache.path} has no training image for "
+            f"{len(empty)} class(es): {', '.join(repr(n) for n in empty[:10])}"
+            + (f" (the extraction skipped {skipped} unreadable image(s))." if skipped else "."),
+            "Add readable images for those classes (or remove them from the dataset) and extract again "
+            "with --force, or fit other --shots/--seeds.",
+        )
+    warnings = [
+        f"class {names[c]!r} has no image in the val subset: hyper-parameters were chosen without it"
+        for c, n in enumerate(val)
+        if n == 0
+    ]
+    return train, val, warnings
+
+
+# ----------------------------------------------------------------------------
+# One run
+
+
+def resolve_method(method: str, options: dict | None) -> tuple[Method, dict]:
+    """The method and its resolved options (defaults overlaid; an unknown option is one clear error)."""
+    m = get_method(method)
+    return m, m.resolve(typed_options(options or {}, m.defaults))
+
+
+def fit_run(
+    cache: Cache,
+    shots: int,
+    seed: int,
+    *,
+    templates: str | None = None,
+    progress: Callable[[int, float | None], None] | None = None,
+    method: str = "cmm",
+    options: dict | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[dict, dict]:
+    """Fit `method` on the (shots, seed) subset of `cache`, select its hyper-parameters
+    on the val subset, evaluate on test. Returns (result dict, arrays for weights.npz).
+
+    `options` are the method's (see :mod:`cmm_cache.methods`; CMM's are the fields of its
+    ``TrainConfig`` plus ``alpha`` and ``threads``). `progress(done, loss)` follows a trained method's iterations.
+    """
+    m, opts = resolve_method(method, options)
+    step = None if progress is None else (lambda done, total, loss: progress(done, loss))
+    return _fit_one(read_once(cache), shots, seed, m, opts, templates, torch.device(device or "cpu"), step)
+
+
+def _fit_one(cache: ReadOnceCache, shots, seed, m, opts: dict, templates, dev, step: StepFn | None):
+    train_counts, val_counts, warnings = check_data(cache, shots, seed)
+    data = fit_data(cache, shots, seed, templates, dev)
+    fitted = m.fit(data, opts, progress=step)
+    head = fitted.head
+
+    # Test is read only now, after everything was chosen on val.
+    x_te, y_te = cache.test_features(dev)
+    acc = evaluate_head(head, x_te, y_te, zero_shot_T0=data.T0)
+    hparams = dict(fitted.hparams)
+    config = {"method": m.name, **opts, "seed": int(seed), "device": str(dev)}
+    config["templates"] = templates or cache.default_templates
+    result = {
+        "dataset": cache.dataset_name,  # the short name: what tables show and --dataset accepts later
+        "backbone": cache.backbone,
+        "method": m.name,
+        "shots": int(shots),
+        "seed": int(seed),
+        "alpha": hparams.get("alpha"),
+        "hparams": hparams,
+        "val_acc": fitted.val_acc,
+        "test_acc": acc["acc"],
+        "zero_shot_test_acc": acc.get("zero_shot_acc"),
+        "cmm_only_test_acc": acc.get("cmm_only_acc"),
+        "fit_seconds": round(fitted.fit_seconds, 3),
+        "iterations": fitted.iterations,
+        "config": config,
+        "config_key": config_key(config, m.runtime_options),
+        "head": {"kind": head.kind, "params": head.state()[1]},
+        "cache_provenance_sha256": cache.provenance_sha256,
+        "versions": versions(),
+        "cache": str(Path(cache.path).resolve()),
+        "num_classes": cache.num_classes,
+        "num_train_samples": int(len(data.x_train)),
+        "train_images_per_class": train_counts,
+        "val_images_per_class": val_counts,
+        "warnings": warnings,
+        **{k: v for k, v in fitted.extra.items() if k not in ("head",)},
+    }
+    arrays = dict(head.state()[0])
+    arrays.setdefault("T0", data.T0.cpu().numpy())  # every run keeps the zero-shot classifier
+    return result, arrays
+
+
+# ----------------------------------------------------------------------------
+# The protocol
+
+
+@dataclass(frozen=True)
+class FitJob:
+    """One independent run of a protocol (what a parallel runner would ship to a worker)."""
+
+    shots: int
+    seed: int
+
+
+Runner = Callable[[Callable[[FitJob], tuple[dict, dict]], list[FitJob]], Iterable[tuple[dict, dict]]]
+
+
+def _sequential(fn, jobs):
+    return map(fn, jobs)
+
+
+def fit_protocol(
+    cache: Cache,
+    shots=None,
+    seeds=None,
+    *,
+    method: str = "cmm",
+    options: dict | None = None,
+    templates: str | None = None,
+    device: str | torch.device | None = "cpu",
+    runs_root=None,
+    out=None,
+    save: bool = True,
+    force: bool = False,
+    progress: Callable[[int, int], StepFn | None] | None = None,
+    runner: Runner | None = None,
+) -> Iterator[dict]:
+    """Fit `method` on every (shots, seed) of the protocol and yield each run's result, in order.
+
+    `shots`/`seeds` default to every K and seed the cache holds. Each result is
+    saved in its run folder (:func:`cmm_cache.runs.store.save_run`; `runs_root`
+    defaults to ``<cache-dir>/runs``, `out` is an exact folder for one run or
+    the folder receiving ``shot_K-seed_S`` folders) unless `save` is False; the
+    yielded dict adds ``run`` (the folder) and ``replaced`` (an earlier run of
+    the same config was there). `progress(shots, seed)` may return a
+    ``(done, total, loss)`` callback for that run's training. `runner(fn, jobs)`
+    maps the fit of each :class:`FitJob` (default: one after the other, in this
+    process) — the place for a parallel runner; it must yield in job order.
+    """
+    cache = read_once(cache)
+    m, opts = resolve_method(method, options)
+    dev = torch.device(resolve_device(str(device) if device is not None else "cpu"))
+    if templates is not None:
+        cache.text(templates)  # refuse an unknown set before training anything
+    jobs = [FitJob(k, s) for k, s in plan(cache, shots, seeds)]
+    for j in jobs:
+        check_data(cache, j.shots, j.seed)
+    config = {"method": m.name, **opts, "templates": templates or cache.default_templates}
+    key = config_key(config, m.runtime_options)
+    several = len(jobs) > 1
+    replaced = {}
+    if save:
+        for j in jobs:
+            probe = {"shots": j.shots, "seed": j.seed, "method": m.name, "config_key": key}
+            replaced[j] = check_target(target_dir(cache, probe, runs_root, out, several), key, force)
+
+    def fit_job(job: FitJob) -> tuple[dict, dict]:
+        step = progress(job.shots, job.seed) if progress else None
+        return _fit_one(cache, job.shots, job.seed, m, opts, templates, dev, step)
+
+    for job, (result, arrays) in zip(jobs, (runner or _sequential)(fit_job, jobs)):
+        if save:
+            result["run"] = str(save_run(cache, result, arrays, runs_root, out, force=True, several=several))
+            result["replaced"] = replaced[job]
+        yield result

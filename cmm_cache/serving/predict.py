@@ -1,0 +1,286 @@
+"""Classify new images with a fitted run: :func:`load_classifier` and the files behind `cmm-cache predict`.
+
+    import cmm_cache
+    clf = cmm_cache.load_classifier("~/.cache/cmm-cache/runs/dtd/rn50/cmm-1a2b3c4d/shot_16-seed_1")
+    probs = clf.predict(["photo.jpg", "other.png"])     # [2, C] probabilities
+    print(clf.classes[int(probs[0].argmax())])
+
+A prediction is exactly what `eval` scores from the cache: the run's backbone
+(its identity checked against the run's provenance: model, weights, random-
+weights seed, feature size, preprocessing), the same encoder code as
+`extract` (:func:`cmm_cache.extract.encode.iter_encoded`: decoding workers, float16
+rounding of the raw features as the cache stores them), the same
+normalization, then the run's head (for CMM: W, T, T0 and the alpha/fusion
+chosen on val).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cmm_cache.backbones.identity import backbone_differences, describe_differences, is_local_weights
+from cmm_cache.backbones.load import load_backbone
+from cmm_cache.backbones.registry import resolve_backbone
+from cmm_cache.errors import CmmError
+from cmm_cache.extract.encode import (
+    ImageItem,
+    configure_cpu_threads,
+    default_num_workers,
+    encode_image_batch,
+    iter_encoded,
+)
+from cmm_cache.heads.base import normalize_rows
+from cmm_cache.heads.run_folder import Run, load_run
+from cmm_cache.util.device import resolve_device
+from cmm_cache.util.paths import is_image_file
+
+LIST_SUFFIXES = (".csv", ".tsv", ".txt")
+_PATH_COLUMNS = ("path", "image", "file", "filename", "filepath")
+
+
+# ----------------------------------------------------------------------------
+# The run's backbone
+
+
+def check_backbone(run: Run, loaded: dict) -> None:
+    """Refuse a backbone whose fingerprint differs from the one recorded with the run's cache
+    (:mod:`cmm_cache.backbones.identity`: the same rule ``eval`` applies to a cache)."""
+    diff = backbone_differences(run.provenance, loaded)
+    if diff:
+        raise CmmError(
+            f"The backbone loaded for the run at {run.path} is not the one its features came from "
+            f"({describe_differences(diff, 'run', 'loaded')}).",
+            "Pass --pretrained with the weights file the cache was extracted with (same sha256), "
+            "and use the open_clip version that extracted it.",
+        )
+
+
+def load_run_backbone(run: Run, device: str = "cpu", pretrained: str | os.PathLike | None = None):
+    """The run's backbone on `device`, checked against the run's provenance."""
+
+    prov = run.provenance
+    weights = pretrained or (prov.get("pretrained") if is_local_weights(prov) else None)
+    spec = resolve_backbone(str(run.result.get("backbone") or prov.get("backbone")), weights)
+    bb = load_backbone(spec, device=device)
+    check_backbone(run, bb.provenance())
+    return bb
+
+
+# ----------------------------------------------------------------------------
+# Inputs: image files, folders, lists of paths
+
+
+def _read_list(f: Path) -> list[str]:
+    """Paths in a CSV/TSV/TXT (a `path` column if there is a header, else the first column), relative to it."""
+    text = f.read_text(encoding="utf-8-sig")
+    rows = [r for r in csv.reader(text.splitlines(), delimiter="\t" if f.suffix.lower() == ".tsv" else ",") if r]
+    col = 0
+    if rows:
+        header = [c.strip().lower() for c in rows[0]]
+        named = [i for i, c in enumerate(header) if c in _PATH_COLUMNS]
+        if named or not (f.parent / rows[0][0].strip()).exists():
+            col, rows = (named[0] if named else 0), rows[1:]
+    return [str((f.parent / r[col].strip()).expanduser()) for r in rows if len(r) > col and r[col].strip()]
+
+
+def collect_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Image paths from files, folders (searched recursively by extension) and CSV/TSV/TXT lists."""
+
+    out: list[str] = []
+    missing = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            for dirpath, dirnames, filenames in os.walk(p):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                out.extend(str(Path(dirpath) / n) for n in sorted(filenames) if is_image_file(n))
+        elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
+            out.extend(_read_list(p))
+        elif p.is_file():
+            out.append(str(p))
+        else:
+            missing.append(str(p))
+    if missing:
+        raise CmmError(
+            f"{len(missing)} input(s) not found: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""),
+            "Give image files, folders of images, or a CSV/TSV/TXT list of image paths.",
+        )
+    out = list(dict.fromkeys(out))
+    if not out:
+        raise CmmError(
+            f"No images found in {', '.join(map(str, inputs))}.",
+            "Image files are recognised by their extension (.jpg, .png, ...).",
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------
+# The classifier
+
+
+@dataclass
+class FilePredictions:
+    """Probabilities of the images that could be read (rows of `probs`, in `paths` order) and the rest."""
+
+    paths: list[str]
+    probs: torch.Tensor  # [n, C]
+    skipped: list[dict] = field(default_factory=list)  # {"path", "error"}
+
+
+class Classifier:
+    """A fitted run ready to classify images or features (see :func:`load_classifier`)."""
+
+    def __init__(self, run: Run, device: str = "cpu", pretrained: str | os.PathLike | None = None):
+        self.run = run
+        self.device = str(device)
+        self.pretrained = pretrained
+        self.head = run.head.to(self.device)
+        self.classes: list[str] = list(run.classnames)
+        self._backbone = None
+
+    @property
+    def backbone(self):
+        """The run's backbone (loaded and checked on first use; features-only use never loads it)."""
+        if self._backbone is None:
+            self._backbone = load_run_backbone(self.run, self.device, self.pretrained)
+        return self._backbone
+
+    @property
+    def transform(self):
+        """The backbone's preprocessing: PIL image -> tensor [3, H, W] (what `predict` on tensors expects)."""
+        return self.backbone.preprocess
+
+    def predict_features(self, features) -> torch.Tensor:
+        """Probabilities [n, C] of raw CLIP image features [n, d] (as the cache stores them; any scale)."""
+        f = torch.as_tensor(np.asarray(features, dtype=np.float32) if not torch.is_tensor(features) else features)
+        if f.ndim != 2 or f.shape[1] != self.run.embed_dim:
+            raise CmmError(
+                f"Expected features of shape [n, {self.run.embed_dim}], got {list(f.shape)}.",
+                "Pass raw image features of the run's backbone, or images.",
+            )
+        x = normalize_rows(f.detach().to("cpu", torch.float32).contiguous()).to(self.device)
+        with torch.no_grad():
+            return self.head.probs(x).cpu()
+
+    def encode(self, images: torch.Tensor) -> np.ndarray:
+        """Raw features of preprocessed images [n, 3, H, W], rounded to float16 exactly as `extract` does."""
+
+        x = images.to(self.device)
+        return encode_image_batch(self.backbone.model, x, self.device).cpu().numpy().astype(np.float16)
+
+    def predict(self, x, batch_size: int = 64) -> torch.Tensor:
+        """Probabilities [n, C] of: image paths, PIL images, preprocessed images [n, 3, H, W] (or [3, H, W]),
+        or raw features [n, d]."""
+        if isinstance(x, (str, os.PathLike)) or _is_pil(x):
+            x = [x]
+        if isinstance(x, (list, tuple)):
+            if all(isinstance(i, (str, os.PathLike)) for i in x):
+                got = self.predict_files([str(i) for i in x], batch_size=batch_size)
+                return got.probs
+            if all(_is_pil(i) for i in x):
+                x = torch.stack([self.transform(i.convert("RGB")) for i in x])
+            else:
+                raise CmmError("predict() takes image paths, PIL images, an image tensor or a feature matrix.")
+        t = torch.as_tensor(x) if not torch.is_tensor(x) else x
+        if t.ndim == 2:
+            return self.predict_features(t)
+        if t.ndim == 3:
+            t = t.unsqueeze(0)
+        if t.ndim != 4:
+            raise CmmError(f"Expected images [n, 3, H, W] or features [n, d], got shape {list(t.shape)}.")
+        feats = [self.encode(t[i : i + batch_size]) for i in range(0, len(t), batch_size)]
+        return self.predict_features(np.concatenate(feats).astype(np.float32))
+
+    def predict_files(
+        self,
+        paths: Sequence[str],
+        *,
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        skip_bad: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> FilePredictions:
+        """Decode and encode image files as `extract` does, batch by batch, and classify them.
+
+        An unreadable file is reported by path: without `skip_bad` one error
+        lists them all (after the pass, so every bad file is named at once).
+        """
+        ok, probs, skipped = [], [], []
+        for path, p, err in self.iter_files(paths, batch_size=batch_size, num_workers=num_workers, progress=progress):
+            if err is not None:
+                skipped.append({"path": path, "error": err})
+            else:
+                ok.append(path)
+                probs.append(p)
+        if skipped and (not skip_bad or not ok):
+            shown = "\n  ".join(f"{s['path']}: {s['error']}" for s in skipped[:10])
+            more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+            raise CmmError(
+                f"{len(skipped)} of {len(paths)} image(s) cannot be read:\n  {shown}{more}",
+                "Fix or remove them, or pass --skip-bad to classify the others."
+                if ok
+                else "None is left to classify: check that the paths are image files (JPEG, PNG, ...), not damaged.",
+            )
+        C = len(self.classes)
+        return FilePredictions(ok, torch.cat(probs) if probs else torch.zeros(0, C), skipped)
+
+    def iter_files(self, paths, *, batch_size=64, num_workers=None, progress=None) -> Iterator[tuple]:
+        """(path, probabilities [1, C] or None, error or None) per file, in order."""
+
+        items = [ImageItem(key=i, path=str(p), views=1) for i, p in enumerate(paths)]
+        batches = [list(range(i, min(len(items), i + batch_size))) for i in range(0, len(items), batch_size)]
+        workers = default_num_workers(self.device) if num_workers is None else int(num_workers)
+        threads = torch.get_num_threads()
+        if not self.device.startswith("cuda"):
+            configure_cpu_threads(workers)  # leave the decoding workers their cores, as extract does
+        done = 0
+        try:
+            if progress:
+                progress(0, len(items))
+            for eb in iter_encoded(self.backbone, items, batches, num_workers=workers):
+                good = [i for i, f in enumerate(eb.features) if f is not None]
+                p = (
+                    self.predict_features(np.stack([eb.features[i][0] for i in good]).astype(np.float32))
+                    if good
+                    else None
+                )
+                rows = {i: p[j : j + 1] for j, i in enumerate(good)}
+                for i, key in enumerate(eb.keys):
+                    yield items[key].path, rows.get(i), eb.errors[i]
+                done += len(eb.keys)
+                if progress:
+                    progress(done, len(items))
+        finally:
+            torch.set_num_threads(threads)
+
+
+def _is_pil(x) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(x, Image.Image)
+
+
+def load_classifier(run_dir: str | os.PathLike, device: str = "auto", pretrained=None) -> Classifier:
+    """A fitted run (any method) as a classifier: ``predict(images or features) -> probabilities``,
+    ``classes`` and ``transform`` (the backbone's preprocessing). `pretrained`: the local weights file,
+    when the cache was extracted from one that has moved since."""
+
+    return Classifier(load_run(Path(run_dir).expanduser()), resolve_device(device), pretrained)
+
+
+def top_k(probs: torch.Tensor, classes: list[str], k: int) -> list[list[dict]]:
+    """Per row, the k most probable classes: [{"class", "index", "prob"}, ...] best first."""
+    k = max(1, min(int(k), probs.shape[1]))
+    p, i = torch.topk(probs, k, dim=1)
+    return [
+        [{"class": classes[int(c)], "index": int(c), "prob": float(q)} for q, c in zip(pr, ir)] for pr, ir in zip(p, i)
+    ]

@@ -1,0 +1,4 @@
+"""Leaf helpers every stage may use: atomic writes, where things live on disk, the device rule, versions.
+
+May import: :mod:`cmm_cache.errors` (and the standard library, numpy, torch). Nothing else of cmm_cache.
+"""
