@@ -1,0 +1,1 @@
+"""Analysis of runs against each other and against published numbers."""
