@@ -40,6 +40,8 @@ SELECTION_MEANING = {
 SHOTS = (0, 1, 2, 4, 8, 16)
 METRICS = ("top1",)
 AVERAGE = "average"
+# Where backbone_configs' registry.json lives (after, and before, the one-folder-per-stage layout).
+BACKBONE_REGISTRY_PACKAGES = ("cmm_cache.backbones.configs", "cmm_cache.backbone_configs")
 
 FILE_KEYS = {"schema", "id", "title", "reference", "url", "decimals", "about", "entries"}
 FILE_REQUIRED = ("schema", "id", "title", "reference", "decimals", "entries")
@@ -120,10 +122,18 @@ def list_published() -> list[str]:
 # ---------------------------------------------------------------- names the project knows
 
 
+def _manifests():
+    """The dataset registry module (``cmm_cache.datasets.manifests``; ``cmm_cache.manifests`` in the older layout)."""
+    try:
+        from ..datasets import manifests
+    except ImportError:  # the layout before the one-folder-per-stage move
+        from .. import manifests
+    return manifests
+
+
 def _dataset_names() -> tuple[set[str], set[str]]:
     """(registered dataset names, those of kind ``shift``), from the dataset registry."""
-    from .. import manifests  # late: the registry scans the manifest folder
-
+    manifests = _manifests()
     names = set(manifests.list_datasets())
     shifts = {n for n in names if manifests.get_manifest(n).get("kind") == "shift"}
     return names, shifts
@@ -131,7 +141,15 @@ def _dataset_names() -> tuple[set[str], set[str]]:
 
 def _backbone_names() -> set[str]:
     """cmm-cache's names of pretrained backbones (``backbone_configs/registry.json``, pretrained not null)."""
-    reg = json.loads((resources.files("cmm_cache.backbone_configs") / "registry.json").read_text(encoding="utf-8"))
+    for package in BACKBONE_REGISTRY_PACKAGES:
+        try:
+            text = (resources.files(package) / "registry.json").read_text(encoding="utf-8")
+        except (ModuleNotFoundError, FileNotFoundError):
+            continue
+        reg = json.loads(text)
+        break
+    else:
+        raise CmmError(f"No backbone registry.json in {' or '.join(BACKBONE_REGISTRY_PACKAGES)}.")
     return {name for name, b in reg["backbones"].items() if b.get("pretrained")}
 
 
