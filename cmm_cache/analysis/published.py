@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -77,7 +77,7 @@ class Entry:
     value: float
     metric: str
     selection: str
-    source: dict
+    source: dict = field(hash=False)
     datasets: tuple[str, ...] | None = None
     variant: str | None = None
     shift: str | None = None

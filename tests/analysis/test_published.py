@@ -29,6 +29,7 @@ def test_every_shipped_file_validates():
     for name in pub.list_published():
         entries = pub.load_published(name)
         assert entries and all(e.file == name for e in entries)
+        assert len(set(entries)) == len(entries)  # hashable, and no figure twice
         assert all(e.selection in pub.SELECTIONS and e.metric == "top1" for e in entries)
     for name, n in SHIPPED.items():
         assert len(pub.load_published(name)) == n, name
