@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from cmm_cache.backbones.registry import list_backbones
+from cmm_cache.datasets import manifests
+
 from ..errors import CmmError
 
 SCHEMA = "cmm-published/1"
@@ -40,8 +43,6 @@ SELECTION_MEANING = {
 SHOTS = (0, 1, 2, 4, 8, 16)
 METRICS = ("top1",)
 AVERAGE = "average"
-# Where backbone_configs' registry.json lives (after, and before, the one-folder-per-stage layout).
-BACKBONE_REGISTRY_PACKAGES = ("cmm_cache.backbones.configs", "cmm_cache.backbone_configs")
 
 FILE_KEYS = {"schema", "id", "title", "reference", "url", "decimals", "about", "entries"}
 FILE_REQUIRED = ("schema", "id", "title", "reference", "decimals", "entries")
@@ -122,35 +123,16 @@ def list_published() -> list[str]:
 # ---------------------------------------------------------------- names the project knows
 
 
-def _manifests():
-    """The dataset registry module (``cmm_cache.datasets.manifests``; ``cmm_cache.manifests`` in the older layout)."""
-    try:
-        from ..datasets import manifests
-    except ImportError:  # the layout before the one-folder-per-stage move
-        from .. import manifests
-    return manifests
-
-
 def _dataset_names() -> tuple[set[str], set[str]]:
     """(registered dataset names, those of kind ``shift``), from the dataset registry."""
-    manifests = _manifests()
     names = set(manifests.list_datasets())
     shifts = {n for n in names if manifests.get_manifest(n).get("kind") == "shift"}
     return names, shifts
 
 
 def _backbone_names() -> set[str]:
-    """cmm-cache's names of pretrained backbones (``backbone_configs/registry.json``, pretrained not null)."""
-    for package in BACKBONE_REGISTRY_PACKAGES:
-        try:
-            text = (resources.files(package) / "registry.json").read_text(encoding="utf-8")
-        except (ModuleNotFoundError, FileNotFoundError):
-            continue
-        reg = json.loads(text)
-        break
-    else:
-        raise CmmError(f"No backbone registry.json in {' or '.join(BACKBONE_REGISTRY_PACKAGES)}.")
-    return {name for name, b in reg["backbones"].items() if b.get("pretrained")}
+    """cmm-cache's names of pretrained backbones (the registry's aliases with OpenAI weights)."""
+    return {b.name for b in list_backbones() if b.pretrained}
 
 
 # ---------------------------------------------------------------- validation
