@@ -73,7 +73,8 @@ from protocol_files import check_group, load_fewshot_files, prompt_name, read_co
 
 from cmm_cache.datasets.fewshot import group_name  # noqa: E402  (the one shot_K-seed_S rule)
 
-HAND_WRITTEN = ("__init__.py", "README.md", "published")  # in the output folder, never touched (published/: figures with sources)
+# In the output folder, never touched (published/: figures with their sources, written by hand).
+HAND_WRITTEN = ("__init__.py", "README.md", "published")
 COOP_INSTRUCTIONS = "CoOp DATASETS.md: https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
 ALL_NAMES = [*DATASETS, "imagenet", *SHIFTS, "tiny"]
 
