@@ -73,6 +73,7 @@ def _table(out: dict):
 @click.option("--option", "method_options", multiple=True, help="A method's option: METHOD.KEY=VALUE (JSON value).")
 @runs_dir_option
 @click.option("--no-save", is_flag=True, help="Do not write run folders.")
+@click.option("--force", is_flag=True, help="Fit again runs already saved (default: a saved run is kept and reused).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write the table as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Accuracy vs shots, .png/.svg")
 @cache_dir_option
@@ -91,6 +92,7 @@ def compare_cmd(
     method_options,
     runs_dir,
     no_save,
+    force,
     csv_path,
     plot_path,
     cache_dir,
@@ -134,6 +136,7 @@ def compare_cmd(
         options=opts,
         max_iterations=max_iterations,
         runs_root=root,
+        force=force,
         templates=templates,
         device=resolve_device(device),
         progress=progress,

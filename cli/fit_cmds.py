@@ -116,7 +116,12 @@ def _run_line(cache, r: dict) -> str:
         f"{r['fit_seconds']:.1f} s"
     )
     if r.get("run"):
-        line += f"  -> {r['run']}" + (" (replaced the earlier run of this config)" if r.get("replaced") else "")
+        note = ""
+        if r.get("skipped"):
+            note = " (already fitted: kept; --force fits it again)"
+        elif r.get("replaced"):
+            note = " (replaced the run that was there)"
+        line += f"  -> {r['run']}{note}"
     from rich.markup import escape
 
     return escape(line)
@@ -174,7 +179,7 @@ def _run_line(cache, r: dict) -> str:
     default=None,
     help="Exact run folder (one run), or the folder that receives shot_K-seed_S folders (several).",
 )
-@click.option("--force", is_flag=True, help="Replace a run of another configuration found in --out.")
+@click.option("--force", is_flag=True, help="Fit again runs already fitted, and replace another run found in --out.")
 @cache_dir_option
 @device_option
 @json_option

@@ -10,7 +10,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from cmm_cache.cache.schema import DAMAGED_HINT, SCHEMA, as_str, per_template_node, provenance_sha256, text_node
+from cmm_cache.cache.schema import (
+    DAMAGED_HINT,
+    SCHEMA,
+    as_str,
+    content_sha256,
+    per_template_node,
+    provenance_sha256,
+    text_node,
+)
 from cmm_cache.datasets.fewshot import GROUP_RE, group_name, parse_group
 from cmm_cache.errors import CmmError
 
@@ -50,6 +58,11 @@ class Cache:
     @property
     def provenance_sha256(self) -> str:
         return provenance_sha256(self.provenance_json)
+
+    @property
+    def content_sha256(self) -> str:
+        """What the cache holds, not when it was written (:func:`~cmm_cache.cache.schema.content_sha256`)."""
+        return content_sha256(self.provenance)
 
     @property
     def dataset_name(self) -> str:

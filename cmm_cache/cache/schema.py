@@ -17,6 +17,7 @@ Layout of one file (docs/cache-schema.md)::
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 
 import h5py
@@ -53,6 +54,22 @@ def string_array(values: Sequence[str]) -> np.ndarray:
 def provenance_sha256(provenance_json: str) -> str:
     """The hash a run records to tie itself to the cache it was fitted on."""
     return hashlib.sha256(provenance_json.encode("utf-8")).hexdigest()
+
+
+# Provenance keys that say when, where and how fast a cache was written, not what it holds: a cache extracted
+# again from the same weights, data, preprocessing and code has the same content hash.
+VOLATILE_PROVENANCE = ("created", "device", "device_name", "world_size", "batch_size", "num_workers", "workers")
+
+
+def content_sha256(provenance: dict) -> str:
+    """The hash of what a cache *holds*: its provenance without the time and place of extraction
+    (:data:`VOLATILE_PROVENANCE`, and the Python version). A run records it; re-extracting the same inputs keeps
+    it, so the run stays valid; other weights, data, preprocessing, shots/seeds or code versions change it."""
+    p = {k: v for k, v in provenance.items() if k not in VOLATILE_PROVENANCE}
+    if isinstance(p.get("versions"), dict):
+        p["versions"] = {k: v for k, v in p["versions"].items() if k != "python"}
+    blob = json.dumps(p, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def as_str(value) -> str:

@@ -20,8 +20,8 @@ from pathlib import Path
 from cmm_cache.cache.reader import Cache
 from cmm_cache.errors import CmmError
 from cmm_cache.methods.registry import get_method, registered_methods
-from cmm_cache.runs.protocol import fit_run, plan, read_once
-from cmm_cache.runs.store import save_run
+from cmm_cache.runs.protocol import finished_result, fit_run, plan, planned_identity, read_once, resolve_method
+from cmm_cache.runs.store import check_target, save_run, target_dir
 from cmm_cache.util.atomic import atomic_path
 
 # ----------------------------------------------------------------------------
@@ -59,18 +59,33 @@ RUN_KEYS = (
 
 
 def fit_one(
-    cache: Cache, method: str, shots: int, seed: int, options: dict, runs_root=None, templates=None, device="cpu"
+    cache: Cache,
+    method: str,
+    shots: int,
+    seed: int,
+    options: dict,
+    runs_root=None,
+    templates=None,
+    device="cpu",
+    force: bool = False,
 ) -> dict:
     """Fit one run, save its folder (unless `runs_root` is None) and return its summary row.
 
-    The one place where compare meets the run-folder layer: point it at another runs API and
-    nothing else here changes.
+    A run whose folder already holds the same run (same identity) is not fitted again: its stored row comes
+    back with ``skipped`` True (so a killed compare resumes); `force` refits it. The one place where compare
+    meets the run-folder layer.
     """
-
+    if runs_root is not None:  # <runs>/<dataset>/<backbone>/<method>-<config key>/shot_K-seed_S
+        m, opts = resolve_method(method, options)
+        ident = planned_identity(cache, m, opts, templates, shots, seed)
+        path = target_dir(cache, ident, runs_root)
+        if check_target(path, ident, force) == "same" and not force:
+            stored = finished_result(path)
+            return {**{key: stored.get(key) for key in RUN_KEYS}, "run": stored["run"], "skipped": True}
     result, arrays = fit_run(cache, shots, seed, method=method, options=options, templates=templates, device=device)
     row = {key: result.get(key) for key in RUN_KEYS}
-    if runs_root is not None:  # <runs>/<dataset>/<backbone>/<method>-<config key>/shot_K-seed_S
-        row["run"] = str(save_run(cache, result, arrays, runs_root))
+    if runs_root is not None:
+        row["run"] = str(save_run(cache, result, arrays, runs_root, force=True))
     return row
 
 
@@ -85,13 +100,15 @@ def compare(
     runs_root=None,
     templates: str | None = None,
     device="cpu",
+    force: bool = False,
     progress: Callable[[int, int, dict], None] | None = None,
 ) -> dict:
     """Fit every (method, shots, seed); returns {cache, dataset, backbone, methods, shots, seeds, table, runs}.
 
     `options` maps a method name to its options; `max_iterations` caps every trained method
     (:meth:`~cmm_cache.methods.base.Method.capped`); with `runs_root` each run is saved (:func:`fit_one`).
-    `progress(done, total, run_summary)` is called after each run.
+    `progress(done, total, run_summary)` is called after each run. Runs already saved with the same identity
+    are not fitted again (``skipped`` in their row); `force` refits them.
     """
     names = resolve_methods(methods)
     cache = read_once(cache)  # every run of every method shares one read of the file
@@ -101,7 +118,7 @@ def compare(
     for name in names:
         opts = get_method(name).capped((options or {}).get(name), max_iterations)
         for k, s in jobs:
-            row = fit_one(cache, name, k, s, opts, runs_root, templates, device)
+            row = fit_one(cache, name, k, s, opts, runs_root, templates, device, force)
             runs.append(row)
             if progress is not None:
                 progress(len(runs), total, row)

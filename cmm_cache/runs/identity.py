@@ -1,9 +1,17 @@
-"""What makes a run itself: the resolved config, its key, and what it changes from the method's defaults.
+"""What makes a run itself: its identity, its id, the resolved config and its key.
 
-A run's identity is (dataset, backbone, method, resolved config, shots, seed). The config key is the first
-8 hex digits of the sha256 of the canonical JSON of the resolved config (the method, all its options, the
-template set), leaving out what does not change the numbers: seed and shots (they are in the folder name),
-the device and the method's runtime options (e.g. ``threads``).
+A run's **identity** is (dataset, backbone, cache content, method, config key, shots, seed):
+
+- the *cache content* is :func:`cmm_cache.cache.schema.content_sha256` of the cache's provenance: weights,
+  data manifest, preprocessing, few-shot plan and code version, not the time of extraction (re-extracting
+  the same inputs keeps every run valid);
+- the *config key* is the first 8 hex digits of the sha256 of the canonical JSON of the resolved config
+  (the method, all its options, the template set), leaving out what does not change the numbers: seed and
+  shots (part of the identity on their own), the device and the method's runtime options (e.g. ``threads``).
+
+Two runs with the same identity are the same run: fitting it again is skipped (``--force`` refits), and a
+folder holding any other identity is never written over without ``--force``. The **run id** is the first
+10 hex digits of the sha256 of the identity: a short, stable name for ``--run`` and ``runs ls``.
 """
 
 from __future__ import annotations
@@ -39,6 +47,30 @@ def config_key(config: dict, runtime_options=()) -> str:
     """8 hex digits of sha256 over the canonical JSON of :func:`identity`."""
     blob = json.dumps(identity(config, runtime_options), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:8]
+
+
+IDENTITY_FIELDS = ("dataset", "backbone", "cache_content_sha256", "method", "config_key", "shots", "seed")
+RUN_ID_LENGTH = 10
+
+
+def run_identity(result: dict) -> dict:
+    """The identity of a result (a dict with the :data:`IDENTITY_FIELDS`; see the module docstring)."""
+    ident = {f: result.get(f) for f in IDENTITY_FIELDS}
+    ident["method"] = ident["method"] or "cmm"
+    ident["config_key"] = ident["config_key"] or result_config_key(result)
+    ident["shots"], ident["seed"] = int(ident["shots"]), int(ident["seed"])
+    return ident
+
+
+def run_id(identity: dict) -> str:
+    """The short id of a run identity (stable across machines and re-extractions of the same inputs)."""
+    blob = json.dumps({f: identity.get(f) for f in IDENTITY_FIELDS}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:RUN_ID_LENGTH]
+
+
+def identity_differences(a: dict, b: dict) -> list[str]:
+    """``["backbone: 'rn50' vs 'tiny'", ...]`` for the identity fields that differ."""
+    return [f"{f}: {a.get(f)!r} vs {b.get(f)!r}" for f in IDENTITY_FIELDS if a.get(f) != b.get(f)]
 
 
 def _runtime_options(method: str) -> tuple:

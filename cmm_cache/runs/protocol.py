@@ -17,6 +17,7 @@ method chose everything on the few-shot val subset.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -29,7 +30,7 @@ from cmm_cache.errors import CmmError
 from cmm_cache.evaluation.metrics import evaluate_head, split_features
 from cmm_cache.methods.base import Method, fit_data
 from cmm_cache.methods.registry import get_method
-from cmm_cache.runs.identity import config_key, typed_options
+from cmm_cache.runs.identity import config_key, run_id, run_identity, typed_options
 from cmm_cache.runs.store import check_target, save_run, target_dir
 from cmm_cache.util.device import resolve_device
 from cmm_cache.util.versions import versions
@@ -197,6 +198,7 @@ def _fit_one(cache: ReadOnceCache, shots, seed, m, opts: dict, templates, dev, s
         "config_key": config_key(config, m.runtime_options),
         "head": {"kind": head.kind, "params": head.state()[1]},
         "cache_provenance_sha256": cache.provenance_sha256,
+        "cache_content_sha256": cache.content_sha256,
         "versions": versions(),
         "cache": str(Path(cache.path).resolve()),
         "num_classes": cache.num_classes,
@@ -206,9 +208,33 @@ def _fit_one(cache: ReadOnceCache, shots, seed, m, opts: dict, templates, dev, s
         "warnings": warnings,
         **{k: v for k, v in fitted.extra.items() if k not in ("head",)},
     }
+    result["run_id"] = run_id(run_identity(result))
     arrays = dict(head.state()[0])
     arrays.setdefault("T0", data.T0.cpu().numpy())  # every run keeps the zero-shot classifier
     return result, arrays
+
+
+def planned_identity(cache: Cache, m: Method, opts: dict, templates: str | None, shots: int, seed: int) -> dict:
+    """The identity the run of `m` with `opts` on the (shots, seed) subset of `cache` will have: known
+    before it is fitted, so a finished run can be found (and skipped) without fitting anything."""
+    config = {"method": m.name, **opts, "templates": templates or cache.default_templates}
+    return run_identity(
+        {
+            "dataset": cache.dataset_name,
+            "backbone": cache.backbone,
+            "cache_content_sha256": cache.content_sha256,
+            "method": m.name,
+            "config_key": config_key(config, m.runtime_options),
+            "shots": shots,
+            "seed": seed,
+        }
+    )
+
+
+def finished_result(path: Path) -> dict:
+    """The stored result of a finished run folder (for a run that is skipped), with ``run`` and ``skipped``."""
+    result = json.loads((Path(path) / "result.json").read_text(encoding="utf-8"))
+    return {**result, "run": str(path), "skipped": True}
 
 
 # ----------------------------------------------------------------------------
@@ -252,8 +278,11 @@ def fit_protocol(
     saved in its run folder (:func:`cmm_cache.runs.store.save_run`; `runs_root`
     defaults to ``<cache-dir>/runs``, `out` is an exact folder for one run or
     the folder receiving ``shot_K-seed_S`` folders) unless `save` is False; the
-    yielded dict adds ``run`` (the folder) and ``replaced`` (an earlier run of
-    the same config was there). `progress(shots, seed)` may return a
+    yielded dict adds ``run`` (the folder) and ``replaced`` (another run was there
+    and `force` replaced it). A run whose folder already holds the same run (same
+    identity, :mod:`cmm_cache.runs.identity`) is not fitted again: its stored result
+    is yielded with ``skipped`` True, so running a killed protocol again resumes it;
+    `force` refits it. `progress(shots, seed)` may return a
     ``(done, total, loss)`` callback for that run's training. `runner(fn, jobs)`
     maps the fit of each :class:`FitJob` (default: one after the other, in this
     process) — the place for a parallel runner; it must yield in job order.
@@ -266,21 +295,26 @@ def fit_protocol(
     jobs = [FitJob(k, s) for k, s in plan(cache, shots, seeds)]
     for j in jobs:
         check_data(cache, j.shots, j.seed)
-    config = {"method": m.name, **opts, "templates": templates or cache.default_templates}
-    key = config_key(config, m.runtime_options)
     several = len(jobs) > 1
-    replaced = {}
-    if save:
+    found, where = {}, {}
+    if save:  # every folder is checked before anything trains
         for j in jobs:
-            probe = {"shots": j.shots, "seed": j.seed, "method": m.name, "config_key": key}
-            replaced[j] = check_target(target_dir(cache, probe, runs_root, out, several), key, force)
+            ident = planned_identity(cache, m, opts, templates, j.shots, j.seed)
+            where[j] = target_dir(cache, ident, runs_root, out, several)
+            found[j] = check_target(where[j], ident, force)
+    todo = [j for j in jobs if force or found.get(j) != "same"]
 
     def fit_job(job: FitJob) -> tuple[dict, dict]:
         step = progress(job.shots, job.seed) if progress else None
         return _fit_one(cache, job.shots, job.seed, m, opts, templates, dev, step)
 
-    for job, (result, arrays) in zip(jobs, (runner or _sequential)(fit_job, jobs)):
+    fitted = iter((runner or _sequential)(fit_job, todo))
+    for job in jobs:
+        if job not in todo:
+            yield finished_result(where[job])
+            continue
+        result, arrays = next(fitted)
         if save:
             result["run"] = str(save_run(cache, result, arrays, runs_root, out, force=True, several=several))
-            result["replaced"] = replaced[job]
+            result["replaced"] = found[job] != "absent"
         yield result

@@ -1,7 +1,7 @@
-"""Run folders: what makes a run itself, where its folder is, writing, reading and finding it.
+"""Run folders: where a run goes, whether a folder already holds it, and writing it.
 
-A run's identity is (dataset, backbone, method, resolved config, shots, seed).
-Its folder::
+A run's identity (:mod:`cmm_cache.runs.identity`) is (dataset, backbone, cache content, method, config
+key, shots, seed). Its folder::
 
     <runs-root>/<dataset key>/<backbone>/<method>-<config key>/shot_K-seed_S/
         result.json      accuracies, chosen hyper-parameters, the resolved config and its key,
@@ -14,8 +14,10 @@ The config key is the first 8 hex digits of the sha256 of the canonical JSON
 of the resolved config (the method, all its options, the template set),
 leaving out what does not change the numbers: seed and shots (they are in the
 folder name), the device and the method's runtime options (e.g. ``threads``).
-So two fits with different flags land in two folders, and the same config
-fitted again replaces its own folder and nothing else.
+So two fits with different flags land in two folders. A folder that holds the
+same run (same identity) is a finished run: fitting it again is skipped unless
+forced; a folder holding anything else is never written over without `force`.
+Reading a run folder is :mod:`cmm_cache.heads.run_folder` (inference code).
 
 Older layouts are still read: ``<backbone>/shot_K-seed_S/`` (CMM runs written
 before methods existed) and ``<backbone>/<method>/shot_K-seed_S/``.
@@ -31,16 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from cmm_cache.cache.reader import Cache
+from cmm_cache.cache.schema import content_sha256
 from cmm_cache.datasets.fewshot import group_name
 from cmm_cache.datasets.names import dataset_key, is_user_data
 from cmm_cache.errors import CmmError
-from cmm_cache.runs.identity import result_config_key
+from cmm_cache.runs.identity import identity_differences, result_config_key, run_identity
 from cmm_cache.util.atomic import atomic_dir
 from cmm_cache.util.paths import runs_dir, safe_name
-
-# ----------------------------------------------------------------------------
-# Identity
-
 
 # ----------------------------------------------------------------------------
 # Where a run goes
@@ -75,27 +74,44 @@ def target_dir(cache: Cache, result: dict, runs_root=None, out=None, several: bo
     return run_dir(runs_root if runs_root is not None else runs_dir(), cache, result["method"], key, k, s)
 
 
-def check_target(path: Path, key: str, force: bool = False) -> bool:
-    """Whether a run folder is at `path` already (it will be replaced); a run of another config
-    there is refused unless `force` (two configs never share a folder)."""
-    f = Path(path) / "result.json"
-    if not f.is_file():
-        if Path(path).exists() and any(Path(path).iterdir()) and not force:
+def folder_identity(path: Path) -> dict | None:
+    """The identity of the run folder at `path` (None when it holds no readable run). Runs written before
+    identities were recorded get theirs from their result.json and the provenance.json beside it."""
+    path = Path(path)
+    try:
+        result = json.loads((path / "result.json").read_text(encoding="utf-8"))
+        if not isinstance(result, dict):
+            return None
+        if not result.get("cache_content_sha256"):
+            prov = json.loads((path / "provenance.json").read_text(encoding="utf-8"))
+            result = {**result, "cache_content_sha256": content_sha256(prov) if isinstance(prov, dict) else None}
+        return run_identity(result)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_target(path: Path, identity: dict, force: bool = False) -> str:
+    """What `path` holds for a run of `identity`: ``"absent"`` (nothing: write it), ``"same"`` (this very run,
+    finished: skip it, or replace it when forced) or ``"other"`` (only with `force`; refused otherwise, saying
+    what differs). Two runs of different identities never share a folder by accident."""
+    path = Path(path)
+    if not (path / "result.json").is_file():
+        if path.exists() and (not path.is_dir() or any(path.iterdir())) and not force:
             raise CmmError(
                 f"{path} exists and is not a run folder.",
                 "Pass another --out, or --force to replace it.",
             )
-        return False
-    try:
-        old = result_config_key(json.loads(f.read_text()))
-    except (OSError, ValueError):
-        old = None
-    if old != key and not force:
-        raise CmmError(
-            f"{path} holds a run of another configuration (config key {old or 'unknown'}, this one {key}).",
-            "Pass another --out (or none: each configuration gets its own folder), or --force to replace it.",
-        )
-    return True
+        return "absent"
+    old = folder_identity(path)
+    if old == identity:
+        return "same"
+    if force:
+        return "other"
+    what = "; ".join(identity_differences(old, identity)) if old else "its result.json cannot be read"
+    raise CmmError(
+        f"{path} holds another run ({what}).",
+        "Pass another --out (or none: each configuration gets its own folder), or --force to replace it.",
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -119,13 +135,12 @@ def save_run(
 ) -> Path:
     """Save a fitted run (from :func:`cmm_cache.runs.protocol.fit_run`) in its folder and return that folder.
 
-    The folder is named by method and config key, so only a run of the same
-    config is replaced; `out` (an exact folder, or with `several` the folder
-    receiving ``shot_K-seed_S`` folders) holding a run of another config is
-    refused unless `force`.
+    The folder is named by method and config key; `out` (an exact folder, or with
+    `several` the folder receiving ``shot_K-seed_S`` folders) holding another run
+    (another identity) is refused unless `force`. The same run there is replaced.
     """
     path = target_dir(cache, result, runs_root, out, several)
-    check_target(path, result.get("config_key") or result_config_key(result), force)
+    check_target(path, run_identity(result), force)
     return write_run(path, result, arrays, cache)
 
 

@@ -218,8 +218,10 @@ def test_two_fits_with_different_flags_leave_two_run_folders(tmp_path):
     b = _json(_run(["fit", "--cache", str(path), "--json", "--no-map", *FAST]))
     r = _run(["fit", "--cache", str(path), "--json", *FAST])
     c = _json(r)
-    assert a["run"] != b["run"] and c["run"] == a["run"] and c["replaced"] is True
-    assert "replaced the earlier run" in r.stderr
+    assert a["run"] != b["run"] and c["run"] == a["run"] and c["skipped"] is True  # a rerun resumes, fits nothing
+    assert "already fitted" in r.stderr
+    f = _run(["fit", "--cache", str(path), "--json", "--force", *FAST])
+    assert _json(f)["replaced"] is True and "replaced the run" in f.stderr
     assert len(list(runs_dir().rglob("result.json"))) == 2
     merged = _json(_run(["results", "merge", str(runs_dir()), "--json"]))
     assert len(merged["summary"]) == 2 and {s["config_key"] for s in merged["summary"]} == {
@@ -232,7 +234,7 @@ def test_out_with_another_config_names_force_and_out(tmp_path):
     path, _ = make_cache(tmp_path / "c.h5", C=4, d=8, shots=(1,), seeds=(1,))
     _run(["fit", "--cache", str(path), "--out", str(tmp_path / "r"), *FAST])
     r = _run(["fit", "--cache", str(path), "--out", str(tmp_path / "r"), "--no-triplet", *FAST], ok=False)
-    assert r.exit_code == 2 and "another configuration" in r.output and "--force" in r.output
+    assert r.exit_code == 2 and "holds another run (config_key" in " ".join(r.output.split()) and "--force" in r.output
     _run(["fit", "--cache", str(path), "--out", str(tmp_path / "r"), "--no-triplet", "--force", *FAST])
 
 

@@ -66,13 +66,16 @@ def test_same_options_typed_differently_are_one_config(cache):
 # Folders: never mixed, never silently overwritten
 
 
-def test_two_configs_get_two_folders_and_the_same_config_replaces_its_own(tmp_path, cache):
+def test_two_configs_get_two_folders_and_the_same_run_is_skipped_or_forced(tmp_path, cache):
     root = tmp_path / "runs"
     first = list(fit_protocol(cache, [1], [1], options=FAST, runs_root=root))
     other = list(fit_protocol(cache, [1], [1], options={**FAST, "use_map": False}, runs_root=root))
     again = list(fit_protocol(cache, [1], [1], options=FAST, runs_root=root))
+    forced = list(fit_protocol(cache, [1], [1], options=FAST, runs_root=root, force=True))
     assert first[0]["run"] != other[0]["run"]
-    assert again[0]["run"] == first[0]["run"] and again[0]["replaced"] and not first[0]["replaced"]
+    assert again[0]["run"] == first[0]["run"] and again[0]["skipped"] and not first[0]["replaced"]
+    assert again[0]["test_acc"] == first[0]["test_acc"] and again[0]["run_id"] == first[0]["run_id"]
+    assert forced[0]["run"] == first[0]["run"] and forced[0]["replaced"] and not forced[0].get("skipped")
     folders = sorted(p.parent.parent.name for p in root.rglob("result.json"))
     assert folders == sorted([f"cmm-{first[0]['config_key']}", f"cmm-{other[0]['config_key']}"])
     assert load_run(other[0]["run"]).model.W is None and load_run(first[0]["run"]).model.W is not None
@@ -82,7 +85,7 @@ def test_two_configs_get_two_folders_and_the_same_config_replaces_its_own(tmp_pa
 def test_out_folder_of_another_config_is_refused_before_training(tmp_path, cache):
     out = tmp_path / "mine"
     list(fit_protocol(cache, [1], [1], options=FAST, out=out))
-    with pytest.raises(CmmError, match="another configuration") as e:
+    with pytest.raises(CmmError, match="holds another run") as e:
         list(fit_protocol(cache, [1], [1], options={**FAST, "triplet": False}, out=out))
     assert "--out" in e.value.hint and "--force" in e.value.hint
     assert json.loads((out / "result.json").read_text())["config"]["triplet"] is True
