@@ -7,6 +7,7 @@ import torch
 
 from cmm_cache.backbones.identity import backbone_differences, describe_differences
 from cmm_cache.cache.reader import Cache
+from cmm_cache.cache.schema import content_sha256
 from cmm_cache.errors import CmmError
 from cmm_cache.evaluation.metrics import evaluate_head, split_features
 from cmm_cache.evaluation.shift import shift_classes
@@ -16,16 +17,19 @@ from cmm_cache.heads.run_folder import Run
 def check_cache(run: Run, cache: Cache, *, own: bool) -> bool:
     """Whether `cache` is the one the run was fitted on. `own`: it must be (the run's recorded cache);
     otherwise another cache is accepted when it holds the same backbone's features of the same classes."""
-    if cache.provenance_sha256 == run.result.get("cache_provenance_sha256"):
+    fitted_on = run.result.get("cache_content_sha256") or content_sha256(run.provenance)
+    same_classes = list(cache.classnames) == list(run.classnames)
+    if cache.content_sha256 == fitted_on and same_classes:  # re-extracting the same inputs keeps runs valid
         return True
     if own:
         raise CmmError(
-            f"{cache.path} is not the cache run {run.path} was fitted on (provenance hash differs).",
+            f"{cache.path} is not the cache run {run.path} was fitted on (its content differs: other weights, "
+            "data, preprocessing, few-shot plan or code version).",
             "It was re-extracted or belongs to another backbone; fit the run again on this cache, "
             "or pass --cache to score the run on another cache of the same backbone and classes.",
         )
     check_same_backbone(run, cache)
-    if list(cache.classnames) != list(run.classnames):
+    if not same_classes:
         raise CmmError(
             f"{cache.path} has other classes ({cache.num_classes}) than the run at {run.path} ({len(run.classnames)}).",
             "Score a cache of the same classes, or use `cmm-cache predict` on the images.",

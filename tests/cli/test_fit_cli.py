@@ -99,9 +99,13 @@ def test_eval_reproduces_the_fit_and_refuses_a_reextracted_cache(tmp_path):
     fitted = _json(_run(["fit", "--cache", str(path), "--json", *FAST]))
     again = _json(_run(["eval", "--run", fitted["run"], "--json"]))
     assert again["test_acc"] == fitted["test_acc"] and again["alpha"] == fitted["alpha"]
+    # Extracted again from the same inputs (only the time of extraction differs): the run stays valid.
     make_cache(path, C=5, d=12, shots=(2,), seeds=(1,), provenance={"created": "later"})
+    assert _json(_run(["eval", "--run", fitted["run"], "--json"]))["fitted_on_this_cache"] is True
+    # Extracted from other weights: refused.
+    make_cache(path, C=5, d=12, shots=(2,), seeds=(1,), provenance={"weights_sha256": "0" * 64})
     r = _run(["eval", "--run", fitted["run"]], ok=False)
-    assert r.exit_code == 2 and "provenance" in r.output
+    assert r.exit_code == 2 and "its content differs" in " ".join(r.output.split())
 
 
 def _imagenet_like(tmp_path):
@@ -276,7 +280,7 @@ def test_eval_on_another_cache_of_the_same_backbone_and_classes(tmp_path):
     path, world = make_cache(tmp_path / "c.h5", C=5, d=12, shots=(2,), seeds=(1,))
     fitted = _json(_run(["fit", "--cache", str(path), "--json", *FAST]))
     other, _ = make_cache(
-        tmp_path / "new.h5", C=5, d=12, shots=(2,), seeds=(1,), seed=5, world=world, provenance={"created": "later"}
+        tmp_path / "new.h5", C=5, d=12, shots=(2,), seeds=(1,), seed=5, world=world, provenance={"note": "other data"}
     )
     out = _json(_run(["eval", "--run", fitted["run"], "--cache", str(other), "--json"]))
     assert out["fitted_on_this_cache"] is False and out["cache"] == str(other)
