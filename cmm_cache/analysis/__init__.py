@@ -1,5 +1,7 @@
-"""Analyses of features, caches and fitted runs: the modality-gap measures and pictures, and reports that set
-our results beside the published ones.
+"""Analyses of features, caches and fitted runs: the modality-gap measures and their pictures (:mod:`.gap`,
+:mod:`.gap_plot`), and the published numbers our results are set beside (:mod:`.published`).
+
+The measures are plain functions on tensors, usable on any features, not only cmm-cache runs.
 
 May import: everything below it except serving (errors, util, datasets, backbones, cache, heads, evaluation,
 methods, runs).
