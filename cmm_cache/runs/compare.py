@@ -20,7 +20,15 @@ from pathlib import Path
 from cmm_cache.cache.reader import Cache
 from cmm_cache.errors import CmmError
 from cmm_cache.methods.registry import get_method, registered_methods
-from cmm_cache.runs.protocol import finished_result, fit_run, plan, planned_identity, read_once, resolve_method
+from cmm_cache.runs.protocol import (
+    StepFn,
+    finished_result,
+    fit_run,
+    plan,
+    planned_identity,
+    read_once,
+    resolve_method,
+)
 from cmm_cache.runs.store import check_target, save_run, target_dir
 from cmm_cache.util.atomic import atomic_path
 
@@ -55,6 +63,7 @@ RUN_KEYS = (
     "hparams",
     "fit_seconds",
     "iterations",
+    "run_id",
 )
 
 
@@ -68,6 +77,7 @@ def fit_one(
     templates=None,
     device="cpu",
     force: bool = False,
+    step: Callable[[str, int, int], StepFn | None] | None = None,
 ) -> dict:
     """Fit one run, save its folder (unless `runs_root` is None) and return its summary row.
 
@@ -82,7 +92,17 @@ def fit_one(
         if check_target(path, ident, force) == "same" and not force:
             stored = finished_result(path)
             return {**{key: stored.get(key) for key in RUN_KEYS}, "run": stored["run"], "skipped": True}
-    result, arrays = fit_run(cache, shots, seed, method=method, options=options, templates=templates, device=device)
+    on_step = step(method, shots, seed) if step is not None else None
+    result, arrays = fit_run(
+        cache,
+        shots,
+        seed,
+        method=method,
+        options=options,
+        templates=templates,
+        device=device,
+        step=on_step,
+    )
     row = {key: result.get(key) for key in RUN_KEYS}
     if runs_root is not None:
         row["run"] = str(save_run(cache, result, arrays, runs_root, force=True))
@@ -102,13 +122,15 @@ def compare(
     device="cpu",
     force: bool = False,
     progress: Callable[[int, int, dict], None] | None = None,
+    step: Callable[[str, int, int], StepFn | None] | None = None,
 ) -> dict:
     """Fit every (method, shots, seed); returns {cache, dataset, backbone, methods, shots, seeds, table, runs}.
 
     `options` maps a method name to its options; `max_iterations` caps every trained method
     (:meth:`~cmm_cache.methods.base.Method.capped`); with `runs_root` each run is saved (:func:`fit_one`).
-    `progress(done, total, run_summary)` is called after each run. Runs already saved with the same identity
-    are not fitted again (``skipped`` in their row); `force` refits them.
+    `progress(done, total, run_summary)` is called after each run; `step(method, shots, seed)` may return a
+    ``(done, total, loss)`` callback for that run's training. Runs already saved with the same identity are not
+    fitted again (``skipped`` in their row), so a compare stopped midway resumes; `force` refits them.
     """
     names = resolve_methods(methods)
     cache = read_once(cache)  # every run of every method shares one read of the file
@@ -118,13 +140,13 @@ def compare(
     for name in names:
         opts = get_method(name).capped((options or {}).get(name), max_iterations)
         for k, s in jobs:
-            row = fit_one(cache, name, k, s, opts, runs_root, templates, device, force)
+            row = fit_one(cache, name, k, s, opts, runs_root, templates, device, force, step)
             runs.append(row)
             if progress is not None:
                 progress(len(runs), total, row)
     return {
         "cache": str(cache.path),
-        "dataset": cache.dataset,
+        "dataset": cache.dataset_name,  # the short name (your own data: `dtd10`, not its path)
         "backbone": cache.backbone,
         "methods": names,
         "shots": shots,
@@ -146,15 +168,19 @@ def _mean_std(vals: list[float]) -> tuple[float | None, float]:
 
 
 def table(runs: list[dict], methods: list[str], shots: list[int]) -> list[dict]:
-    """One row per method: ``cells[k] = {mean, std, runs, best}`` of test accuracy over seeds (sample std);
-    ``best`` marks the highest mean of each shot column (ties: every one of them)."""
+    """One row per method: ``cells[k] = {mean, std, runs, best, fit_seconds_mean}`` of test accuracy over seeds
+    (sample std) and fit seconds per run of that shot count; ``best`` marks the highest mean of each shot column
+    (ties: every one of them). ``fit_seconds_mean`` of a row is over all its runs."""
     rows = []
     for name in methods:
-        cells, secs = {}, [r["fit_seconds"] for r in runs if r["method"] == name and r.get("fit_seconds") is not None]
+        mine = [r for r in runs if r["method"] == name]
+        cells, secs = {}, [r["fit_seconds"] for r in mine if r.get("fit_seconds") is not None]
         for k in shots:
-            accs = [float(r["test_acc"]) for r in runs if r["method"] == name and int(r["shots"]) == k]
+            accs = [float(r["test_acc"]) for r in mine if int(r["shots"]) == k]
+            k_secs = [r["fit_seconds"] for r in mine if int(r["shots"]) == k and r.get("fit_seconds") is not None]
             mean, std = _mean_std(accs)
             cells[k] = {"mean": mean, "std": std, "runs": len(accs), "best": False}
+            cells[k]["fit_seconds_mean"] = _mean_std(k_secs)[0]
         rows.append({"method": name, "cells": cells, "fit_seconds_mean": _mean_std(secs)[0]})
     for k in shots:
         means = [r["cells"][k]["mean"] for r in rows if r["cells"][k]["mean"] is not None]
@@ -169,7 +195,7 @@ def json_table(rows: list[dict]) -> list[dict]:
 
 
 def long_rows(rows: list[dict]) -> list[dict]:
-    """One row per (method, shots): the CSV form of the table."""
+    """One row per (method, shots): the CSV form of the table (fit seconds: the mean over that row's runs)."""
     out = []
     for r in rows:
         for k, c in r["cells"].items():
@@ -181,7 +207,7 @@ def long_rows(rows: list[dict]) -> list[dict]:
                     "test_acc_std": c["std"],
                     "runs": c["runs"],
                     "best": c["best"],
-                    "fit_seconds_mean": r["fit_seconds_mean"],
+                    "fit_seconds_mean": c.get("fit_seconds_mean"),
                 }
             )
     return out
@@ -212,21 +238,28 @@ def write_table_csv(rows: list[dict], path) -> Path:
 PLOT_FORMATS = (".png", ".svg")
 
 
-def plot(rows: list[dict], path, title: str = "") -> Path:
-    """Test accuracy vs shots, one line per method (error bars: std over seeds), as PNG or SVG."""
-    path = Path(path)
-    if path.suffix.lower() not in PLOT_FORMATS:
-        raise CmmError(f"Cannot write a plot as '{path.suffix or path.name}'.", "Give a .png or .svg file name.")
+def require_matplotlib() -> None:
+    """matplotlib is importable, or one clear error saying how to get it (checked before a compare starts)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only, no display needed
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
         raise CmmError(
             "Writing the plot needs matplotlib, which is not installed.",
             "Install the plot extra: pip install 'cmm-cache[plot]' (or pip install matplotlib).",
         ) from None
+
+
+def plot(rows: list[dict], path, title: str = "") -> Path:
+    """Test accuracy vs shots, one line per method (error bars: std over seeds), as PNG or SVG."""
+    path = Path(path)
+    if path.suffix.lower() not in PLOT_FORMATS:
+        raise CmmError(f"Cannot write a plot as '{path.suffix or path.name}'.", "Give a .png or .svg file name.")
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     colors, markers = plt.get_cmap("tab20").colors, "osD^vPX<>*"  # 13+ methods: no colour used twice
     for i, r in enumerate(rows):

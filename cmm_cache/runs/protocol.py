@@ -156,15 +156,18 @@ def fit_run(
     method: str = "cmm",
     options: dict | None = None,
     device: str | torch.device | None = None,
+    step: StepFn | None = None,
 ) -> tuple[dict, dict]:
     """Fit `method` on the (shots, seed) subset of `cache`, select its hyper-parameters
     on the val subset, evaluate on test. Returns (result dict, arrays for weights.npz).
 
     `options` are the method's (see :mod:`cmm_cache.methods`; CMM's are the fields of its
-    ``TrainConfig`` plus ``alpha`` and ``threads``). `progress(done, loss)` follows a trained method's iterations.
+    ``TrainConfig`` plus ``alpha`` and ``threads``). `progress(done, loss)` follows a trained method's iterations;
+    `step(done, total, loss)` does the same with the total.
     """
     m, opts = resolve_method(method, options)
-    step = None if progress is None else (lambda done, total, loss: progress(done, loss))
+    if step is None and progress is not None:
+        step = lambda done, total, loss: progress(done, loss)  # noqa: E731
     return _fit_one(read_once(cache), shots, seed, m, opts, templates, torch.device(device or "cpu"), step)
 
 
