@@ -46,9 +46,10 @@ def cache_ls(cache_dir, as_json):
     if not rows:
         console.print(f"No caches in {root}. Run `cmm-cache extract --dataset NAME --backbone NAME`.")
         return
+    from cmm_cache.cli.tables import title
     from rich.table import Table
 
-    t = Table(title=f"caches in {root}")
+    t = Table(title=title(f"caches in {root}"))
     for col in ("dataset", "backbone", "classes", "splits", "size", "created"):
         t.add_column(col)
     for r in rows:

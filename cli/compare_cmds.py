@@ -50,11 +50,12 @@ def _cell(c: dict) -> str:
 
 
 def _table(out: dict):
+    from cmm_cache.cli.tables import title
     from rich.table import Table
 
     seeds = out["seeds"]
     over = f"mean ± std over seeds {seeds}" if len(seeds) > 1 else f"seed {seeds[0]}" if seeds else "no runs"
-    t = Table(title=f"{out['dataset']} × {out['backbone']}: test accuracy (%), {over}")
+    t = Table(title=title(f"{out['dataset']} × {out['backbone']}: test accuracy (%), {over}"))
     t.add_column("method", no_wrap=True)
     for k in out["shots"]:
         t.add_column(f"{k}-shot", justify="right", no_wrap=True)

@@ -147,8 +147,8 @@ def _list_split(name: str, split: str, csv_path, data_root, as_json, show: bool 
         out = {"dataset": ds.name, "split": split, "images": rows}
         emit_json({**out, "not_written": [failed.to_dict()] if failed else []})
     else:
-        for r in rows if show else ():
-            console.print(f"{r['split']}\t{r['class']}\t{r['path']}", markup=False, highlight=False, soft_wrap=True)
+        for r in rows if show else ():  # tab-separated as they are (rich would expand the tabs)
+            click.echo(f"{r['split']}\t{r['class']}\t{r['path']}", err=True)
         which = "every split" if split == "all" else f"the {split} split"
         console.print(f"{len(rows)} images in {which} of {ds.name}", markup=False)
         if csv_path and not failed:
@@ -235,11 +235,12 @@ def _sizes(s: dict) -> str:
 
 
 def _print_table(rows: list[dict], root) -> None:
+    from cmm_cache.cli.tables import title
     from rich.table import Table
 
     from cmm_cache.datasets.manifests import SPLIT_SOURCES
 
-    t = Table(title="registered datasets" + (f" (data root {root})" if root else ""), show_lines=False)
+    t = Table(title=title("registered datasets" + (f" (data root {root})" if root else "")), show_lines=False)
     wide = console.width >= 140  # narrow terminals get the essential columns only, names never wrapped
     cols = ["name", "aliases", "kind", "classes", "train/val/test", "few-shot (published)", "templates"]
     cols = [*cols, "split file", "download"]

@@ -303,7 +303,8 @@ def fit_cmd(ctx, cache_file, dataset, backbone, shots, seeds, method, set_pairs,
             log.touch()
     summary = summarize(results)
     if len(results) > 1:
-        console.print(summary_table(summary, f"{cache.dataset_name} × {cache.backbone}: test accuracy (%), mean ± std"))
+        over = "mean ± std over seeds" if any(s["runs"] > 1 for s in summary) else "one seed each"
+        console.print(summary_table(summary, f"{cache.dataset_name} × {cache.backbone}: test accuracy (%), {over}"))
     if as_json:
         emit_json(results[0] if len(results) == 1 else {"runs": results, "summary": summary})
 

@@ -48,8 +48,8 @@ def runs_ls(dataset, method, backbone, runs_dir, cache_dir, as_json):
             soft_wrap=True,
         )
         return
-    t = new_table(("run id", "method", "config", "dataset", "backbone", "shots", "seed", "test acc", "path"))
-    t.title = plain(f"runs under {root}")
+    cols = ("run id", "method", "config", "dataset", "backbone", "shots", "seed", "test acc", "path")
+    t = new_table(cols, f"runs under {root}")
     for r in runs:
         t.add_row(
             r.run_id or "-",

@@ -23,15 +23,22 @@ def plain(value):
     return Text(str(value))
 
 
+def title(text: str):
+    """A table title that is never wrapped to the table's width (a narrow table keeps a long title whole)."""
+    from rich.text import Text
+
+    return Text(str(text), no_wrap=True, overflow="ignore")
+
+
 def _acc(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def new_table(columns, title=None):
-    """A table whose text columns fold (never "…") and whose other columns never wrap."""
+def new_table(columns, heading=None):
+    """A table whose text columns fold (never "…") and whose other columns never wrap; `heading`: its title."""
     from rich.table import Table
 
-    t = Table(title=title)
+    t = Table(title=None if heading is None else title(heading))
     for c in columns:
         if c in TEXT_COLUMNS:
             t.add_column(c, justify="left", overflow="fold")
