@@ -124,7 +124,14 @@ def cache_verify(path, dataset, backbone, all_, cache_dir, as_json):
         paths = [r["path"] for r in list_caches(cache_dir) if not r.get("unfinished")]
     else:
         paths = [_resolve_path(path, dataset, backbone, cache_dir)]
-    report = {p: verify_cache(p) for p in paths}
+    from cmm_cache.cli.progress import Heartbeat
+    from cmm_cache.cli.progress import sink as progress_sink
+
+    log, report = progress_sink(), {}
+    with Heartbeat(log):
+        for p in paths:  # reading every byte of a large cache takes a while: the heartbeat names which
+            log.set_status(f"cache verify {p}")
+            report[p] = verify_cache(p)
     bad = {p: v for p, v in report.items() if v}
     if as_json:
         emit_json({"ok": not bad, "caches": [{"path": p, "ok": not v, "problems": v} for p, v in report.items()]})

@@ -88,7 +88,7 @@ def predict_cmd(
             batch_size=batch_size,
             num_workers=workers,
             skip_bad=skip_bad,
-            progress=bars.task(f"{len(paths)} image(s)", len(paths), "images"),
+            progress=bars.task("predict", len(paths), "images"),
         )
     k = min(top_k, len(clf.classes))
     preds = [
