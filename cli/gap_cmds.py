@@ -150,7 +150,14 @@ def _print_table(table: dict) -> None:
         t.add_column(escape(c), justify="left" if i == 0 else "right")
     for row in table["rows"]:
         t.add_row(*[escape(str(c)) for c in row])
-    console.print(t)
+    # A terminal gets its width (cells wrap); a pipe or log file gets the whole table unwrapped.
+    out = console
+    if not console.is_terminal:
+        from rich.console import Console
+
+        wide = console.measure(t, options=console.options.update_width(10_000)).maximum
+        out = Console(file=console.file, width=max(80, wide), highlight=False)
+    out.print(t)
     for n in table["notes"]:
         console.print(escape(f"note: {n}"))
 
