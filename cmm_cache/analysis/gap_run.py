@@ -124,8 +124,7 @@ class GapPlan:
     T0_from: str
     rows: np.ndarray | None  # rows of the split measured (None: all)
     rows_from: str
-    train_rows: np.ndarray | None  # rows of splits/train that Fig. 3's intra-modal prototypes come from (None: all)
-    train_from: str
+    train_from: str  # where Fig. 3's intra-modal class means come from
     fitted_on_this_cache: bool = True
     notes: list[str] = field(default_factory=list)
 
@@ -212,6 +211,13 @@ def plan_gap(cache=None, runs=(), *, split: str = "test", cache_dir=None) -> Gap
     if cache is None and not run_paths:
         raise CmmError("Nothing to measure.", "Give --cache FILE (the zero-shot gap) or --run RUN (before and after).")
     loaded = [load_run(p) for p in run_paths]
+    fitted = {r.result.get("cache_content_sha256") or r.result.get("cache_provenance_sha256") for r in loaded}
+    if len(fitted) > 1:
+        raise CmmError(
+            "These runs were fitted on different caches (other data, backbone or extraction), so they have no "
+            "common 'before': " + ", ".join(str(r.path) for r in loaded) + ".",
+            "Give runs of one cache in one call (e.g. the four ablations of one dataset, backbone and shots).",
+        )
     notes: list[str] = []
     if cache is not None:
         path, own, how = Path(cache), not loaded, "given with --cache"
@@ -251,12 +257,11 @@ def plan_gap(cache=None, runs=(), *, split: str = "test", cache_dir=None) -> Gap
         opened.fewshot(k, s)  # the few-shot rows exist (clear error otherwise)
     if "train" not in opened.split_names:
         raise CmmError(f"Cache {opened.path} has no train split (Fig. 3's intra-modal classifier needs it).")
-    rows = train_rows = None
+    rows = None
     rows_from = f"every {split} row of the cache"
     train_from = "every train row of the cache (every view)"
     if loaded:
         k, s = int(loaded[0].result["shots"]), int(loaded[0].result["seed"])
-        train_rows = opened.fewshot(k, s)[0]
         train_from = f"the run's few-shot train rows ({k} shots, seed {s}; every view)"
         if len(groups) > 1:
             train_from = "each run's few-shot train rows (every view)"
@@ -268,7 +273,8 @@ def plan_gap(cache=None, runs=(), *, split: str = "test", cache_dir=None) -> Gap
                     + ").",
                     "Use --split test or val, or give runs of one (shots, seed).",
                 )
-            rows, rows_from = train_rows, f"the run's few-shot train rows ({k} shots, seed {s}; centre view)"
+            rows = opened.fewshot(k, s)[0]
+            rows_from = f"the run's few-shot train rows ({k} shots, seed {s}; centre view)"
     if split == "train":
         notes.append("Fig. 3's intra-modal classifier is scored on the images its class means come from (in-sample).")
     entries = [RunEntry(r, _run_label(r, loaded)) for r in loaded]
@@ -279,7 +285,7 @@ def plan_gap(cache=None, runs=(), *, split: str = "test", cache_dir=None) -> Gap
         for e in entries:
             e.label += f" [{e.run.path.name}]"
     notes.insert(0, f"cache: {opened.path} ({how})")
-    return GapPlan(opened, split, entries, T0, T0_from, rows, rows_from, train_rows, train_from, fitted_on, notes)
+    return GapPlan(opened, split, entries, T0, T0_from, rows, rows_from, train_from, fitted_on, notes)
 
 
 # ----------------------------------------------------------------------------

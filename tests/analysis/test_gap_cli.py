@@ -425,6 +425,9 @@ def test_nothing_to_measure_and_runs_without_a_common_before(planted, tmp_path, 
     fails(["gap", "--run", tmp_path / "nowhere"], "No run at")
     two = fit(planted["cache"], planted["runs_dir"], "--iterations", "50", shots=2)
     fails(["gap", "--run", planted["cmm"], "--run", two, "--split", "train"], "few-shot subsets differ")
+    other, _ = make_cache(tmp_path / "other.h5", seed=5, shots=(4,), seeds=(1,), provenance={"note": "another world"})
+    elsewhere = fit(other, tmp_path / "runs", "--iterations", "50")
+    fails(["gap", "--run", planted["cmm"], "--run", elsewhere], "fitted on different caches")
 
 
 def test_json_errors_are_one_object_on_stdout(planted, tmp_path):
