@@ -284,9 +284,9 @@ def l2m(v, y, t, *, normalize_class_means: bool = False, block: int = DEFAULT_BL
     Schrodi et al.'s ``compute_l2m`` exactly. Pairing each class mean with its own prototype (both
     over K) keeps a subset that lacks classes from comparing different class sets.
 
-    ``normalize_class_means=True`` re-normalizes each m_c first (a centre of class *directions*, the
-    literal reading of "μ_c the normalized class mean" in the team's DESIGN.md); that is a different
-    number, not comparable with published L2M values, so it is not the default.
+    ``normalize_class_means=True`` re-normalizes each m_c first (a centre of class *directions*, what
+    "μ_c the normalized class mean" would mean if read into L2M); that is a different number, not
+    comparable with published L2M values, so it is not the default (``gap --l2m-normalized-means``).
     Range [0, 2]; 0 when the class-balanced image centre sits on the text centre.
     """
     return _l2m(_prepare(v, y, t, block), normalize_class_means)
