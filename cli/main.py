@@ -37,6 +37,7 @@ def _register() -> None:
         export_cmds,
         extract_cmds,
         fit_cmds,
+        gap_cmds,
         predict_cmds,
         results_cmds,
     )
@@ -51,6 +52,7 @@ def _register() -> None:
         export_cmds,
         results_cmds,
         compare_cmds,
+        gap_cmds,
         bench_cmds,
     )
     for mod in mods:
