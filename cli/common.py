@@ -159,9 +159,14 @@ def _resolve_run(ctx, param, value):
     runs_dir = ctx.params.get("runs_dir")
     root = Path(runs_dir) if runs_dir else paths.runs_dir(ctx.params.get("cache_dir"))
     try:
+        if isinstance(value, (tuple, list)):  # a repeatable --run: each one resolved the same way
+            return tuple(resolve_run(v, root) for v in value)
         return resolve_run(value, root)
     except CmmError as e:
         raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+
+
+run_callback = _resolve_run  # for a command whose --run is its own option (e.g. repeatable): the same rule
 
 
 def run_option(required: bool = True):

@@ -77,6 +77,7 @@ def _register() -> None:
         export_cmds,
         extract_cmds,
         fit_cmds,
+        gap_cmds,
         predict_cmds,
         results_cmds,
         runs_cmds,
@@ -93,6 +94,7 @@ def _register() -> None:
         results_cmds,
         runs_cmds,
         compare_cmds,
+        gap_cmds,
         bench_cmds,
     )
     for mod in mods:

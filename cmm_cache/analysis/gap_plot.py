@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CmmError
+from ..util.outputs import check_output_path
 from . import gap
 
 PLOT_FORMATS = (".png", ".svg")
@@ -279,6 +280,36 @@ def _check_path(path) -> Path:
             f"Cannot write a picture as '{path.suffix or path.name}'.",
             f"Give a file name ending in {' or '.join(PLOT_FORMATS)}.",
         )
+    return path
+
+
+def check_plot_target(path, projection: str = "pca") -> Path:
+    """Everything ``--plot`` needs, checked before any work: a .png/.svg name, a folder that exists (or can be
+    made) and is writable, no folder already at that path, matplotlib, and the projection's package.
+
+    Returns the path. Raises :class:`CmmError` with what to do, so a command fails in a second rather than
+    after computing the measures.
+    """
+    path = _check_path(path)
+    method = str(projection).lower()
+    if method not in PROJECTIONS:
+        raise CmmError(
+            f"Unknown projection '{projection}'.", f"Choose one of: {', '.join(PROJECTIONS)} (pca is the default)."
+        )
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise CmmError(f"--plot {path} exists and is not a regular file.", "Give another file name.")
+    check_output_path(path, "--plot", suffixes=PLOT_FORMATS)  # the check every output option goes through
+    _figure_class()
+    if method == "tsne":
+        try:
+            import sklearn.manifold  # noqa: F401
+        except ImportError:
+            raise CmmError("The t-SNE projection needs scikit-learn, which is not installed.", TSNE_HINT) from None
+    elif method == "umap":
+        try:
+            import umap  # noqa: F401
+        except ImportError:
+            raise CmmError("The UMAP projection needs umap-learn, which is not installed.", UMAP_HINT) from None
     return path
 
 

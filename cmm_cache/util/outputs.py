@@ -31,7 +31,7 @@ def _probe(base: Path, what: str, path, kind: str) -> None:
     """Make and remove a file in `base`: the honest test that it can be written to."""
     if not base.is_dir():
         raise CmmError(
-            f"{what} {path}: {base} is a file, so no folder can be made there.",
+            f"{what} {path}: {base} is not a folder (a file is there), so nothing can be written under it.",
             f"Give a path whose folders are folders (or move the file {base} away).",
         )
     try:
@@ -40,7 +40,7 @@ def _probe(base: Path, what: str, path, kind: str) -> None:
         os.unlink(probe)
     except OSError as e:
         raise CmmError(
-            f"{what} {path}: cannot write in {base} ({e.strerror or e}).",
+            f"{what} {path}: {base} is not writable ({e.strerror or e}).",
             f"Choose a {kind} in a folder you can write to.",
         ) from None
 

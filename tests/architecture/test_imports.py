@@ -12,8 +12,11 @@ import pytest
 
 import cmm_cache
 
-PACKAGE = Path(cmm_cache.__file__).resolve().parent
-CLI = PACKAGE.parent / "cli"
+# The source tree (these rules are about the code as written; an installed copy also holds cli/ and
+# data_manifests/ inside the package, mapped there by pyproject).
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = REPO / "cmm_cache" if (REPO / "cmm_cache" / "__init__.py").is_file() else Path(cmm_cache.__file__).parent
+CLI = REPO / "cli"
 
 # What each stage may import (besides itself). Stages are the folders of cmm_cache/ (and the loose errors module).
 ALLOWED = {
@@ -150,6 +153,6 @@ def test_the_checker_sees_a_wrong_way_import(tmp_path):
 
 
 def test_docs_architecture_names_every_stage():
-    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    doc = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
     for f in set(ALLOWED) - {"errors"}:
         assert f"`{f}/`" in doc, f"docs/architecture.md does not describe cmm_cache/{f}/"

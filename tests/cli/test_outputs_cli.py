@@ -43,7 +43,7 @@ def test_compare_refuses_a_bad_plot_or_csv_before_fitting(tmp_path, monkeypatch)
     path = make_text_cache(tmp_path / "c.h5")
     base = ["compare", "--cache", path, "--methods", "zero-shot", "--shots", "1", "--seeds", "1"]
     for extra, said in (
-        (["--plot", _a_file(tmp_path) / "acc.png"], "is a file, so no folder can be made there"),
+        (["--plot", _a_file(tmp_path) / "acc.png"], "is not a folder (a file is there)"),
         (["--plot", tmp_path / "acc.pdf"], "cannot write a '.pdf' file"),
         (["--csv", tmp_path], "is a directory"),  # click's own check of an existing path
     ):
@@ -82,9 +82,9 @@ def test_predict_and_export_refuse_a_bad_output_before_loading_anything(tmp_path
     monkeypatch.setattr(export, "export_run", _no_work)
     run, bad = _fake_run(tmp_path), _a_file(tmp_path) / "out"
     r = _cli(["predict", "--run", run, tmp_path, "--csv", bad / "p.csv"])
-    assert r.exit_code == 2 and "--csv" in r.output and "is a file, so no folder" in r.output
+    assert r.exit_code == 2 and "--csv" in r.output and "is not a folder (a file is there)" in r.output
     r = _cli(["export", "--run", run, "--out", bad / "m.pt2"])
-    assert r.exit_code == 2 and "--out" in r.output and "is a file, so no folder" in r.output
+    assert r.exit_code == 2 and "--out" in r.output and "is not a folder (a file is there)" in r.output
     r = _cli(["export", "--run", run, "--out", tmp_path])
     assert r.exit_code == 2 and "is a directory" in r.output
 
@@ -93,7 +93,7 @@ def test_results_merge_checks_its_csv_first_and_reports_a_failed_write_after_the
     path, _ = make_cache(tmp_path / "c.h5", C=4, d=8, shots=(1,), seeds=(1,))
     assert _cli(["fit", "--cache", path, "--iterations", "30"]).exit_code == 0
     r = _cli(["results", "merge", runs_dir(), "--csv", _a_file(tmp_path) / "all.csv"])
-    assert r.exit_code == 2 and "is a file, so no folder" in r.output and "test acc" not in r.output
+    assert r.exit_code == 2 and "is not a folder (a file is there)" in r.output and "test acc" not in r.output
 
     import cmm_cache.runs.results as results
 
@@ -111,11 +111,11 @@ def test_fit_refuses_an_out_that_is_a_file_before_training(tmp_path):
     r = _cli(["fit", "--cache", path, "--out", _a_file(tmp_path)])
     assert r.exit_code == 2 and "--out" in r.output and "is a file" in r.output  # click's own check
     r = _cli(["fit", "--cache", path, "--out", _a_file(tmp_path) / "run"])
-    assert r.exit_code == 2 and "--out" in r.output and "is a file, so no folder can be made there" in r.output
+    assert r.exit_code == 2 and "--out" in r.output and "is not a folder (a file is there)" in r.output
     assert not runs_dir().exists()
 
 
 @pytest.mark.parametrize("what", ["--csv"])
 def test_datasets_list_checks_its_csv(tmp_path, what):
     r = _cli(["datasets", "tiny", "--split", "test", what, _a_file(tmp_path) / "t.csv"])
-    assert r.exit_code == 2 and "is a file, so no folder" in r.output
+    assert r.exit_code == 2 and "is not a folder (a file is there)" in r.output

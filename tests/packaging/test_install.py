@@ -37,9 +37,10 @@ def test_wheel_layout(wheel):
     assert "cmm_cache/cli/main.py" in names
     assert not any(n.startswith("cli/") for n in names), "a bare top-level `cli` package would be installed"
     assert any(n.startswith("cmm_cache/data_manifests/") and n.endswith(".json") for n in names)
-    assert any(n.startswith("cmm_cache/backbone_configs/") and n.endswith(".json") for n in names)
+    assert any(n.startswith("cmm_cache/backbones/configs/") and n.endswith(".json") for n in names)
     # the CPU training loop's source, compiled on first use
-    assert {"cmm_cache/cmm_loop.c", "cmm_cache/cmm_ctx.h", "cmm_cache/cmm_pool.h"} <= set(names)
+    kernel = "cmm_cache/methods/trainers/cmm/"
+    assert {kernel + "cmm_loop.c", kernel + "cmm_ctx.h", kernel + "cmm_pool.h"} <= set(names)
     # Every subpackage of the source tree ships (pyproject lists them by hand).
     for init in (REPO / "cmm_cache").rglob("__init__.py"):
         rel = init.relative_to(REPO).as_posix()

@@ -63,7 +63,8 @@ def test_export_of_another_method_and_of_a_missing_run(tmp_path_factory, tmp_pat
     )
     cli(["export", "--run", zs["run"], "--out", tmp_path / "zs.pt2", "--head-only"])
     model = torch.export.load(tmp_path / "zs.pt2").module()
-    x = torch.randn(3, 32)
-    torch.testing.assert_close(model(x), load_classifier(zs["run"], "cpu").predict_features(x), rtol=0, atol=1e-6)
+    x = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
+    # the exported graph and the eager head round differently (softmax of 100·cos): float32 tolerance
+    torch.testing.assert_close(model(x), load_classifier(zs["run"], "cpu").predict_features(x), rtol=0, atol=1e-5)
     r = cli(["export", "--run", tmp_path / "nothing", "--out", tmp_path / "x.pt2"], ok=False)
     assert r.exit_code == 2 and "No run" in r.output and not (tmp_path / "x.pt2").exists()

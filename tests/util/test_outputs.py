@@ -22,9 +22,9 @@ def test_a_writable_path_passes_and_missing_folders_are_fine(tmp_path):
 
 def test_a_file_where_a_folder_must_be_is_refused(tmp_path):
     (tmp_path / "f").write_text("x")
-    with pytest.raises(CmmError, match=r"--csv .*f/out\.csv: .*f is a file, so no folder can be made there"):
+    with pytest.raises(CmmError, match=r"--csv .*f/out\.csv: .*f is not a folder \(a file is there\)"):
         check_output_path(tmp_path / "f" / "out.csv", "--csv")
-    with pytest.raises(CmmError, match=r"is a file, so no folder"):
+    with pytest.raises(CmmError, match=r"is not a folder \(a file is there\)"):
         check_output_path(tmp_path / "f" / "a" / "b" / "plot.png", "--plot")
     with pytest.raises(CmmError, match=r"--out .*f is a file, not a folder"):
         check_output_path(tmp_path / "f", "--out", folder=True)
@@ -51,7 +51,7 @@ def test_a_folder_that_cannot_be_written_is_found_by_trying(tmp_path, monkeypatc
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
-    with pytest.raises(CmmError, match=r"--csv .*a\.csv: cannot write in .* \(Read-only file system\)"):
+    with pytest.raises(CmmError, match=r"--csv .*a\.csv: .* is not writable \(Read-only file system\)"):
         check_output_path(tmp_path / "a.csv", "--csv")
 
 
