@@ -31,6 +31,8 @@ def test_predict_and_eval_take_a_run_id_from_runs_ls(tmp_path_factory):
     assert by_id["predictions"] == by_path["predictions"] == by_prefix["predictions"] and by_id["run"] == str(t.run)
     ev = cli_json(["eval", "--run", rid, "--cache-dir", t.cache_dir])
     assert ev["run"] == str(t.run) and ev["test_acc"] == t.fitted["test_acc"]
+    gap_by_id = cli_json(["gap", "--run", rid, "--cache-dir", t.cache_dir])
+    assert gap_by_id == cli_json(["gap", "--run", t.run, "--cache-dir", t.cache_dir])
 
 
 def test_a_run_that_is_not_there_is_a_usage_error_that_says_where_to_look(tmp_path):
