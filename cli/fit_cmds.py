@@ -124,14 +124,13 @@ def _same_backbone(given: str, recorded: str) -> bool:
     """`--backbone` names the backbone a cache was extracted with: the same name (any case), or an alias and
     the open_clip name it stands for (``rn50`` and ``RN50-quickgelu/openai``)."""
     from cmm_cache.backbones.registry import resolve_backbone
-    from cmm_cache.errors import CmmError
     from cmm_cache.util.paths import safe_name
 
     if safe_name(given.strip()).lower() == safe_name(recorded.strip()).lower():
         return True
     try:
         a, b = resolve_backbone(given), resolve_backbone(recorded)
-    except CmmError:
+    except Exception:  # an unknown name (CmmError), or open_clip not loading: not shown to be the same
         return False
     return (a.model, a.pretrained) == (b.model, b.pretrained)
 
