@@ -59,10 +59,10 @@ class Sink:
         self.last_line: str | None = None
         self.status, self.since = "", None
         self.current: Callable[[], str | None] | None = None  # the latest progress line of the running task
-        self._lock = threading.Lock()
+        self.lock = threading.RLock()  # a check "is a line due?" and its line happen together
 
     def emit(self, line: str, now: float | None = None) -> None:
-        with self._lock:
+        with self.lock:
             self._emit(line)
             self.last = self.clock() if now is None else now
             self.last_line = line
@@ -118,6 +118,10 @@ class LogLines:
         return text
 
     def __call__(self, done: int, total: int) -> None:
+        with self.sink.lock:
+            self._update(done, total)
+
+    def _update(self, done: int, total: int) -> None:
         now = self.clock()
         if self.start is None:
             self.start = (now, done)
@@ -145,11 +149,12 @@ class StepLines:
         sink.set_status(label, self.t0)
 
     def __call__(self, done: int, total: int | None = None, note: str | None = None) -> None:
-        now = self.sink.clock()
-        self.total = total or self.total
-        self.sink.current = lambda: self.line(done, note, now)
-        if self.sink.due(now):
-            self.sink.emit(self.line(done, note, now), now)
+        with self.sink.lock:
+            now = self.sink.clock()
+            self.total = total or self.total
+            self.sink.current = lambda: self.line(done, note, now)
+            if self.sink.due(now):
+                self.sink.emit(self.line(done, note, now), now)
 
     def line(self, done: int, note: str | None, now: float) -> str:
         text = f"{self.label}: {done}"
@@ -178,6 +183,10 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def beat(self) -> bool:
+        with self.sink.lock:
+            return self._beat()
+
+    def _beat(self) -> bool:
         now = self.sink.clock()
         if self.sink.last is None:
             self.sink.touch(now)  # the clock starts with the command
