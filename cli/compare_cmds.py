@@ -131,6 +131,7 @@ def compare_cmd(
         resolve_methods,
         write_table_csv,
     )
+    from cmm_cache.runs.protocol import plan
     from cmm_cache.util import paths
     from cmm_cache.util.device import resolve_device
     from cmm_cache.util.outputs import check_output_path, try_write
@@ -146,6 +147,11 @@ def compare_cmd(
     opts = _method_options(method_options)
     root = None if no_save else Path(runs_dir) if runs_dir else paths.runs_dir(cache_dir)
     log = progress_sink(f"compare on {cache.dataset_name} × {cache.backbone}")
+    jobs = plan(cache, sorted(set(shots)) if shots else None, sorted(set(seeds)) if seeds else None)
+    log.emit(
+        f"compare on {cache.dataset_name} × {cache.backbone}: {len(names)} method(s) × {len(jobs)} few-shot "
+        f"subset(s) = {len(names) * len(jobs)} runs"
+    )
 
     def progress(done, total, r):  # on stderr, also with --json: a long compare always shows where it is
         note = "  (already fitted: kept)" if r.get("skipped") else ""

@@ -263,7 +263,7 @@ def fit_cmd(ctx, cache_file, dataset, backbone, shots, seeds, method, set_pairs,
     """
     from rich.markup import escape
 
-    from cmm_cache.runs.protocol import fit_protocol
+    from cmm_cache.runs.protocol import fit_protocol, plan
     from cmm_cache.runs.results import summarize
     from cmm_cache.util import paths
     from cmm_cache.util.device import resolve_device
@@ -276,6 +276,8 @@ def fit_cmd(ctx, cache_file, dataset, backbone, shots, seeds, method, set_pairs,
     root = Path(runs_dir) if runs_dir else paths.runs_dir(cache_dir)
     results = []
     log = progress_sink(f"fit {method} on {cache.dataset_name} × {cache.backbone}")
+    jobs = plan(cache, shots, seeds)  # (a subset the cache lacks is refused here, before anything trains)
+    log.emit(f"fit {method} on {cache.dataset_name} × {cache.backbone}: {_plan_text(jobs)}")
     with Heartbeat(log), Bars(not as_json, log) as bars:
 
         def progress(k, s):
@@ -306,6 +308,15 @@ def fit_cmd(ctx, cache_file, dataset, backbone, shots, seeds, method, set_pairs,
         console.print(summary_table(summary, f"{cache.dataset_name} × {cache.backbone}: test accuracy (%), {over}"))
     if as_json:
         emit_json(results[0] if len(results) == 1 else {"runs": results, "summary": summary})
+
+
+def _plan_text(jobs) -> str:
+    """``3 runs (4-shot seeds 1, 2, 3)``: what a protocol will fit, as one phrase."""
+    by_k: dict[int, list[int]] = {}
+    for k, s in jobs:
+        by_k.setdefault(k, []).append(s)
+    parts = [f"{k}-shot seed{'s' if len(v) > 1 else ''} {', '.join(map(str, v))}" for k, v in by_k.items()]
+    return f"{len(jobs)} run{'s' if len(jobs) != 1 else ''} ({'; '.join(parts)})"
 
 
 def _loss(loss) -> str:
