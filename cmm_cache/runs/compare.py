@@ -28,8 +28,9 @@ from cmm_cache.runs.protocol import (
     planned_identity,
     read_once,
     resolve_method,
+    save_unlost,
 )
-from cmm_cache.runs.store import check_target, save_run, target_dir
+from cmm_cache.runs.store import check_target, target_dir
 from cmm_cache.util.atomic import atomic_path
 
 # ----------------------------------------------------------------------------
@@ -105,7 +106,7 @@ def fit_one(
     )
     row = {key: result.get(key) for key in RUN_KEYS}
     if runs_root is not None:
-        row["run"] = str(save_run(cache, result, arrays, runs_root, force=True))
+        row["run"] = str(save_unlost(cache, result, arrays, target_dir(cache, result, runs_root), runs_root))
     return row
 
 

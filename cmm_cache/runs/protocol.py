@@ -234,6 +234,21 @@ def planned_identity(cache: Cache, m: Method, opts: dict, templates: str | None,
     )
 
 
+def save_unlost(cache: Cache, result: dict, arrays: dict, where, runs_root=None, out=None, several=False) -> Path:
+    """:func:`cmm_cache.runs.store.save_run` after the fit; a folder that cannot be written now (a full disk, a
+    folder removed meanwhile) is one CmmError that still gives the run's result and names the folder."""
+    try:
+        return save_run(cache, result, arrays, runs_root, out, force=True, several=several)
+    except OSError as e:
+        acc = result.get("test_acc")
+        raise CmmError(
+            f"The {result['method']} {result['shots']}-shot seed {result['seed']} run was fitted (test "
+            f"{'-' if acc is None else f'{acc:.2f}'} %, val {result.get('val_acc')}) but not written: {where} "
+            f"({type(e).__name__}: {e.strerror or e}).",
+            "Make room or fix the folder and run the same command again: runs already written are kept.",
+        ) from None
+
+
 def finished_result(path: Path) -> dict:
     """The stored result of a finished run folder (for a run that is skipped), with ``run`` and ``skipped``."""
     result = json.loads((Path(path) / "result.json").read_text(encoding="utf-8"))
@@ -318,6 +333,6 @@ def fit_protocol(
             continue
         result, arrays = next(fitted)
         if save:
-            result["run"] = str(save_run(cache, result, arrays, runs_root, out, force=True, several=several))
+            result["run"] = str(save_unlost(cache, result, arrays, where[job], runs_root, out, several))
             result["replaced"] = found[job] != "absent"
         yield result

@@ -119,3 +119,19 @@ def test_fit_refuses_an_out_that_is_a_file_before_training(tmp_path):
 def test_datasets_list_checks_its_csv(tmp_path, what):
     r = _cli(["datasets", "tiny", "--split", "test", what, _a_file(tmp_path) / "t.csv"])
     assert r.exit_code == 2 and "is not a folder (a file is there)" in r.output
+
+
+def test_a_run_folder_that_cannot_be_written_after_the_fit_gives_the_result_and_the_folder(tmp_path, monkeypatch):
+    import cmm_cache.runs.protocol as protocol
+
+    def disk_full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(protocol, "save_run", disk_full)
+    path = make_text_cache(tmp_path / "c.h5")
+    for cmd in (["fit", "--iterations", "30"], ["compare", "--methods", "zero-shot"]):
+        r = _cli([*cmd, "--cache", path, "--shots", "1", "--seeds", "1"])
+        said = " ".join(r.output.split())
+        assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+        assert "1-shot seed 1 run was fitted (test " in said and "but not written: " in said
+        assert "(OSError: No space left on device)" in said and "run the same command again" in said
