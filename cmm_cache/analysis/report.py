@@ -649,7 +649,7 @@ def published_tables(runs: list[RunRecord], t1_cells: dict, labels: dict) -> tup
                     fmt(value) if value is not None else f"— ({why})",
                     "" if diff is None else f"{diff:+.2f}",
                     e.selection,
-                    e.source_label(),
+                    short_source(e),
                 ]
             )
             flat.append(
@@ -707,6 +707,13 @@ def published_tables(runs: list[RunRecord], t1_cells: dict, labels: dict) -> tup
     return beside, others, [{"id": f, **srcs.get(f, {})} for f in sorted(used_files)]
 
 
+def short_source(e: pub.Entry) -> str:
+    """The source in a table cell: the file id and the table (paper) or file @ commit (repository); the
+    sources section under the tables gives each file's full reference."""
+    s = e.source
+    return f"{e.file}: {s['table']}" if "paper" in s else f"{e.file}: {s['file']} @ {s['commit'][:7]}"
+
+
 def _coverage(ours: set, theirs) -> str:
     missing = [d for d in theirs if d not in ours]
     extra = sorted(ours - set(theirs))
@@ -735,7 +742,7 @@ def _other_averages(entries, ours_methods: set) -> Table | None:
                 backbone,
                 *[f"{g[k].value:.{g[k].decimals}f}" if k in g else "" for k in shots],
                 selection,
-                any_e.source_label(),
+                short_source(any_e),
             ]
         )
         for k, e in g.items():

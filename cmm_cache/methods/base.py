@@ -154,10 +154,14 @@ class Method:
     # Intermediate results it computes through FitData.shared, by name: runs of methods that share a name on
     # one subset are kept in one process so the result is computed once.
     shares: tuple = ()
-    # Expected cost of one run at its default options, in rough seconds on a DTD-sized cache (47 classes,
-    # 1024-d, one 2-core CPU); trained methods scale it by the fraction of their budget a cap leaves.
-    # Used only to balance benchmark shards (runs/benchmark.py); it never changes a result.
+    # Expected cost of one run at its default options: the fit seconds `cmm-cache bench compare --shots 16
+    # --seeds 1` measured on a DTD-sized synthetic cache (47 classes, 1024-d) on a busy 2-core CPU; trained
+    # methods scale it by the fraction of their budget a cap leaves. Only balances benchmark shards
+    # (runs/benchmark.py); it never changes a result.
     cost: float = 1.0
+    # precheck(data, options) raises CmmError when the method cannot fit this subset with these options
+    # (e.g. no batch size fits): called for every run before any run trains.
+    precheck: Callable[[FitData, dict], None] | None = None
 
     def resolve(self, options: dict | None) -> dict:
         """Defaults overlaid with `options`; an unknown option is one clear error."""

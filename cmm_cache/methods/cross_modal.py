@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from cmm_cache.heads.linear import LinearHead
 from cmm_cache.methods.base import FitData, Method, MethodResult, scoped
 from cmm_cache.methods.registry import register_method
-from cmm_cache.methods.trainers.linear_grid import LOGIT_SCALE, TEXT_RATIO
+from cmm_cache.methods.trainers.linear_grid import LOGIT_SCALE, TEXT_RATIO, grid_configs
 from cmm_cache.methods.wise_ft import ALPHAS, DEFAULTS, choose_alpha, search_table, train_linear, wise_mix
 
 
@@ -57,6 +57,13 @@ def train_grid_once(data: FitData, options: dict, progress=None):
 
     depends = {k: options[k] for k in GRID_OPTIONS} | {"init": "per-template zero-shot", "templates": data.templates}
     return data.shared(GRID_FIT, depends, compute)
+
+
+def precheck(data: FitData, options: dict) -> None:
+    """Refuse before training what their batch-size filter would refuse after it started: no batch size fits."""
+    n_text = data.num_classes * max(len(data.templates), 1)
+    grid = {k: options[k] for k in ("lr", "weight_decay", "batch_size")}
+    grid_configs(len(data.x_train), n_text, float(options["text_ratio"]), grid)
 
 
 def _fit(data: FitData, options: dict, progress, wise: bool) -> MethodResult:
@@ -104,7 +111,8 @@ LP = register_method(
         rank=30,
         needs=("per_template_text",),
         shares=(GRID_FIT,),
-        cost=22.0,  # 12 heads x 12,800 steps on one thread (measured ~22 s at 47 classes x 1024-d)
+        cost=65.0,
+        precheck=precheck,
     )
 )
 
@@ -121,6 +129,7 @@ WISE = register_method(
         selection="few-shot val (head); mixing ratio fixed at 0.5",
         needs=("per_template_text",),
         shares=(GRID_FIT,),
-        cost=22.0,  # the same grid (free when cross-modal-lp of the same subset trained it)
+        cost=65.0,  # the same grid (free when cross-modal-lp of the same subset trained it)
+        precheck=precheck,
     )
 )

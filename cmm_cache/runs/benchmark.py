@@ -42,7 +42,15 @@ from cmm_cache.errors import CmmError
 from cmm_cache.methods.base import SharedFits, Unmet, unmet_needs
 from cmm_cache.methods.registry import get_method
 from cmm_cache.runs.compare import fit_one, resolve_methods
-from cmm_cache.runs.protocol import ReadOnceCache, check_data, plan, planned_identity, read_once, resolve_method
+from cmm_cache.runs.protocol import (
+    ReadOnceCache,
+    check_data,
+    plan,
+    planned_identity,
+    precheck_errors,
+    read_once,
+    resolve_method,
+)
 from cmm_cache.runs.store import check_target, target_dir
 from cmm_cache.util import paths
 from cmm_cache.util.paths import safe_name
@@ -405,15 +413,24 @@ def check_requirements(
         try:
             if templates is not None:
                 cache.text(templates)
-            groups = plan(cache, shots, seeds)
         except CmmError as e:
-            out.problems.append(Problem(e.message, e.hint or "", "subset", **where))
+            out.problems.append(Problem(e.message, e.hint or "", "other", **where))
             continue
+        try:
+            groups = plan(cache, shots, seeds)
+        except CmmError as e:  # the subsets the cache has are still checked
+            out.problems.append(Problem(e.message, e.hint or "", "subset", **where))
+            groups = [(k, s) for k in shots for s in seeds if (k, s) in cache.fewshot_groups]
+        fine = []
         for k, s in groups:
             try:
                 check_data(cache, k, s)
+                fine.append((k, s))
             except CmmError as e:
                 out.problems.append(Problem(e.message, e.hint or "", "data", **where))
+        runs = [(*resolve_method(jobs[i].method, jobs[i].opts), jobs[i].shots, jobs[i].seed) for i in idx]
+        for e in precheck_errors(cache, [r for r in runs if (r[2], r[3]) in fine], templates):
+            out.problems.append(Problem(e.message + (f" ({e.hint})" if e.hint else ""), "", "method", **where))
         seen: set[str] = set()
         for i in idx:
             m, opts = resolve_method(jobs[i].method, jobs[i].opts)
@@ -421,6 +438,8 @@ def check_requirements(
                 seen.add(m.name)
                 for u in unmet_needs(m, cache, templates):
                     out.problems.append(Problem(u.message, u.command, "need", **where))
+            if (jobs[i].shots, jobs[i].seed) not in groups:
+                continue
             ident = planned_identity(cache, m, opts, templates, jobs[i].shots, jobs[i].seed)
             path = target_dir(cache, ident, root)
             out.where[i] = path

@@ -34,6 +34,7 @@ from cmm_cache.runs.protocol import (
     fit_run,
     plan,
     planned_identity,
+    precheck_errors,
     read_once,
     refuse_unmet,
     resolve_method,
@@ -171,6 +172,13 @@ def check_before_training(cache: Cache, names, opts: dict, jobs, templates, runs
     refuse_unmet(check_needs(cache, methods, templates))
     for k, s in jobs:
         check_data(cache, k, s)
+    refused = precheck_errors(cache, [(*resolve_method(n, opts[n]), k, s) for n in names for k, s in jobs], templates)
+    if refused:
+        lines = "\n".join(f"  - {e.message}" for e in refused)
+        hints = list(dict.fromkeys(e.hint for e in refused if e.hint))
+        raise CmmError(
+            f"Nothing was fitted: {len(refused)} run(s) would be refused:\n{lines}", "\n".join(hints) or None
+        )
     if runs_root is not None:
         for name in names:
             m, o = resolve_method(name, opts[name])

@@ -176,6 +176,22 @@ def check_needs(cache: Cache, methods: list[Method], templates: str | None = Non
     return [u for m in methods for u in unmet_needs(m, cache, templates)]
 
 
+def precheck_errors(cache: Cache, runs, templates: str | None = None) -> list[CmmError]:
+    """What the methods themselves refuse before training (:attr:`~cmm_cache.methods.base.Method.precheck`) for
+    `runs` = [(method, resolved options, shots, seed), ...]: one error per refused run, each naming it."""
+    out, datas = [], {}
+    for m, opts, k, s in runs:
+        if m.precheck is None:
+            continue
+        if (k, s) not in datas:
+            datas[k, s] = fit_data(cache, k, s, templates, "cpu")
+        try:
+            m.precheck(datas[k, s], opts)
+        except CmmError as e:
+            out.append(CmmError(f"{m.name} on the {k}-shot seed {s} subset of {cache.path}: {e.message}", e.hint))
+    return out
+
+
 def refuse_unmet(unmet: list) -> None:
     """One error listing every unmet need and the commands that add them (nothing when all are met)."""
     if not unmet:
@@ -321,6 +337,9 @@ def fit_protocol(
     jobs = [FitJob(k, s) for k, s in plan(cache, shots, seeds)]
     for j in jobs:
         check_data(cache, j.shots, j.seed)
+    refused = precheck_errors(cache, [(m, opts, j.shots, j.seed) for j in jobs], templates)
+    if refused:
+        raise refused[0]
     several = len(jobs) > 1
     found, where = {}, {}
     if save:  # every folder is checked before anything trains
