@@ -581,7 +581,8 @@ def published_tables(runs: list[RunRecord], t1_cells: dict, labels: dict) -> tup
     entries = pub.load_published()
     ours_methods = {r.method for r in runs}
     have_zero_shot = any(r.zero_shot is not None for r in runs)
-    our_datasets = {r.dataset for r in runs}
+    ran = {(r.dataset, r.backbone, r.method) for r in runs}
+    ran |= {(r.dataset, r.backbone, "zero-shot") for r in runs if r.zero_shot is not None}
     notes = Notes()
     rows, flat, used_files = [], [], set()
     arms_of: dict[str, list] = {}
@@ -625,8 +626,8 @@ def published_tables(runs: list[RunRecord], t1_cells: dict, labels: dict) -> tup
         zero = e.method == "zero-shot" or e.shots == 0
         if not (e.method in ours_methods or (zero and e.method == "zero-shot" and have_zero_shot)):
             continue
-        if not e.is_average and e.dataset not in our_datasets:
-            continue
+        if not e.is_average and (e.dataset, e.backbone, "zero-shot" if zero else e.method) not in ran:
+            continue  # per-dataset figures only where we ran that method on that dataset and backbone
         used_files.add(e.file)
         arms = [None] if zero else arms_of[e.method]
         for arm in arms:
