@@ -912,7 +912,10 @@ def table_markdown(t: Table) -> str:
     if t.about:
         lines += [t.about, ""]
     lines.append("| " + " | ".join(_md_escape(h) for h in t.header) + " |")
-    lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(t.header))) + "|")
+    numeric = [
+        all(not c or c[0].isdigit() or c[0] in "—+-" for c in (row[i] for row in t.rows)) for i in range(len(t.header))
+    ]
+    lines.append("|" + "|".join("---:" if n else "---" for n in numeric) + "|")
     for row in t.rows:
         lines.append("| " + " | ".join(_md_escape(c) for c in row) + " |")
     if t.notes:
@@ -960,7 +963,7 @@ def draw_figure(fig_data: dict) -> bytes:
     shots = sorted({k for p in panels for s in p["series"] for k, _, _ in s["points"]})
     xs = {k: i + 1 for i, k in enumerate(shots)}  # x = 0 is zero-shot; shots evenly spaced (1, 2, 4, 8, 16)
     labels = list(dict.fromkeys(s["label"] for p in panels for s in p["series"]))
-    colors = plt.get_cmap("tab20").colors
+    colors = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20").colors
     markers = "osD^vPX<>*"
     style = {lab: (colors[i % len(colors)], markers[i % len(markers)]) for i, lab in enumerate(labels)}
     for ax, p in zip(axes.flat, panels):
