@@ -114,19 +114,21 @@ def benchmark_cmd(
     if do_extract:
         from cmm_cache.extract.add_text import add_text as run_add_text
         from cmm_cache.extract.pipeline import extract as run_extract
-        from cmm_cache.runs.benchmark import PROTOCOL_SEEDS, PROTOCOL_SHOTS
+        from cmm_cache.runs.benchmark import PROTOCOL_SEEDS, extract_plan
 
-        ex_shots = None if set(shots) <= set(PROTOCOL_SHOTS) else sorted(set(shots) | set(PROTOCOL_SHOTS))
-        ex_seeds = (
-            list(PROTOCOL_SEEDS) if set(seeds) <= set(PROTOCOL_SEEDS) else sorted(set(seeds) | set(PROTOCOL_SEEDS))
-        )
+        ex_shots, ex_seeds = extract_plan(shots, seeds)
 
         def extract(dataset, backbone):
             console.print(f"extracting {dataset} × {backbone} ...", markup=False)
             r = run_extract(
-                dataset, backbone, cache_root=cache_dir, data_root=data_root, shots=ex_shots, seeds=ex_seeds,
+                dataset,
+                backbone,
+                cache_root=cache_dir,
+                data_root=data_root,
+                shots=ex_shots,
+                seeds=ex_seeds or list(PROTOCOL_SEEDS),
                 device=device,
-            )  # fmt: skip
+            )
             console.print(f"  {r.status}: {r.path}", markup=False)
 
         def add_text(dataset, backbone, path):

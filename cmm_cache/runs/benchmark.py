@@ -355,13 +355,22 @@ class Checked:
     problems: list = field(default_factory=list)
 
 
+def extract_plan(shots, seeds) -> tuple[list[int] | None, list[int] | None]:
+    """The --shots/--seeds a cache for these benchmark shots/seeds is extracted with: None where extract's default
+    (the protocol's, capped to what the data holds) covers them, else the protocol's plus the extra ones."""
+    k = None if set(shots) <= set(PROTOCOL_SHOTS) else sorted(set(shots) | set(PROTOCOL_SHOTS))
+    s = None if set(seeds) <= set(PROTOCOL_SEEDS) else sorted(set(seeds) | set(PROTOCOL_SEEDS))
+    return k, s
+
+
 def extract_command(dataset: str, backbone: str, shots, seeds, cache_dir=None) -> str:
-    """The `extract` command that writes the cache a benchmark needs (protocol shots/seeds are extract's default)."""
+    """The `extract` command that writes the cache a benchmark needs."""
     cmd = f"cmm-cache extract --dataset {dataset} --backbone {backbone}"
-    if not set(shots) <= set(PROTOCOL_SHOTS):
-        cmd += " --shots " + ",".join(str(k) for k in sorted(set(shots) | set(PROTOCOL_SHOTS)))
-    if not set(seeds) <= set(PROTOCOL_SEEDS):
-        cmd += " --seeds " + ",".join(str(s) for s in sorted(set(seeds) | set(PROTOCOL_SEEDS)))
+    k, s = extract_plan(shots, seeds)
+    if k:
+        cmd += " --shots " + ",".join(map(str, k))
+    if s:
+        cmd += " --seeds " + ",".join(map(str, s))
     if cache_dir is not None:
         cmd += f" --cache-dir {cache_dir}"
     return cmd
@@ -605,7 +614,7 @@ def benchmark(
     summary.update(
         {
             "ran": sum(1 for r in rows if not r.get("skipped")),
-            "skipped": sum(1 for r in rows if r.get("skipped")) + summary["already_finished"],
+            "skipped": sum(1 for r in rows if r.get("skipped")) + sum(len(u) for u in mine if u not in todo_units),
             "finished": sum(status.values()),
             "complete": all(status.values()),
             "runs": rows,

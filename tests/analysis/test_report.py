@@ -20,10 +20,21 @@ def run(root: Path, dataset, method, shots, seed, acc, backbone="rn50", key="k1"
     """A run folder as `fit` writes it (only what the report reads)."""
     d = root / dataset / backbone / f"{method}-{key}" / f"shot_{shots}-seed_{seed}"
     d.mkdir(parents=True, exist_ok=True)
-    result = {"dataset": dataset, "backbone": backbone, "method": method, "config_key": key, "shots": shots,
-              "seed": seed, "test_acc": acc, "val_acc": acc, "zero_shot_test_acc": zs, "fit_seconds": fit,
-              "config": {"method": method, "device": "cpu"}, "run_id": f"{dataset}-{method}-{key}-{shots}-{seed}",
-              **extra}  # fmt: skip
+    result = {
+        "dataset": dataset,
+        "backbone": backbone,
+        "method": method,
+        "config_key": key,
+        "shots": shots,
+        "seed": seed,
+        "test_acc": acc,
+        "val_acc": acc,
+        "zero_shot_test_acc": zs,
+        "fit_seconds": fit,
+        "config": {"method": method, "device": "cpu"},
+        "run_id": f"{dataset}-{method}-{key}-{shots}-{seed}",
+        **extra,
+    }
     (d / "result.json").write_text(json.dumps(result))
     return d
 
@@ -104,8 +115,16 @@ def test_tables_2_3_4_and_6_where_their_runs_exist(tmp_path):
                 (d / "evals" / "imagenetv2.json").write_text(json.dumps({**doc, "dataset_resolved": "imagenetv2"}))
                 stale = {**doc, "run_id": "another", "dataset_resolved": "imagenet_sketch"}
                 (d / "evals" / "imagenet_sketch.json").write_text(json.dumps(stale))
-    run(tmp_path, "imagenet", "cross-modal-wise-ft", 16, 1, 61.0, fit=0.5,
-        shared_fits=[{"name": "cross-modal-linear-grid", "reused": True, "seconds": 20.0}])  # fmt: skip
+    run(
+        tmp_path,
+        "imagenet",
+        "cross-modal-wise-ft",
+        16,
+        1,
+        61.0,
+        fit=0.5,
+        shared_fits=[{"name": "cross-modal-linear-grid", "reused": True, "seconds": 20.0}],
+    )
     out = rp.report([tmp_path], tmp_path / "out", plot=False)
     t2 = {(r["method"], r["backbone"]): r for r in rows(out["csv"]["table2"])}
     assert float(t2["cmm", "vit-b-16"]["mean"]) == 72.0 and float(t2["cmm", "vit-b-16"]["std"]) == pytest.approx(
@@ -176,7 +195,9 @@ def test_plot_has_a_panel_per_dataset_and_the_average(tmp_path):
     (fig,) = rep.figures
     assert [p["title"] for p in fig["panels"]] == ["a", "b", "average of 2 datasets"]
     assert fig["panels"][0]["zero_shot"] == 50.0
-    assert fig["panels"][2]["series"][0]["points"] == [(1, 52.5, pytest.approx(0.7071, abs=1e-4)),
-                                                       (2, 53.5, pytest.approx(0.7071, abs=1e-4))]  # fmt: skip
+    assert fig["panels"][2]["series"][0]["points"] == [
+        (1, 52.5, pytest.approx(0.7071, abs=1e-4)),
+        (2, 53.5, pytest.approx(0.7071, abs=1e-4)),
+    ]
     png = rp.draw_figure(fig)
     assert png.startswith(b"\x89PNG") and len(png) > 5000

@@ -37,15 +37,30 @@ def _synth(name, **kw):
 def test_benchmark_json_runs_and_reports(tmp_path):
     for name in ("one", "two"):
         _synth(name, seed=len(name))
-    args = ["--datasets", "one,two", "--backbone", "bb", "--methods", "zero-shot,gda,cmm", "--shots", "1,2",
-            "--seeds", "1,2", "--max-iterations", "40"]  # fmt: skip
+    args = [
+        "--datasets",
+        "one,two",
+        "--backbone",
+        "bb",
+        "--methods",
+        "zero-shot,gda,cmm",
+        "--shots",
+        "1,2",
+        "--seeds",
+        "1,2",
+        "--max-iterations",
+        "40",
+    ]
     r = _run(["benchmark", *args, "--report", tmp_path / "rep", "--json"])
     out = json.loads(r.stdout)
     assert out["jobs"] == 2 * 3 * 2 * 2 == out["ran"] and out["complete"] and out["shard"]["count"] == 1
     assert Path(out["report"]["html"]).is_file() and Path(out["report"]["png"][0]).is_file()
     assert "[24/24] two × bb cmm 2-shot seed 2" in r.stderr
-    assert {json.loads((Path(x["run"]) / "result.json").read_text())["iterations"] for x in out["runs"]
-            if x["method"] == "cmm"} == {40}  # fmt: skip
+    assert {
+        json.loads((Path(x["run"]) / "result.json").read_text())["iterations"]
+        for x in out["runs"]
+        if x["method"] == "cmm"
+    } == {40}
     again = json.loads(_run(["benchmark", *args, "--no-report", "--json"]).stdout)
     assert again["ran"] == 0 and again["skipped"] == 24 and "report" not in again
     rep = json.loads(_run(["report", runs_dir(), "--out", tmp_path / "rep2", "--no-plot", "--json"]).stdout)
@@ -56,8 +71,22 @@ def test_benchmark_json_runs_and_reports(tmp_path):
 
 def test_benchmark_lists_what_is_missing_and_trains_nothing(tmp_path):
     _synth("one")
-    r = _run(["benchmark", "--datasets", "one,ghost", "--backbone", "bb", "--methods", "zero-shot,cross-modal-lp",
-              "--shots", "1", "--seeds", "1"], ok=False)  # fmt: skip
+    r = _run(
+        [
+            "benchmark",
+            "--datasets",
+            "one,ghost",
+            "--backbone",
+            "bb",
+            "--methods",
+            "zero-shot,cross-modal-lp",
+            "--shots",
+            "1",
+            "--seeds",
+            "1",
+        ],
+        ok=False,
+    )
     text = " ".join(r.output.split())
     assert r.exit_code == 2 and "Nothing was trained: 3 requirement(s) of the 4 benchmark jobs" in text
     assert "No batch size of [8, 32] fits 8 image and 4 text samples" in text  # the method's own precheck
@@ -67,26 +96,71 @@ def test_benchmark_lists_what_is_missing_and_trains_nothing(tmp_path):
 
 def test_benchmark_shard_that_disagrees_with_torchrun_is_refused(tmp_path):
     _synth("one")
-    r = _run(["benchmark", "--datasets", "one", "--backbone", "bb", "--methods", "zero-shot", "--shard", "0/2"],
-             ok=False, env={"RANK": "1", "WORLD_SIZE": "2"})  # fmt: skip
+    r = _run(
+        ["benchmark", "--datasets", "one", "--backbone", "bb", "--methods", "zero-shot", "--shard", "0/2"],
+        ok=False,
+        env={"RANK": "1", "WORLD_SIZE": "2"},
+    )
     assert r.exit_code == 2 and "disagrees with the torchrun environment" in " ".join(r.output.split())
 
 
 def test_benchmark_extract_then_run_on_your_own_folder(tmp_path):
     folder = write_colour_folder(tmp_path / "colours", 50)
-    r = _run(["benchmark", "--datasets", folder, "--backbone", "tiny", "--methods", "zero-shot", "--shots", "1",
-              "--seeds", "1", "--extract", "--no-report", "--json"])  # fmt: skip
+    r = _run(
+        [
+            "benchmark",
+            "--datasets",
+            folder,
+            "--backbone",
+            "tiny",
+            "--methods",
+            "zero-shot",
+            "--shots",
+            "1",
+            "--seeds",
+            "1",
+            "--extract",
+            "--no-report",
+            "--json",
+        ]
+    )
     out = json.loads(r.stdout)
     assert out["prepared"] == [{"did": "extract", "dataset": str(folder), "backbone": "tiny"}] and out["ran"] == 1
-    again = json.loads(_run(["benchmark", "--datasets", "colours", "--backbone", "tiny", "--methods", "zero-shot",
-                             "--shots", "1", "--seeds", "1", "--extract", "--no-report", "--json"]).stdout)  # fmt: skip
+    again = json.loads(
+        _run(
+            [
+                "benchmark",
+                "--datasets",
+                "colours",
+                "--backbone",
+                "tiny",
+                "--methods",
+                "zero-shot",
+                "--shots",
+                "1",
+                "--seeds",
+                "1",
+                "--extract",
+                "--no-report",
+                "--json",
+            ]
+        ).stdout
+    )
     assert again["prepared"] == [] and again["skipped"] == 1  # the short name finds the same cache and run
 
 
 def test_eval_shift_save_feeds_table_3(tmp_path):
     world = World(C=20, d=16, seed=3)
-    make_cache(cache_path("imagenet", "bb"), dataset="imagenet", backbone="bb", world=world, shots=(16,),
-               seeds=(1,), train_per_class=16, wnids=True)  # fmt: skip
+    make_cache(
+        cache_path("imagenet", "bb"),
+        dataset="imagenet",
+        backbone="bb",
+        world=world,
+        shots=(16,),
+        seeds=(1,),
+        train_per_class=16,
+        wnids=True,
+    )
     fitted = json.loads(
         _run(["fit", "--dataset", "imagenet", "--backbone", "bb", "--iterations", "60", "--json"]).stdout
     )

@@ -20,8 +20,15 @@ from cmm_cache.cache.locate import cache_path
 from cmm_cache.errors import CmmError
 from cmm_cache.runs import benchmark as bm
 
-SHARD_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT",
-             "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_STEP")  # fmt: skip
+SHARD_ENV = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_ARRAY_TASK_COUNT",
+    "SLURM_ARRAY_TASK_MIN",
+    "SLURM_ARRAY_TASK_STEP",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -39,8 +46,13 @@ def test_job_list_is_the_flat_product_in_order():
     assert len(jobs) == 11 * 2 * 2 * 2 * 2
     assert [j.dataset for j in jobs[:: len(jobs) // 11]] == list(bm.PAPER_DATASETS)
     first = [(j.backbone, j.method, j.shots, j.seed) for j in jobs[:16]]
-    assert first[:5] == [("rn50", "zero-shot", 1, 1), ("rn50", "zero-shot", 1, 2), ("rn50", "zero-shot", 16, 1),
-                         ("rn50", "zero-shot", 16, 2), ("rn50", "cmm", 1, 1)]  # fmt: skip
+    assert first[:5] == [
+        ("rn50", "zero-shot", 1, 1),
+        ("rn50", "zero-shot", 1, 2),
+        ("rn50", "zero-shot", 16, 1),
+        ("rn50", "zero-shot", 16, 2),
+        ("rn50", "cmm", 1, 1),
+    ]
     assert first[8][0] == "vit-b-16"
     assert bm.job_list("paper", "rn50", "cmm", [1], [1]) == bm.job_list(["paper"], ["rn50"], ["cmm"], [1], [1])
 
@@ -107,8 +119,17 @@ def test_resolve_shard_sources_and_conflicts():
 
 
 def _synth(cache_dir, name, **kw):
-    return make_cache(cache_path(name, "bb", cache_dir), dataset=name, backbone="bb", C=4, d=12, shots=(1, 2),
-                      seeds=(1,), train_per_class=4, **kw)[0]  # fmt: skip
+    return make_cache(
+        cache_path(name, "bb", cache_dir),
+        dataset=name,
+        backbone="bb",
+        C=4,
+        d=12,
+        shots=(1, 2),
+        seeds=(1,),
+        train_per_class=4,
+        **kw,
+    )[0]
 
 
 def test_every_missing_requirement_is_reported_before_any_training(tmp_path):
@@ -131,8 +152,16 @@ def test_a_method_that_cannot_fit_a_subset_is_refused_before_training(tmp_path):
     cd = tmp_path / "cache"
     _synth(cd, "small")
     with pytest.raises(CmmError, match="No batch size") as e:
-        bm.benchmark("small", "bb", "zero-shot,wise-ft", [1], [1], cache_dir=cd, runs_root=tmp_path / "runs",
-                     options={"wise-ft": {"batch_size": [64]}})  # fmt: skip
+        bm.benchmark(
+            "small",
+            "bb",
+            "zero-shot,wise-ft",
+            [1],
+            [1],
+            cache_dir=cd,
+            runs_root=tmp_path / "runs",
+            options={"wise-ft": {"batch_size": [64]}},
+        )
     assert "wise-ft on the 1-shot seed 1 subset" in str(e.value)
     assert not list((tmp_path / "runs").rglob("result.json"))
 
@@ -140,8 +169,16 @@ def test_a_method_that_cannot_fit_a_subset_is_refused_before_training(tmp_path):
 def test_extract_is_refused_in_a_sharded_benchmark(tmp_path):
     called = []
     with pytest.raises(CmmError, match="--extract in a sharded benchmark") as e:
-        bm.benchmark("nowhere", "bb", "zero-shot", [1], [1], cache_dir=tmp_path / "c", shard="0/2",
-                     extract=lambda d, b: called.append((d, b)))  # fmt: skip
+        bm.benchmark(
+            "nowhere",
+            "bb",
+            "zero-shot",
+            [1],
+            [1],
+            cache_dir=tmp_path / "c",
+            shard="0/2",
+            extract=lambda d, b: called.append((d, b)),
+        )
     assert "cmm-cache extract --dataset nowhere --backbone bb" in e.value.hint and not called
 
 
@@ -154,6 +191,33 @@ def test_extract_adds_missing_caches_before_the_checks(tmp_path):
     out = bm.benchmark("made", "bb", "zero-shot", [1], [1], cache_dir=cd, runs_root=tmp_path / "runs", extract=extract)
     assert out["prepared"] == [{"did": "extract", "dataset": "made", "backbone": "bb"}]
     assert out["ran"] == 1 and out["complete"]
+
+
+def test_extract_adds_per_template_text_where_a_method_needs_it(tmp_path):
+    from support.text_cache import make_text_cache
+
+    cd = tmp_path / "cache"
+    path = _synth(cd, "plain")
+    calls = []
+
+    def add_text(dataset, backbone, cache_file):
+        calls.append((dataset, backbone, Path(cache_file)))
+        make_text_cache(cache_file, shots=(1,), seeds=(1,))  # the same file, now with per-template text
+
+    out = bm.benchmark(
+        "plain",
+        "bb",
+        "zero-shot,cross-modal-lp",
+        [1],
+        [1],
+        cache_dir=cd,
+        runs_root=tmp_path / "r",
+        options={"cross-modal-lp": {"iterations": 20}},
+        extract=lambda d, b: None,
+        add_text=add_text,
+    )
+    assert calls == [("plain", "bb", path)] and out["ran"] == 2
+    assert out["prepared"] == [{"did": "add-text", "dataset": "plain", "backbone": "bb"}]
 
 
 # ------------------------------------------------------------------------------ whole benchmarks (tiny)
@@ -171,8 +235,9 @@ def three(tmp_path_factory):
 
 def _run(cache_dir, runs, **kw):
     names = ",".join(DATASETS)
-    return bm.benchmark(names, "tiny", METHODS, SHOTS, SEEDS, options=OPTIONS, cache_dir=cache_dir, runs_root=runs,
-                        device="cpu", **kw)  # fmt: skip
+    return bm.benchmark(
+        names, "tiny", METHODS, SHOTS, SEEDS, options=OPTIONS, cache_dir=cache_dir, runs_root=runs, device="cpu", **kw
+    )
 
 
 def _tables(written: dict) -> dict:
@@ -202,8 +267,10 @@ def test_benchmark_report_has_every_part(three):
     t1 = {(r["method"], int(r["shots"])): r for r in csv.DictReader(open(rep["csv"]["table1-tiny"]))}
     for m in METHODS:
         for k in SHOTS:
-            per_ds = [sum(r["test_acc"] for r in runs if (r["dataset"], r["method"], r["shots"]) == (d, m, k)) / 2
-                      for d in DATASETS]  # fmt: skip
+            per_ds = [
+                sum(r["test_acc"] for r in runs if (r["dataset"], r["method"], r["shots"]) == (d, m, k)) / 2
+                for d in DATASETS
+            ]
             assert float(t1[m, k]["mean"]) == pytest.approx(sum(per_ds) / 3, abs=1e-3)
             assert t1[m, k]["datasets"] == "alpha;beta;gamma" and t1[m, k]["datasets_missing"] == ""
     assert len({round(float(r["mean"]), 3) for r in t1.values()}) > 2  # the numbers are not all alike
@@ -256,3 +323,16 @@ def test_worker_processes_give_the_same_runs(three, tmp_path):
     assert out["ran"] == 36 and out["processes"] == 2 and seen == list(range(1, 37))
     rep = report(out["run_folders"], tmp_path / "report-D", plot=False)
     assert _tables(rep) == _tables(three["report"])
+
+
+def test_a_half_finished_shared_unit_counts_each_run_once(tmp_path):
+    """cross-modal-lp finished, cross-modal-wise-ft of the same subset not: one skipped, one fitted."""
+    from support.text_cache import make_text_cache
+
+    cd = tmp_path / "cache"
+    make_text_cache(cache_path("texts", "synth-bb", cd), shots=(1,), seeds=(1,))
+    opts = {"cross-modal-lp": {"iterations": 20}, "cross-modal-wise-ft": {"iterations": 20}}
+    kw = dict(cache_dir=cd, runs_root=tmp_path / "r", options=opts)
+    assert bm.benchmark("texts", "synth-bb", "cross-modal-lp", [1], [1], **kw)["ran"] == 1
+    both = bm.benchmark("texts", "synth-bb", "cross-modal-lp,cross-modal-wise-ft", [1], [1], **kw)
+    assert (both["ran"], both["skipped"], both["already_finished"], both["complete"]) == (1, 1, 1, True)
