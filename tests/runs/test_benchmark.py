@@ -291,6 +291,7 @@ def test_two_shards_give_the_report_of_one_run(three, tmp_path):
     assert _tables(rep) == _tables(three["report"])
 
 
+@pytest.mark.slow
 def test_a_killed_benchmark_resumes_to_the_same_report(three, tmp_path):
     """kill -9 after the third run was saved, then the same command again: the report of an unbroken run."""
     runs = tmp_path / "runs-C"
@@ -317,6 +318,7 @@ def test_a_killed_benchmark_resumes_to_the_same_report(three, tmp_path):
     assert _tables(rep) == _tables(three["report"])
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_runs(three, tmp_path):
     seen = []
     out = _run(three["cache_dir"], tmp_path / "runs-D", jobs=2, progress=lambda d, t, row, job: seen.append(d))
