@@ -70,6 +70,7 @@ def _register() -> None:
     # `cmm-cache --help` stays fast.
     from cmm_cache.cli import (
         bench_cmds,
+        benchmark_cmds,
         cache_cmds,
         compare_cmds,
         data_cmds,
@@ -94,6 +95,7 @@ def _register() -> None:
         results_cmds,
         runs_cmds,
         compare_cmds,
+        benchmark_cmds,
         gap_cmds,
         bench_cmds,
     )

@@ -45,7 +45,7 @@ def test_compare_interrupted_during_a_run_resumes_without_refitting(tmp_path, mo
     calls = fits.calls
     out = cmp.compare(cache, METHODS, SHOTS, SEEDS, runs_root=root)
     assert len(calls) == 5  # only what was not finished
-    assert [bool(r.get("skipped")) for r in out["runs"]] == [True] * 3 + [False] * 5
+    assert sum(bool(r.get("skipped")) for r in out["runs"]) == 3
     first = out["runs"]
 
     fits.reset()
