@@ -14,6 +14,8 @@ from cmm_cache.cli.common import (
     pretrained_option,
     workers_option,
 )
+from cmm_cache.cli.progress import Heartbeat, printer
+from cmm_cache.cli.progress import sink as progress_sink
 
 
 @click.command("extract")
@@ -48,17 +50,19 @@ def bench_extract(data_dir, backbone, pretrained, batch_size, workers, limit, re
     """End-to-end extraction images/s vs the encoder's bare forward images/s (same batch size)."""
     from cmm_cache.bench.extract import bench_extract as run
 
-    r = run(
-        data_dir,
-        backbone,
-        pretrained=pretrained,
-        batch_size=batch_size,
-        num_workers=workers,
-        limit=limit,
-        device=device,
-        repeat=repeat,
-        log=None if as_json else console.print,
-    )
+    log = progress_sink(f"bench extract {backbone}")
+    with Heartbeat(log):
+        r = run(
+            data_dir,
+            backbone,
+            pretrained=pretrained,
+            batch_size=batch_size,
+            num_workers=workers,
+            limit=limit,
+            device=device,
+            repeat=repeat,
+            log=printer(log, quiet=as_json),
+        )
     if as_json:
         emit_json(r)
         return
@@ -75,10 +79,20 @@ def bench_extract(data_dir, backbone, pretrained, batch_size, workers, limit, re
         f"  bare forward (pre-decoded tensors):              {r['bare_forward_images_per_s']:.2f} images/s "
         f"(median of {r['repeat']})"
     )
-    console.print(
-        f"  ratio: {100 * r['ratio']:.1f} % (median of per-run ratios; best/best {100 * r['ratio_of_bests']:.1f} "
-        "%; target >= 90 %)"
-    )
+    ratio = f"  ratio: {100 * r['ratio']:.1f} % (median of per-run ratios; best/best {100 * r['ratio_of_bests']:.1f} %"
+    if r.get("decode_bound"):
+        console.print(ratio + ")", markup=False)
+        console.print(
+            f"  not a figure for the >= 90 % target: this backbone's bare forward "
+            f"({r['bare_forward_images_per_s']:.0f} images/s) outruns what {r['workers']} decoding process(es) "
+            f"can feed it (about {r['decode_capacity_images_per_s']:.0f} images/s), so the ratio cannot come near "
+            "90 % however well decoding overlaps encoding. The target is for an encoder slower than decoding, "
+            "e.g. the default --backbone rn50-arch.",
+            markup=False,
+            soft_wrap=True,
+        )
+    else:
+        console.print(ratio + "; target >= 90 %)", markup=False)
 
 
 @click.command("fit")
@@ -163,7 +177,17 @@ def bench_fit(
     """
     from cmm_cache.bench import fit as b
 
-    log = console.print
+    sink = progress_sink("bench fit")
+    log = printer(sink)
+    with Heartbeat(sink):
+        out = _bench_fit(b, log, classes, dim, shots, iterations, batch_size, test_size, threads, repeat, reference,
+                         reference_iterations, busy, busy_procs, compare_threads, protocol, suite, device)  # fmt: skip
+    if as_json:
+        emit_json(out)
+
+
+def _bench_fit(b, log, classes, dim, shots, iterations, batch_size, test_size, threads, repeat, reference,
+               reference_iterations, busy, busy_procs, compare_threads, protocol, suite, device) -> dict:  # fmt: skip
     if suite:
         out = b.bench_suite(classes or 47, dim, iterations, repeat=repeat, busy_procs=busy_procs, log=log)
     elif compare_threads:
@@ -193,8 +217,7 @@ def bench_fit(
                 log=log,
             )
         out["busy_procs"] = busy_procs if busy else 0
-    if as_json:
-        emit_json(out)
+    return out
 
 
 COMMANDS = []

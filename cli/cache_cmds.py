@@ -46,9 +46,10 @@ def cache_ls(cache_dir, as_json):
     if not rows:
         console.print(f"No caches in {root}. Run `cmm-cache extract --dataset NAME --backbone NAME`.")
         return
+    from cmm_cache.cli.tables import title
     from rich.table import Table
 
-    t = Table(title=f"caches in {root}")
+    t = Table(title=title(f"caches in {root}"))
     for col in ("dataset", "backbone", "classes", "splits", "size", "created"):
         t.add_column(col)
     for r in rows:
@@ -123,7 +124,14 @@ def cache_verify(path, dataset, backbone, all_, cache_dir, as_json):
         paths = [r["path"] for r in list_caches(cache_dir) if not r.get("unfinished")]
     else:
         paths = [_resolve_path(path, dataset, backbone, cache_dir)]
-    report = {p: verify_cache(p) for p in paths}
+    from cmm_cache.cli.progress import Heartbeat
+    from cmm_cache.cli.progress import sink as progress_sink
+
+    log, report = progress_sink(), {}
+    with Heartbeat(log):
+        for p in paths:  # reading every byte of a large cache takes a while: the heartbeat names which
+            log.set_status(f"cache verify {p}")
+            report[p] = verify_cache(p)
     bad = {p: v for p, v in report.items() if v}
     if as_json:
         emit_json({"ok": not bad, "caches": [{"path": p, "ok": not v, "problems": v} for p, v in report.items()]})

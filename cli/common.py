@@ -9,14 +9,33 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from pathlib import Path
 
 import click
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
 from cmm_cache.errors import CmmError
 
+# In a log (stderr not a terminal) lines are as long as they are: rich wraps, cuts or ellipsizes nothing there,
+# so numbers, method names and paths stay whole and copy-pasteable.
+LOG_WIDTH = 100_000
+
+
+class _Console(Console):
+    """rich's console, as wide as any line when it does not write to a terminal."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = Console.size.fget(self)
+        return size if self.is_terminal else ConsoleDimensions(LOG_WIDTH, size.height)
+
+    @size.setter
+    def size(self, new_size) -> None:
+        Console.size.fset(self, new_size)
+
+
 # Human-readable output always goes to stderr so stdout stays clean for --json.
-console = Console(stderr=True, highlight=False)
+console = _Console(stderr=True, highlight=False)
 
 
 def data_root_option(f):
@@ -35,6 +54,7 @@ def cache_dir_option(f):
         envvar="CMM_CACHE_DIR",
         type=click.Path(file_okay=False),
         default=None,
+        is_eager=True,  # known before --run is resolved, wherever it stands on the command line
         help="Where caches and runs live (env CMM_CACHE_DIR, else $XDG_CACHE_HOME/cmm-cache, else ~/.cache/cmm-cache).",
     )(f)
 
@@ -75,8 +95,18 @@ def cache_options(what: str = "the cache extracted last"):
             default=None,
             help=f"Any cache file following schema cmm-cache/1 [default: {what}].",
         ),
-        click.option("--dataset", default=None, help="With --backbone: the cache of this dataset in the cache dir."),
-        click.option("--backbone", default=None, help="With --dataset: the cache of this backbone in the cache dir."),
+        click.option(
+            "--dataset",
+            default=None,
+            help="With --backbone: the cache of this dataset (a registered name, your data's short name or path) "
+            "in the cache dir. With --cache it must name that cache's dataset.",
+        ),
+        click.option(
+            "--backbone",
+            default=None,
+            help="With --dataset: the cache of this backbone (as given to `extract`, e.g. rn50) in the cache dir. "
+            "With --cache it must name that cache's backbone.",
+        ),
     )
 
 
@@ -111,15 +141,44 @@ def runs_dir_option(f):
         "--runs-dir",
         type=click.Path(file_okay=False),
         default=None,
+        is_eager=True,  # known before --run is resolved
         help="Root of run folders [default: <cache-dir>/runs]; a run goes to "
         "<root>/<dataset>/<backbone>/<method>-<config key>/shot_K-seed_S.",
     )(f)
 
 
+def _resolve_run(ctx, param, value):
+    """Click callback of --run: a run id (or a unique prefix of one), a run folder, or a folder holding exactly one
+    run -> that run's folder (:func:`cmm_cache.runs.discovery.resolve_run`); anything else is a usage error that
+    lists what there is."""
+    if value is None:
+        return None
+    from cmm_cache.runs.discovery import resolve_run
+    from cmm_cache.util import paths
+
+    runs_dir = ctx.params.get("runs_dir")
+    root = Path(runs_dir) if runs_dir else paths.runs_dir(ctx.params.get("cache_dir"))
+    try:
+        if isinstance(value, (tuple, list)):  # a repeatable --run: each one resolved the same way
+            return tuple(resolve_run(v, root) for v in value)
+        return resolve_run(value, root)
+    except CmmError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+
+
+run_callback = _resolve_run  # for a command whose --run is its own option (e.g. repeatable): the same rule
+
+
 def run_option(required: bool = True):
-    """--run: a run folder written by `fit` (predict, export, eval)."""
+    """--run: a run id from `cmm-cache runs ls` (or a unique prefix), a run folder written by `fit`, or a folder
+    holding exactly one run; the command receives the run's folder (predict, export, eval, ...)."""
     return click.option(
-        "--run", "run_path", required=required, type=click.Path(file_okay=False), help="Run folder written by `fit`."
+        "--run",
+        "run_path",
+        required=required,
+        callback=_resolve_run,
+        metavar="RUN",
+        help="Run id (`cmm-cache runs ls`; a unique prefix will do) or run folder written by `fit`.",
     )
 
 
@@ -146,6 +205,17 @@ def int_list(ctx, param, value):
     if not out or any(v < 1 for v in out):
         raise click.BadParameter(f"expected positive integers, got '{value}'")
     return list(dict.fromkeys(out))  # `--shots 4,4` means one run, not two
+
+
+def report_not_written(failures) -> None:
+    """After a command showed its result: name each output that could not be written (one line each) and exit
+    with status 2 if any; nothing when all were written."""
+    failures = [f for f in failures or () if f]
+    for f in failures:
+        console.print("[bold red]error:[/] ", end="")
+        console.print(f.line(), markup=False, highlight=False, soft_wrap=True)
+    if failures:
+        sys.exit(2)
 
 
 def emit_json(obj) -> None:

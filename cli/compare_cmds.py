@@ -15,6 +15,7 @@ from cmm_cache.cli.common import (
     handle_errors,
     int_list,
     json_option,
+    report_not_written,
     runs_dir_option,
     shots_seeds_options,
     templates_option,
@@ -22,8 +23,10 @@ from cmm_cache.cli.common import (
 
 
 def _method_options(pairs) -> dict:
-    """--option METHOD.KEY=VALUE (VALUE as JSON, else a string) -> {method: {key: value}}."""
+    """--option METHOD.KEY=VALUE (VALUE as JSON, else a string) -> {method: {key: value}} (methods by their
+    registered names: `cross_modal_lp` is `cross-modal-lp`)."""
     from cmm_cache.errors import CmmError
+    from cmm_cache.runs.compare import resolve_methods
 
     out: dict = {}
     for p in pairs:
@@ -35,23 +38,33 @@ def _method_options(pairs) -> dict:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        out.setdefault(name, {})[key] = value
+        out.setdefault(resolve_methods([name])[0], {})[key] = value
     return out
 
 
+def _cell(c: dict) -> str:
+    """mean ± std over seeds; a single run has no spread to show."""
+    from cmm_cache.cli.tables import fmt_mean_std
+
+    return fmt_mean_std(c["mean"], c["std"], c.get("runs"))
+
+
 def _table(out: dict):
+    from cmm_cache.cli.tables import title
     from rich.table import Table
 
-    t = Table(title=f"{out['dataset']} × {out['backbone']}: test accuracy (%), mean ± std over seeds {out['seeds']}")
-    t.add_column("method")
+    seeds = out["seeds"]
+    over = f"mean ± std over seeds {seeds}" if len(seeds) > 1 else f"seed {seeds[0]}" if seeds else "no runs"
+    t = Table(title=title(f"{out['dataset']} × {out['backbone']}: test accuracy (%), {over}"))
+    t.add_column("method", no_wrap=True)
     for k in out["shots"]:
-        t.add_column(f"{k}-shot", justify="right")
-    t.add_column("fit s/run", justify="right")
+        t.add_column(f"{k}-shot", justify="right", no_wrap=True)
+    t.add_column("fit s/run", justify="right", no_wrap=True)
     for r in out["table"]:
         cells = []
         for k in out["shots"]:
             c = r["cells"][k]
-            text = "-" if c["mean"] is None else f"{c['mean']:.2f} ± {c['std']:.2f}"
+            text = _cell(c)
             cells.append(f"[bold green]{text} *[/]" if c["best"] else text)
         secs = r["fit_seconds_mean"]
         t.add_row(r["method"], *cells, "-" if secs is None else f"{secs:.2f}")
@@ -105,55 +118,95 @@ def compare_cmd(
     cmm-cache compare --methods all --shots 1,2,4,8,16 --seeds 1,2,3 --plot acc.png
     cmm-cache compare --methods zero-shot,tip-adapter,gda,cmm --cache dtd.h5 --csv dtd.csv --json
     """
-    from cmm_cache.cli.fit_cmds import (
-        resolve_cache,  # the lookup fit uses (--cache, --dataset/--backbone, last extract)
-    )
+    from cmm_cache.cli.fit_cmds import open_selected_cache  # the lookup fit uses (and its checks)
+    from cmm_cache.cli.progress import Bars, Heartbeat
+    from cmm_cache.cli.progress import sink as progress_sink
 
-    from cmm_cache.cache.reader import open_cache
-    from cmm_cache.runs.compare import compare, json_table, plot, resolve_methods, write_table_csv
+    from cmm_cache.runs.compare import (
+        PLOT_FORMATS,
+        compare,
+        json_table,
+        plot,
+        require_matplotlib,
+        resolve_methods,
+        write_table_csv,
+    )
+    from cmm_cache.runs.protocol import plan
     from cmm_cache.util import paths
     from cmm_cache.util.device import resolve_device
+    from cmm_cache.util.outputs import check_output_path, try_write
 
-    cache = open_cache(resolve_cache(cache_file, dataset, backbone, cache_dir))
+    # Everything that can be refused is refused before the first fit: outputs, cache, methods, options.
+    if csv_path:
+        csv_path = check_output_path(csv_path, "--csv")
+    if plot_path:
+        plot_path = check_output_path(plot_path, "--plot", suffixes=PLOT_FORMATS)
+        require_matplotlib()
+    cache = open_selected_cache(cache_file, dataset, backbone, cache_dir)
     names = resolve_methods(methods)
     opts = _method_options(method_options)
-    for name in opts:
-        resolve_methods([name])
     root = None if no_save else Path(runs_dir) if runs_dir else paths.runs_dir(cache_dir)
+    log = progress_sink(f"compare on {cache.dataset_name} × {cache.backbone}")
+    jobs = plan(cache, sorted(set(shots)) if shots else None, sorted(set(seeds)) if seeds else None)
+    log.emit(
+        f"compare on {cache.dataset_name} × {cache.backbone}: {len(names)} method(s) × {len(jobs)} few-shot "
+        f"subset(s) = {len(names) * len(jobs)} runs"
+    )
 
     def progress(done, total, r):  # on stderr, also with --json: a long compare always shows where it is
+        note = "  (already fitted: kept)" if r.get("skipped") else ""
         console.print(
             f"[{done}/{total}] {r['method']:22s} {r['shots']:>2}-shot seed {r['seed']}: "
-            f"test {r['test_acc']:6.2f} %  val {r['val_acc']:6.2f} %  {r['fit_seconds'] or 0:.2f} s",
+            f"test {r['test_acc']:6.2f} %  val {r['val_acc']:6.2f} %  {r['fit_seconds'] or 0:.2f} s{note}",
             markup=False,
+            soft_wrap=True,
         )
+        log.touch()
 
-    out = compare(
-        cache,
-        names,
-        shots,
-        seeds,
-        options=opts,
-        max_iterations=max_iterations,
-        runs_root=root,
-        force=force,
-        templates=templates,
-        device=resolve_device(device),
-        progress=progress,
-    )
+    with Heartbeat(log), Bars(not as_json, log) as bars:
+
+        def step(method, k, s):
+            update = bars.task(f"compare {method} {k}-shot seed {s}", None, "it")
+            if update is None:
+                log.set_status(f"compare {method} {k}-shot seed {s}")
+                return None
+            return lambda done, total, loss: update(done, total, None if loss is None else f"loss {loss:.4f}")
+
+        out = compare(
+            cache,
+            names,
+            shots,
+            seeds,
+            options=opts,
+            max_iterations=max_iterations,
+            runs_root=root,
+            force=force,
+            templates=templates,
+            device=resolve_device(device),
+            progress=progress,
+            step=step,
+        )
+    # The result first: an output that cannot be written now (a full disk) loses nothing else.
+    title = f"{out['dataset']} × {out['backbone']}"
+    if not as_json:
+        console.print(_table(out))
+    failed = []
     if csv_path:
-        out["csv"] = str(write_table_csv(out["table"], csv_path))
+        written, fail = try_write("--csv", csv_path, lambda: write_table_csv(out["table"], csv_path))
+        out["csv"], failed = (str(written) if written else None), failed + [fail]
     if plot_path:
-        out["plot"] = str(plot(out["table"], plot_path, f"{out['dataset']} × {out['backbone']}"))
+        written, fail = try_write("--plot", plot_path, lambda: plot(out["table"], plot_path, title))
+        out["plot"], failed = (str(written) if written else None), failed + [fail]
+    failed = [f for f in failed if f]
     if as_json:
-        emit_json({**out, "table": json_table(out["table"])})
-        return
-    console.print(_table(out))
-    for key, what in (("csv", "table"), ("plot", "plot")):
-        if key in out:
-            console.print(f"wrote the {what}: {out[key]}")
-    if root is not None:
-        console.print(f"run folders under {root}")
+        emit_json({**out, "table": json_table(out["table"]), "not_written": [f.to_dict() for f in failed]})
+    else:
+        for key, what in (("csv", "table"), ("plot", "plot")):
+            if out.get(key):
+                console.print(f"wrote the {what}: {out[key]}", markup=False, soft_wrap=True)
+        if root is not None:
+            console.print(f"run folders under {root}", markup=False, soft_wrap=True)
+    report_not_written(failed)
 
 
 @click.command("methods")
@@ -180,7 +233,12 @@ def bench_methods_cmd(methods, classes, dim, shots, repeat, threads, as_json):
         console.print(
             f"[bold]fit seconds[/], {classes} classes × {dim}-d, {shots} shots × 2 views (fastest of {repeat})"
         )
-    out = bench_methods(names, classes, dim, shots, repeat, threads, log=None if as_json else console.print)
+    from cmm_cache.cli.progress import Heartbeat, printer
+    from cmm_cache.cli.progress import sink as progress_sink
+
+    sink = progress_sink("bench methods")
+    with Heartbeat(sink):
+        out = bench_methods(names, classes, dim, shots, repeat, threads, log=printer(sink, quiet=as_json))
     if as_json:
         emit_json(out)
     else:
@@ -198,10 +256,15 @@ def bench_methods_cmd(methods, classes, dim, shots, repeat, threads, as_json):
 @handle_errors
 def bench_compare_cmd(methods, classes, dim, shots, seeds, max_iterations, as_json):
     """Wall time of `compare` on a synthetic cache of DTD's size (47 classes × 1024-d, 36 test images per class)."""
+    from cmm_cache.cli.progress import Heartbeat, printer
+    from cmm_cache.cli.progress import sink as progress_sink
+
     from cmm_cache.bench.methods import bench_compare
 
     # Progress lines go to stderr with --json too (stdout holds only the JSON object): this benchmark takes minutes.
-    out = bench_compare(methods, classes, dim, shots, seeds, max_iterations, log=console.print)
+    sink = progress_sink("bench compare")
+    with Heartbeat(sink):
+        out = bench_compare(methods, classes, dim, shots, seeds, max_iterations, log=printer(sink))
     if as_json:
         emit_json({k: v for k, v in out.items() if k != "table"})
         return

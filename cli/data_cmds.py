@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from cmm_cache.cli.common import console, data_root_option, emit_json, handle_errors, json_option
+from cmm_cache.cli.common import console, data_root_option, emit_json, handle_errors, json_option, report_not_written
 
 
 def _row(m: dict, root) -> dict:
@@ -101,12 +101,87 @@ def _print_user_data(info: dict) -> None:
         console.print(f"[yellow]warning:[/] {w}")
 
 
+SPLITS = ("train", "val", "test")
+
+
+def _members(ds, split: str) -> list[dict]:
+    """The images of a split (or every split): path, class index and name, split; in split-list order."""
+    rows = []
+    for s in SPLITS if split == "all" else (split,):
+        if s not in ds.splits:
+            continue
+        sl = ds.splits[s]
+        for path, label in zip(sl.paths, sl.labels):
+            rows.append({"split": s, "label": int(label), "class": ds.classnames[int(label)], "path": str(path)})
+    return rows
+
+
+def _write_members(rows: list[dict], path) -> None:
+    import csv
+
+    from cmm_cache.util.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "class", "split"])
+        for r in rows:
+            w.writerow([r["path"], r["label"], r["class"], r["split"]])
+
+
+def _list_split(name: str, split: str, csv_path, data_root, as_json, show: bool = True) -> None:
+    """`datasets NAME --list`: which images are in which split (your own data's seeded split included)."""
+    from cmm_cache.datasets.registry import load_dataset
+    from cmm_cache.errors import CmmError
+    from cmm_cache.util.outputs import check_output_path, try_write
+
+    if csv_path:
+        csv_path = check_output_path(csv_path, "--csv")
+    ds = load_dataset(name, data_root)
+    if split != "all" and split not in ds.splits:
+        raise CmmError(f"{ds.name} has no {split} split.", f"It has: {', '.join(ds.splits)}.")
+    rows = _members(ds, split)
+    failed = None
+    if csv_path:
+        _, failed = try_write("--csv", csv_path, lambda: _write_members(rows, csv_path))
+    if as_json:
+        out = {"dataset": ds.name, "split": split, "images": rows}
+        emit_json({**out, "not_written": [failed.to_dict()] if failed else []})
+    else:
+        for r in rows if show else ():  # tab-separated as they are (rich would expand the tabs)
+            click.echo(f"{r['split']}\t{r['class']}\t{r['path']}", err=True)
+        which = "every split" if split == "all" else f"the {split} split"
+        console.print(f"{len(rows)} images in {which} of {ds.name}", markup=False)
+        if csv_path and not failed:
+            console.print(f"wrote {len(rows)} rows to {csv_path} (a list `cmm-cache predict` takes)", markup=False)
+    report_not_written([failed])
+
+
 @click.command("datasets")
 @click.argument("name", required=False)
+@click.option(
+    "--split",
+    type=click.Choice([*SPLITS, "all"]),
+    default=None,
+    help="With NAME: the split to list (implies --list) [default with --list: all].",
+)
+@click.option(
+    "--list",
+    "list_images",
+    is_flag=True,
+    help="With NAME: print which images are in each split (split, class, path), e.g. to keep the training "
+    "images out of what you predict on.",
+)
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="With --list: also write path,label,class,split rows here (a list `predict` accepts).",
+)
 @data_root_option
 @json_option
 @handle_errors
-def datasets_cmd(name, data_root, as_json):
+def datasets_cmd(name, split, list_images, csv_path, data_root, as_json):
     """List the registered datasets, or show one: NAME (or alias), a manifest .json, or your own image
     folder / CSV (its classes, split sizes and how the split was made).
 
@@ -116,7 +191,12 @@ def datasets_cmd(name, data_root, as_json):
 
     \b
     Also accepted wherever --dataset is: an image folder (one sub-folder
-    per class), a CSV (path,label[,split]) or a manifest .json path.
+    per class, or train/ val/ test/ each holding class folders), a CSV
+    (path,label[,split]) or a manifest .json path.
+
+    \b
+    cmm-cache datasets path/to/dtd10 --split test --list   # which images are test images
+    cmm-cache datasets path/to/dtd10 --split test --csv test.csv   # then: cmm-cache predict --run ID test.csv
     """
     from cmm_cache.datasets import manifests as mf
     from cmm_cache.datasets.names import is_user_data
@@ -124,6 +204,12 @@ def datasets_cmd(name, data_root, as_json):
     from cmm_cache.util.paths import data_root as resolve_root
 
     root = resolve_root(data_root)
+    if split or list_images or csv_path:
+        if not name:
+            from cmm_cache.errors import CmmError
+
+            raise CmmError("--list/--split/--csv need a dataset: NAME or your folder / CSV.")
+        return _list_split(name, split or "all", csv_path, data_root, as_json, show=list_images or not csv_path)
     if name and is_user_data(name) and not name.lower().endswith(MANIFEST_SUFFIX):
         info = _user_data(name)
         emit_json(info) if as_json else _print_user_data(info)
@@ -149,11 +235,12 @@ def _sizes(s: dict) -> str:
 
 
 def _print_table(rows: list[dict], root) -> None:
+    from cmm_cache.cli.tables import title
     from rich.table import Table
 
     from cmm_cache.datasets.manifests import SPLIT_SOURCES
 
-    t = Table(title="registered datasets" + (f" (data root {root})" if root else ""), show_lines=False)
+    t = Table(title=title("registered datasets" + (f" (data root {root})" if root else "")), show_lines=False)
     wide = console.width >= 140  # narrow terminals get the essential columns only, names never wrapped
     cols = ["name", "aliases", "kind", "classes", "train/val/test", "few-shot (published)", "templates"]
     cols = [*cols, "split file", "download"]

@@ -131,7 +131,11 @@ def eval_cmd(
         target = Path(cache_file) if cache_file else Path(res.get("cache") or "")
         if not cache_file and not target.is_file():  # the recorded file moved: try the standard place
             target = find_cache(res["dataset"], res["backbone"], cache_dir)
-    out = evaluate_run(run, open_cache(target), resolve_device(device), shift=bool(shift), own=not cache_file)
+    from cmm_cache.cli.progress import Heartbeat
+    from cmm_cache.cli.progress import sink as progress_sink
+
+    with Heartbeat(progress_sink(f"eval: scoring the test split of {target}")):
+        out = evaluate_run(run, open_cache(target), resolve_device(device), shift=bool(shift), own=not cache_file)
     if save:
         out["saved"] = str(save_evaluation(run, out))
     a = "" if out["alpha"] is None else f", alpha {out['alpha']:.1f}"

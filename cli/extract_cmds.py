@@ -17,7 +17,8 @@ from cmm_cache.cli.common import (
     pretrained_option,
     workers_option,
 )
-from cmm_cache.cli.progress import ImageProgress
+from cmm_cache.cli.progress import Heartbeat, ImageProgress, TextProgress
+from cmm_cache.cli.progress import sink as progress_sink
 
 
 def _show_progress(as_json: bool) -> bool:
@@ -112,35 +113,71 @@ def extract_cmd(
     cmm-cache extract --dataset dtd --backbone rn50
     torchrun --nproc-per-node 4 -m cmm_cache extract --dataset imagenet --backbone rn50
     """
-    if add_text:
-        from cmm_cache.errors import CmmError
-        from cmm_cache.extract.add_text import add_text as run_add_text
+    out_path = None
+    if out:
+        from cmm_cache.util.outputs import check_output_path
 
-        if force:
-            raise CmmError("--add-text keeps the cache and adds to it; --force re-extracts it: choose one.")
-        r = run_add_text(dataset, backbone, pretrained=pretrained, cache_root=cache_dir, out=out, device=device)
-        return _report(r, as_json)
-    from cmm_cache.extract.pipeline import extract
+        out_path = check_output_path(out, "--out")
+    show = _show_progress(as_json)
+    label = f"extract {_short(dataset)} × {backbone}"
+    log = progress_sink(f"{label}: preparing (dataset, plan, files)")
+    with Heartbeat(log), TextProgress(f"{label}: text", enabled=show, sink=log) as text_prog:
+        stage = _stage_printer(label, log) if show else None
+        if add_text:
+            from cmm_cache.errors import CmmError
+            from cmm_cache.extract.add_text import add_text as run_add_text
 
-    with ImageProgress(f"extract {dataset} × {backbone}", enabled=_show_progress(as_json)) as prog:
-        r = extract(
-            dataset,
-            backbone,
-            pretrained=pretrained,
-            data_root=data_root,
-            cache_root=cache_dir,
-            out=out,
-            shots=shots,
-            seeds=seeds,
-            device=device,
-            batch_size=batch_size,
-            num_workers=workers,
-            skip_bad=skip_bad,
-            force=force,
-            progress=prog,
-            download=download,
-        )
+            if force:
+                raise CmmError("--add-text keeps the cache and adds to it; --force re-extracts it: choose one.")
+            r = run_add_text(
+                dataset,
+                backbone,
+                pretrained=pretrained,
+                cache_root=cache_dir,
+                out=out_path,
+                device=device,
+                text_progress=text_prog,
+                stage=stage,
+            )
+            return _report(r, as_json)
+        from cmm_cache.extract.pipeline import extract
+
+        with ImageProgress(label, enabled=show, sink=log) as prog:
+            r = extract(
+                dataset,
+                backbone,
+                pretrained=pretrained,
+                data_root=data_root,
+                cache_root=cache_dir,
+                out=out_path,
+                shots=shots,
+                seeds=seeds,
+                device=device,
+                batch_size=batch_size,
+                num_workers=workers,
+                skip_bad=skip_bad,
+                force=force,
+                progress=prog,
+                text_progress=text_prog,
+                stage=stage,
+                download=download,
+            )
     _report(r, as_json)
+
+
+def _short(dataset: str) -> str:
+    """The name your own data goes by (``dtd10`` for ``path/to/dtd10``), else the name as given."""
+    from cmm_cache.datasets.names import display_name
+
+    return display_name(dataset)
+
+
+def _stage_printer(label: str, log):
+    def stage(what: str) -> None:
+        log.set_status(f"{label}: {what}")
+        log.emit(f"{label}: {what}")
+
+    return stage
 
 
 def _report(r, as_json: bool) -> None:

@@ -17,7 +17,8 @@ from cmm_cache.cli.common import (
     runs_dir_option,
     shots_seeds_options,
 )
-from cmm_cache.cli.progress import Bars
+from cmm_cache.cli.progress import Bars, Heartbeat
+from cmm_cache.cli.progress import sink as progress_sink
 from cmm_cache.cli.tables import summary_table
 
 
@@ -36,6 +37,16 @@ class MethodChoice(click.Choice):
     @choices.setter
     def choices(self, value):  # click.Choice.__init__ assigns it; the registry is the source
         pass
+
+    def convert(self, value, param, ctx):
+        """A method's name as `cmm-cache methods` lists it, also with `_` for `-` (as the registry accepts)."""
+        from cmm_cache.errors import CmmError
+        from cmm_cache.methods.registry import get_method
+
+        try:
+            return get_method(str(value)).name
+        except CmmError:
+            return super().convert(value, param, ctx)  # click's own message, listing the choices
 
 
 # CMM's own flags -> (option key, value when given). They set the method's option of that name.
@@ -85,6 +96,7 @@ def _method_options(ctx: click.Context, method: str, values: dict, pairs) -> dic
 def resolve_cache(cache, dataset, backbone, cache_dir) -> Path:
     """--cache, else --dataset/--backbone in the cache dir, else the cache extracted last (and say which)."""
     from cmm_cache.cache.locate import find_cache, last_extract
+    from cmm_cache.datasets.names import display_name
     from cmm_cache.errors import CmmError
     from cmm_cache.util import paths
 
@@ -101,9 +113,57 @@ def resolve_cache(cache, dataset, backbone, cache_dir) -> Path:
             "Run `cmm-cache extract --dataset NAME --backbone NAME` first, or pass --cache PATH.",
         )
     console.print(
-        f"Using the cache extracted last: [bold]{last['dataset']}[/] × [bold]{last['backbone']}[/] ({last['path']})"
+        f"Using the cache extracted last: {display_name(last['dataset'])} × {last['backbone']} ({last['path']})",
+        markup=False,
+        soft_wrap=True,
     )
     return Path(last["path"])
+
+
+def _same_backbone(given: str, recorded: str) -> bool:
+    """`--backbone` names the backbone a cache was extracted with: the same name (any case), or an alias and
+    the open_clip name it stands for (``rn50`` and ``RN50-quickgelu/openai``)."""
+    from cmm_cache.backbones.registry import resolve_backbone
+    from cmm_cache.util.paths import safe_name
+
+    if safe_name(given.strip()).lower() == safe_name(recorded.strip()).lower():
+        return True
+    try:
+        a, b = resolve_backbone(given), resolve_backbone(recorded)
+    except Exception:  # an unknown name (CmmError), or open_clip not loading: not shown to be the same
+        return False
+    return (a.model, a.pretrained) == (b.model, b.pretrained)
+
+
+def _same_dataset(given: str, cache) -> bool:
+    """`--dataset` names a cache's dataset: its short name, the name or path it was extracted with, or an alias."""
+    from cmm_cache.datasets.names import dataset_key, display_name
+
+    if given in (cache.dataset, cache.dataset_name) or display_name(given) == cache.dataset_name:
+        return True
+    return dataset_key(given) == dataset_key(cache.dataset)
+
+
+def open_selected_cache(cache_file, dataset, backbone, cache_dir):
+    """The cache `fit` and `compare` read: :func:`resolve_cache`, opened. `--dataset`/`--backbone` given beside
+    `--cache` must name that cache's dataset and backbone: a disagreement is refused, never silently ignored."""
+    from cmm_cache.cache.reader import open_cache
+    from cmm_cache.errors import CmmError
+
+    cache = open_cache(resolve_cache(cache_file, dataset, backbone, cache_dir))
+    if cache_file:
+        wrong = []
+        if dataset and not _same_dataset(dataset, cache):
+            wrong.append(f"holds dataset {cache.dataset_name}, not --dataset {dataset}")
+        if backbone and not _same_backbone(backbone, cache.backbone):
+            wrong.append(f"was extracted with backbone {cache.backbone}, not --backbone {backbone}")
+        if wrong:
+            raise CmmError(
+                f"--cache {cache_file} " + " and ".join(wrong) + ".",
+                "Pass --cache alone (its dataset and backbone are recorded in it), or --dataset and --backbone "
+                "without --cache.",
+            )
+    return cache
 
 
 def _run_line(cache, r: dict) -> str:
@@ -121,16 +181,17 @@ def _run_line(cache, r: dict) -> str:
             note = " (already fitted: kept; --force fits it again)"
         elif r.get("replaced"):
             note = " (replaced the run that was there)"
-        line += f"  -> {r['run']}{note}"
-    from rich.markup import escape
-
-    return escape(line)
+        rid = f"run {r['run_id']}: " if r.get("run_id") else ""
+        line += f"  -> {rid}{r['run']}{note}"
+    return line
 
 
 @click.command("fit")
 @cache_options()
 @shots_seeds_options
-@click.option("--method", default="cmm", show_default=True, type=MethodChoice(), help="The method to fit.")
+@click.option(
+    "--method", default="cmm", show_default=True, type=MethodChoice(), help="The method to fit (`cmm-cache methods`)."
+)
 @click.option(
     "--set",
     "set_pairs",
@@ -200,20 +261,27 @@ def fit_cmd(ctx, cache_file, dataset, backbone, shots, seeds, method, set_pairs,
     cmm-cache fit --shots 16 --no-map             # an ablation: another folder than the full CMM's
     cmm-cache fit --method zero-shot              # any registered method; its options with --set KEY=VALUE
     """
-    from cmm_cache.cache.reader import open_cache
-    from cmm_cache.runs.protocol import fit_protocol
+    from rich.markup import escape
+
+    from cmm_cache.runs.protocol import fit_protocol, plan
     from cmm_cache.runs.results import summarize
     from cmm_cache.util import paths
     from cmm_cache.util.device import resolve_device
+    from cmm_cache.util.outputs import check_output_path
 
     options = _method_options(ctx, method, cmm_flags, set_pairs)
-    cache = open_cache(resolve_cache(cache_file, dataset, backbone, cache_dir))
+    if out is not None:
+        out = check_output_path(out, "--out", folder=True)
+    cache = open_selected_cache(cache_file, dataset, backbone, cache_dir)
     root = Path(runs_dir) if runs_dir else paths.runs_dir(cache_dir)
     results = []
-    with Bars(not as_json) as bars:
+    log = progress_sink(f"fit {method} on {cache.dataset_name} × {cache.backbone}")
+    jobs = plan(cache, shots, seeds)  # (a subset the cache lacks is refused here, before anything trains)
+    log.emit(f"fit {method} on {cache.dataset_name} × {cache.backbone}: {_plan_text(jobs)}")
+    with Heartbeat(log), Bars(not as_json, log) as bars:
 
         def progress(k, s):
-            update = bars.task(f"{method} {k}-shot seed {s}", None, "it")
+            update = bars.task(f"fit {method} {k}-shot seed {s}", None, "it")
             return None if update is None else (lambda done, total, loss: update(done, total, _loss(loss)))
 
         for r in fit_protocol(
@@ -230,14 +298,25 @@ def fit_cmd(ctx, cache_file, dataset, backbone, shots, seeds, method, set_pairs,
             progress=progress,
         ):
             results.append(r)
-            console.print(_run_line(cache, r))
+            console.print(_run_line(cache, r), markup=False, soft_wrap=True)
             for w in r.get("warnings") or []:
-                console.print(f"[yellow]warning[/]: {w}")
+                console.print(f"[yellow]warning[/]: {escape(w)}")
+            log.touch()
     summary = summarize(results)
     if len(results) > 1:
-        console.print(summary_table(summary, f"{cache.dataset_name} × {cache.backbone}: test accuracy (%), mean ± std"))
+        over = "mean ± std over seeds" if any(s["runs"] > 1 for s in summary) else "one seed each"
+        console.print(summary_table(summary, f"{cache.dataset_name} × {cache.backbone}: test accuracy (%), {over}"))
     if as_json:
         emit_json(results[0] if len(results) == 1 else {"runs": results, "summary": summary})
+
+
+def _plan_text(jobs) -> str:
+    """``3 runs (4-shot seeds 1, 2, 3)``: what a protocol will fit, as one phrase."""
+    by_k: dict[int, list[int]] = {}
+    for k, s in jobs:
+        by_k.setdefault(k, []).append(s)
+    parts = [f"{k}-shot seed{'s' if len(v) > 1 else ''} {', '.join(map(str, v))}" for k, v in by_k.items()]
+    return f"{len(jobs)} run{'s' if len(jobs) != 1 else ''} ({'; '.join(parts)})"
 
 
 def _loss(loss) -> str:

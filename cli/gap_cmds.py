@@ -10,6 +10,7 @@ from cmm_cache.cli.common import (
     emit_json,
     handle_errors,
     json_option,
+    run_callback,
 )
 
 
@@ -19,8 +20,10 @@ def gap_runs_option(f):
         "--run",
         "run_paths",
         multiple=True,
-        type=click.Path(file_okay=False),
-        help="Run folder written by `fit` (repeat for several: CMM's Fig. 10, one panel and column per run).",
+        callback=run_callback,  # a run id (`cmm-cache runs ls`), a run folder, or a folder of one run
+        metavar="RUN",
+        help="Run id (`cmm-cache runs ls`) or run folder written by `fit` (repeat for several: CMM's Fig. 10, "
+        "one panel and column per run).",
     )(f)
 
 

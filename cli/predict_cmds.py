@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import click
 from cmm_cache.cli.common import (
+    cache_dir_option,
     console,
     device_option,
     emit_json,
     handle_errors,
     json_option,
     pretrained_option,
+    report_not_written,
     run_option,
+    runs_dir_option,
     workers_option,
 )
-from cmm_cache.cli.progress import Bars
+from cmm_cache.cli.progress import Bars, Heartbeat
+from cmm_cache.cli.progress import sink as progress_sink
 
 
 def _table(preds, k):
@@ -51,10 +55,14 @@ def _write_csv(preds, k, path):
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1), help="Images per encoder batch.")
 @workers_option()
 @pretrained_option()
+@runs_dir_option
+@cache_dir_option
 @device_option
 @json_option
 @handle_errors
-def predict_cmd(inputs, run_path, top_k, csv_path, skip_bad, batch_size, workers, pretrained, device, as_json):
+def predict_cmd(
+    inputs, run_path, top_k, csv_path, skip_bad, batch_size, workers, pretrained, runs_dir, cache_dir, device, as_json
+):
     """Classify INPUTS (image files, folders searched recursively, or CSV/TSV/TXT lists of paths) with a run.
 
     The images go through the run's backbone and preprocessing exactly as `extract`
@@ -62,20 +70,25 @@ def predict_cmd(inputs, run_path, top_k, csv_path, skip_bad, batch_size, workers
 
     \b
     cmm-cache predict --run RUN_DIR photo.jpg more_photos/
-    cmm-cache predict --run RUN_DIR list.csv --top-k 5 --json
+    cmm-cache predict --run RUN_ID list.csv --top-k 5 --json      # a run id from `cmm-cache runs ls`
     """
     from cmm_cache.serving.predict import collect_images, load_classifier
     from cmm_cache.serving.predict import top_k as topk
+    from cmm_cache.util.outputs import check_output_path, try_write
 
+    if csv_path:
+        csv_path = check_output_path(csv_path, "--csv")
     paths = collect_images(inputs)
-    clf = load_classifier(run_path, device, pretrained)
-    with Bars(not as_json) as bars:
+    log = progress_sink("predict: loading the run's backbone")
+    with Heartbeat(log):
+        clf = load_classifier(run_path, device, pretrained)
+    with Heartbeat(log), Bars(not as_json, log) as bars:
         got = clf.predict_files(
             paths,
             batch_size=batch_size,
             num_workers=workers,
             skip_bad=skip_bad,
-            progress=bars.task(f"{len(paths)} image(s)", len(paths), "images"),
+            progress=bars.task("predict", len(paths), "images"),
         )
     k = min(top_k, len(clf.classes))
     preds = [
@@ -88,9 +101,11 @@ def predict_cmd(inputs, run_path, top_k, csv_path, skip_bad, batch_size, workers
         console.print(f"[yellow]skipped[/] {escape(s['path'])}: {escape(s['error'])}")
     if not as_json:
         console.print(_table(preds, k))
+    failed = None
     if csv_path:
-        _write_csv(preds, k, csv_path)
-        console.print(f"wrote {len(preds)} rows to {csv_path}")
+        _, failed = try_write("--csv", csv_path, lambda: _write_csv(preds, k, csv_path))
+        if not failed:
+            console.print(f"wrote {len(preds)} rows to {csv_path}", markup=False, soft_wrap=True)
     if as_json:
         res = clf.run.result
         emit_json(
@@ -102,8 +117,10 @@ def predict_cmd(inputs, run_path, top_k, csv_path, skip_bad, batch_size, workers
                 "num_images": len(preds),
                 "predictions": preds,
                 "skipped": got.skipped,
+                "not_written": [failed.to_dict()] if failed else [],
             }
         )
+    report_not_written([failed])
 
 
 COMMANDS = [predict_cmd]

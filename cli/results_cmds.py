@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import click
-from cmm_cache.cli.common import console, emit_json, handle_errors, json_option
+from cmm_cache.cli.common import console, emit_json, handle_errors, json_option, report_not_written
 from cmm_cache.cli.tables import runs_table, summary_table
 
 
@@ -26,19 +26,28 @@ def results_merge(run_dirs, csv_path, as_json):
     \b
     cmm-cache results merge ~/.cache/cmm-cache/runs/dtd --csv dtd.csv
     """
-    from cmm_cache.runs.results import scan_results, summarize, write_csv
+    from rich.markup import escape
 
+    from cmm_cache.runs.results import scan_results, summarize, write_csv
+    from cmm_cache.util.outputs import check_output_path, try_write
+
+    if csv_path:
+        csv_path = check_output_path(csv_path, "--csv")
     results, damaged = scan_results(run_dirs)
     for d in damaged:
-        console.print(f"[yellow]skipped[/] {d['path']}: damaged result.json ({d['error']})")
+        console.print(f"[yellow]skipped[/] {escape(d['path'])}: damaged result.json ({escape(d['error'])})")
     summary = summarize(results)
     console.print(runs_table(results))
     console.print(summary_table(summary, "test accuracy (%), mean ± std over seeds, per configuration"))
+    failed = None
     if csv_path:
-        write_csv(results, csv_path)
-        console.print(f"wrote {len(results)} rows to {csv_path}")
+        _, failed = try_write("--csv", csv_path, lambda: write_csv(results, csv_path))
+        if not failed:
+            console.print(f"wrote {len(results)} rows to {csv_path}", markup=False, soft_wrap=True)
     if as_json:
-        emit_json({"runs": results, "summary": summary, "damaged": damaged})
+        not_written = [failed.to_dict()] if failed else []
+        emit_json({"runs": results, "summary": summary, "damaged": damaged, "not_written": not_written})
+    report_not_written([failed])
 
 
 COMMANDS = [results_group]

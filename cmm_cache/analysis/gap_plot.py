@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CmmError
+from ..util.outputs import check_output_path
 from . import gap
 
 PLOT_FORMATS = (".png", ".svg")
@@ -295,19 +296,9 @@ def check_plot_target(path, projection: str = "pca") -> Path:
         raise CmmError(
             f"Unknown projection '{projection}'.", f"Choose one of: {', '.join(PROJECTIONS)} (pca is the default)."
         )
-    if path.is_dir():
-        raise CmmError(f"--plot {path} is a folder.", "Give a file name ending in .png or .svg.")
-    if path.exists() and not path.is_file():
+    if path.exists() and not path.is_file() and not path.is_dir():
         raise CmmError(f"--plot {path} exists and is not a regular file.", "Give another file name.")
-    folder = path.absolute().parent
-    probe = folder
-    while not probe.exists():  # the first folder that exists must let us create the rest and the file
-        probe = probe.parent
-    if not probe.is_dir():
-        raise CmmError(f"Cannot write {path}: {probe} is not a folder.", "Give a path inside a folder.")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        where = "its folder" if probe == folder else f"{probe}, where its folder would be made,"
-        raise CmmError(f"Cannot write {path}: {where} is not writable.", "Give a path in a folder you can write to.")
+    check_output_path(path, "--plot", suffixes=PLOT_FORMATS)  # the check every output option goes through
     _figure_class()
     if method == "tsne":
         try:

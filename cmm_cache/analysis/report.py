@@ -43,6 +43,7 @@ from cmm_cache.methods.registry import discover
 from cmm_cache.runs.discovery import iter_result_files
 from cmm_cache.runs.results import scan_results
 from cmm_cache.util.atomic import atomic_path, write_text
+from cmm_cache.util.outputs import check_output_path
 
 PAPER_ORDER = (
     "imagenet",
@@ -884,23 +885,13 @@ def check_report_target(out_dir, plot: bool = True) -> Path:
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise CmmError(f"{out} exists and is not a folder.", "Pass --out (or --report) a folder for the report.")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not _writable(probe):
-        raise CmmError(f"Cannot write the report into {out} ({probe} is not writable).", "Pass another folder.")
+    check_output_path(out, "--out", folder=True)  # the check every output option goes through
     if plot and not plotting_available():
         raise CmmError(
             "The report's accuracy-vs-shots plots need matplotlib, which is not installed.",
             "Install the plot extra: pip install 'cmm-cache[plot]' (or pip install matplotlib), or pass --no-plot.",
         )
     return out
-
-
-def _writable(folder: Path) -> bool:
-    import os
-
-    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def _md_escape(s: str) -> str:

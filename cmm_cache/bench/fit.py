@@ -138,6 +138,7 @@ def bench_fit(
     cfg = TrainConfig(iterations=iterations, batch_size=batch_size)
     out = {"device": str(dev), "classes": classes, "dim": dim, "shots": shots, "samples": int(len(x))}
     out.update(iterations=iterations, batch_size=batch_size, machine=machine())
+    log(f"timing {max(repeat, 1)} fit(s): {classes} classes × {dim}-d, {len(x)} samples, {iterations} iterations ...")
     runs = [_one_fit(x, y, T0, cfg, threads) for _ in range(max(repeat, 1))]  # a shared machine is noisy: the fastest
     best = min(runs, key=lambda r: r["fit_seconds"])
     r = best.pop("result")

@@ -33,7 +33,8 @@ def cache_summary(path: str | os.PathLike) -> dict:
         with open_h5(path) as f:
             sizes = {s: int(f[f"splits/{s}/features"].shape[0]) for s in c.split_names}
         row.update(
-            dataset=c.dataset,
+            dataset=c.dataset_name,  # the short name (your own data: `dtd10`, not its path)
+            source=c.dataset,  # the --dataset it was extracted with
             backbone=c.backbone,
             classes=c.num_classes,
             embed_dim=c.embed_dim,

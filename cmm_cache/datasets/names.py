@@ -56,3 +56,9 @@ def dataset_key(dataset: str) -> str:
     p = Path(dataset).expanduser().resolve()
     digest = hashlib.sha256(str(p).encode("utf-8")).hexdigest()[:8]
     return f"{safe_name(user_data_name(p))}-{digest}"
+
+
+def display_name(dataset: str | os.PathLike) -> str:
+    """The name a dataset is shown by: your own data's short name (``dtd10`` for ``path/to/dtd10``, see
+    :func:`user_data_name`), else the name as given (a registered name or alias)."""
+    return user_data_name(dataset) if is_user_data(str(dataset)) else str(dataset)

@@ -62,7 +62,7 @@ def evaluate_run(run: Run, cache: Cache, device="cpu", *, shift: bool = False, o
     acc = evaluate_head(run.head.to(dev), x, y, classes=cls, zero_shot_T0=run.T0.to(dev, torch.float32))
     return {
         "run": str(run.path),
-        "dataset": cache.dataset,
+        "dataset": cache.dataset_name,  # the short name (your own data: `dtd10`, not its path)
         "run_dataset": res["dataset"],
         "backbone": res["backbone"],
         "method": res.get("method") or "cmm",

@@ -15,6 +15,7 @@ still match it.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,11 +103,12 @@ def _identity(cache: Cache, backbone: str, pretrained) -> tuple[object, str | No
     return spec, weights
 
 
-def _per_template(cache: Cache, tower: TextTower, sets: list[str]) -> dict[str, np.ndarray]:
+def _per_template(cache: Cache, tower: TextTower, sets: list[str], progress=None) -> dict[str, np.ndarray]:
 
     out = {}
     for s in sets:
-        per = encode_text_templates(tower, cache.classnames, cache.templates(s))
+        report = None if progress is None else functools.partial(progress, s)
+        per = encode_text_templates(tower, cache.classnames, cache.templates(s), progress=report)
         cos = np.sum(class_text_features(per) * cache.text(s), axis=1)
         if cos.min() < MIN_COSINE:
             raise CmmError(
@@ -126,8 +128,14 @@ def add_text(
     cache_root: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     device: str = "auto",
+    text_progress=None,
+    stage=None,
 ) -> ExtractResult:
-    """Add ``text/<set>/per_template`` to the cache of (`dataset`, `backbone`) (or the file `out`)."""
+    """Add ``text/<set>/per_template`` to the cache of (`dataset`, `backbone`) (or the file `out`).
+
+    `text_progress(template set, prompts done, prompts total)` follows the text encoding; `stage(what)` is
+    called when loading the text tower and writing the file start.
+    """
 
     final = Path(out) if out else find_cache(dataset, backbone, cache_root)  # as fit finds it (short names too)
     if not final.exists():
@@ -143,13 +151,17 @@ def add_text(
         lacking = [s for s in cache.text_sets if not cache.has_per_template(s)]
         if lacking:
             spec, weights = _identity(cache, backbone, pretrained)
-            per = _per_template(cache, load_text_tower(spec, weights, dev), lacking)
+            if stage is not None:
+                stage(f"loading the text tower of {backbone} on {dev}")
+            per = _per_template(cache, load_text_tower(spec, weights, dev), lacking, text_progress)
             made = {
                 "added_by": f"cmm-cache {__version__} extract --add-text",
                 "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "device": dev,
                 "precision": "autocast float16" if dev.startswith("cuda") else "float32",
             }
+            if stage is not None:
+                stage(f"writing {final}")
             add_text_nodes(final, per, made)
             remove_stale_tmp(final)
             result.status = "text-added"

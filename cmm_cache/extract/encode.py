@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,7 +163,9 @@ def iter_encoded(
         yield EncodedBatch(keys=list(keys), features=feats_out, errors=list(errors))
 
 
-def encode_text(backbone, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 256) -> np.ndarray:
+def encode_text(
+    backbone, classnames: Sequence[str], templates: Sequence[str], batch_size: int | None = None
+) -> np.ndarray:
     """Class text features float32 [C, d]: encode every template, average, L2-normalize (paper eq. 2)."""
     return class_text_features(encode_text_templates(backbone, classnames, templates, batch_size))
 
@@ -179,10 +181,22 @@ def class_text_features(per_template: np.ndarray) -> np.ndarray:
     return feats.astype(np.float32)
 
 
+TEXT_BATCH_CUDA = 256
+TEXT_BATCH_CPU = 32  # a CPU encodes a few dozen prompts per second with a large text tower: report often
+
+
 def encode_text_templates(
-    backbone, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 256
+    backbone,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """Raw (un-normalized) text embeddings float32 [C, M, d] of every class × template prompt."""
+    """Raw (un-normalized) text embeddings float32 [C, M, d] of every class × template prompt.
+
+    `progress(prompts done, prompts total)` is called before the first batch and after each one
+    (`batch_size` prompts; default 256 on a GPU, 32 on the CPU).
+    """
     import torch
 
     templates = list(templates)
@@ -190,11 +204,17 @@ def encode_text_templates(
         raise ValueError("no templates")
     prompts = [t.replace("{}", c) if "{}" in t else f"{t} {c}" for c in classnames for t in templates]
     model, device = backbone.model, backbone.device
+    if batch_size is None:
+        batch_size = TEXT_BATCH_CUDA if str(device).startswith("cuda") else TEXT_BATCH_CPU
     out = []
+    if progress is not None:
+        progress(0, len(prompts))
     with torch.inference_mode(), autocast_context(device):
         for i in range(0, len(prompts), batch_size):
             tok = backbone.tokenizer(prompts[i : i + batch_size]).to(device)
             out.append(model.encode_text(tok).float().cpu())
+            if progress is not None:
+                progress(min(i + batch_size, len(prompts)), len(prompts))
     return torch.cat(out, 0).reshape(len(classnames), len(templates), -1).numpy().astype(np.float32)
 
 

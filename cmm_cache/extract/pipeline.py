@@ -17,9 +17,10 @@ Under torchrun (:mod:`cmm_cache.extract.distributed`) every rank runs the same c
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,8 @@ __all__ = [
 ]
 
 DEFAULT_BATCH = 64
+TextProgressFn = Callable[[str, int, int], None]  # (template set, prompts done, prompts total)
+StageFn = Callable[[str], None]  # what starts now, e.g. "loading backbone rn50 on cpu", "writing <path>"
 # Rows per chunk file of the work folder: what a killed run loses at most (per rank). Small files cost
 # little (see the closing note of the change that set it); a resumed run keeps the size it started with.
 DEFAULT_CHUNK_ROWS = 256
@@ -96,6 +99,8 @@ class ExtractRequest:
     loaded_backbone: object = None  # reuse a Backbone already in memory (benchmarks)
     download: bool = False
     progress: ProgressFn | None = field(default=None, repr=False)  # (images done, images total)
+    text_progress: TextProgressFn | None = field(default=None, repr=False)  # (template set, prompts done, total)
+    stage: StageFn | None = field(default=None, repr=False)  # called with what starts now ("loading the backbone")
     on_chunk: ChunkFn | None = field(default=None, repr=False)  # called after each chunk file is written
 
 
@@ -217,6 +222,8 @@ def resolve(req: ExtractRequest, dist: DistContext, device: str) -> ExtractJob:
     plans, fewshot = plan_splits(ds, shots, seeds, int(req.chunk_rows))
     ds.verify({p.name: p.rows for p in plans})
     workers = _workers(req, dist, device)
+    if req.loaded_backbone is None and req.stage is not None:
+        req.stage(f"loading backbone {bb_name} on {device}")
     bb = req.loaded_backbone if req.loaded_backbone is not None else load_backbone(spec, device=device)
     return ExtractJob(
         request=req,
@@ -312,7 +319,13 @@ def _text_embeddings(job: ExtractJob) -> dict:
 
     ds, text = job.ds, job.store.load_text()
     if text is None or set(text) != set(ds.templates) or any(v.ndim != 3 for v in text.values()):
-        text = {name: encode_text_templates(job.bb, ds.classnames, tpl) for name, tpl in ds.templates.items()}
+        report = job.request.text_progress
+        text = {
+            name: encode_text_templates(
+                job.bb, ds.classnames, tpl, progress=None if report is None else functools.partial(report, name)
+            )
+            for name, tpl in ds.templates.items()
+        }
         job.store.save_text(text)
     return text
 
@@ -350,6 +363,8 @@ def finish(job: ExtractJob, enc: _Encoded) -> list[dict]:
 
     skipped: list[dict] = []
     if job.dist.is_main:
+        if job.request.stage is not None:
+            job.request.stage(f"writing {job.final}")
         ds = job.ds
         text = {
             name: (class_text_features(enc.text[name]), ds.templates[name], enc.text[name]) for name in ds.templates

@@ -74,7 +74,7 @@ def train_maps(views_x, y, T0, lrs, lams, epochs, progress=None) -> torch.Tensor
             denom = (v / (1.0 - 0.999**step)).sqrt_().add_(1e-4)
             W.sub_(lr_t * scale * m / denom)
         if progress is not None and (t + 1) % 50 == 0:
-            progress(t + 1, epochs, float(loss) / K)
+            progress(t + 1, epochs, float(loss.detach()) / K)
     return W.detach()
 
 

@@ -182,7 +182,7 @@ def train_keys(data: FitData, keys, values, alpha, beta, epochs, lr, batch, max_
         if improves(acc, best_acc):  # the shared rule; their start: accuracy 0
             best, best_epoch, best_acc = W.detach().clone(), epoch, acc
         if progress is not None:
-            progress(steps, total, float(loss))
+            progress(steps, total, float(loss.detach()))
     return best, best_epoch, history, steps
 
 

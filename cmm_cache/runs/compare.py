@@ -28,6 +28,7 @@ from cmm_cache.errors import CmmError
 from cmm_cache.methods.base import SharedFits
 from cmm_cache.methods.registry import get_method, registered_methods
 from cmm_cache.runs.protocol import (
+    StepFn,
     check_data,
     check_needs,
     finished_result,
@@ -38,8 +39,9 @@ from cmm_cache.runs.protocol import (
     read_once,
     refuse_unmet,
     resolve_method,
+    save_unlost,
 )
-from cmm_cache.runs.store import check_target, save_run, target_dir
+from cmm_cache.runs.store import check_target, target_dir
 from cmm_cache.util.atomic import atomic_path
 
 # ----------------------------------------------------------------------------
@@ -74,6 +76,7 @@ RUN_KEYS = (
     "fit_seconds",
     "iterations",
     "shared_fits",
+    "run_id",
 )
 
 
@@ -88,6 +91,7 @@ def fit_one(
     device="cpu",
     force: bool = False,
     shared: SharedFits | None = None,
+    step: Callable[[str, int, int], StepFn | None] | None = None,
 ) -> dict:
     """Fit one run, save its folder (unless `runs_root` is None) and return its summary row.
 
@@ -103,12 +107,21 @@ def fit_one(
         if check_target(path, ident, force) == "same" and not force:
             stored = finished_result(path)
             return {**{key: stored.get(key) for key in RUN_KEYS}, "run": stored["run"], "skipped": True}
+    on_step = step(method, shots, seed) if step is not None else None
     result, arrays = fit_run(
-        cache, shots, seed, method=method, options=options, templates=templates, device=device, shared=shared
+        cache,
+        shots,
+        seed,
+        method=method,
+        options=options,
+        templates=templates,
+        device=device,
+        shared=shared,
+        step=on_step,
     )
     row = {key: result.get(key) for key in RUN_KEYS}
     if runs_root is not None:
-        row["run"] = str(save_run(cache, result, arrays, runs_root, force=True))
+        row["run"] = str(save_unlost(cache, result, arrays, target_dir(cache, result, runs_root), runs_root))
     return row
 
 
@@ -125,13 +138,15 @@ def compare(
     device="cpu",
     force: bool = False,
     progress: Callable[[int, int, dict], None] | None = None,
+    step: Callable[[str, int, int], StepFn | None] | None = None,
 ) -> dict:
     """Fit every (method, shots, seed); returns {cache, dataset, backbone, methods, shots, seeds, table, runs}.
 
     `options` maps a method name to its options; `max_iterations` caps every trained method
     (:meth:`~cmm_cache.methods.base.Method.capped`); with `runs_root` each run is saved (:func:`fit_one`).
-    `progress(done, total, run_summary)` is called after each run. Runs already saved with the same identity
-    are not fitted again (``skipped`` in their row); `force` refits them.
+    `progress(done, total, run_summary)` is called after each run; `step(method, shots, seed)` may return a
+    ``(done, total, loss)`` callback for that run's training. Runs already saved with the same identity are not
+    fitted again (``skipped`` in their row), so a compare stopped midway resumes; `force` refits them.
     """
     names = resolve_methods(methods)
     cache = read_once(cache)  # every run of every method shares one read of the file
@@ -143,7 +158,7 @@ def compare(
     for k, s in jobs:  # subset by subset: the methods of one subset share what they compute alike
         shared = SharedFits()
         for name in names:
-            row = fit_one(cache, name, k, s, opts[name], runs_root, templates, device, force, shared)
+            row = fit_one(cache, name, k, s, opts[name], runs_root, templates, device, force, shared, step)
             runs.append(row)
             if progress is not None:
                 progress(len(runs), total, row)
@@ -151,7 +166,7 @@ def compare(
     runs.sort(key=lambda r: (order[r["method"]], int(r["shots"]), int(r["seed"])))
     return {
         "cache": str(cache.path),
-        "dataset": cache.dataset,
+        "dataset": cache.dataset_name,  # the short name (your own data: `dtd10`, not its path)
         "backbone": cache.backbone,
         "methods": names,
         "shots": shots,
@@ -198,15 +213,19 @@ def _mean_std(vals: list[float]) -> tuple[float | None, float]:
 
 
 def table(runs: list[dict], methods: list[str], shots: list[int]) -> list[dict]:
-    """One row per method: ``cells[k] = {mean, std, runs, best}`` of test accuracy over seeds (sample std);
-    ``best`` marks the highest mean of each shot column (ties: every one of them)."""
+    """One row per method: ``cells[k] = {mean, std, runs, best, fit_seconds_mean}`` of test accuracy over seeds
+    (sample std) and fit seconds per run of that shot count; ``best`` marks the highest mean of each shot column
+    (ties: every one of them). ``fit_seconds_mean`` of a row is over all its runs."""
     rows = []
     for name in methods:
-        cells, secs = {}, [r["fit_seconds"] for r in runs if r["method"] == name and r.get("fit_seconds") is not None]
+        mine = [r for r in runs if r["method"] == name]
+        cells, secs = {}, [r["fit_seconds"] for r in mine if r.get("fit_seconds") is not None]
         for k in shots:
-            accs = [float(r["test_acc"]) for r in runs if r["method"] == name and int(r["shots"]) == k]
+            accs = [float(r["test_acc"]) for r in mine if int(r["shots"]) == k]
+            k_secs = [r["fit_seconds"] for r in mine if int(r["shots"]) == k and r.get("fit_seconds") is not None]
             mean, std = _mean_std(accs)
             cells[k] = {"mean": mean, "std": std, "runs": len(accs), "best": False}
+            cells[k]["fit_seconds_mean"] = _mean_std(k_secs)[0]
         rows.append({"method": name, "cells": cells, "fit_seconds_mean": _mean_std(secs)[0]})
     for k in shots:
         means = [r["cells"][k]["mean"] for r in rows if r["cells"][k]["mean"] is not None]
@@ -221,7 +240,7 @@ def json_table(rows: list[dict]) -> list[dict]:
 
 
 def long_rows(rows: list[dict]) -> list[dict]:
-    """One row per (method, shots): the CSV form of the table."""
+    """One row per (method, shots): the CSV form of the table (fit seconds: the mean over that row's runs)."""
     out = []
     for r in rows:
         for k, c in r["cells"].items():
@@ -233,7 +252,7 @@ def long_rows(rows: list[dict]) -> list[dict]:
                     "test_acc_std": c["std"],
                     "runs": c["runs"],
                     "best": c["best"],
-                    "fit_seconds_mean": r["fit_seconds_mean"],
+                    "fit_seconds_mean": c.get("fit_seconds_mean"),
                 }
             )
     return out
@@ -264,21 +283,28 @@ def write_table_csv(rows: list[dict], path) -> Path:
 PLOT_FORMATS = (".png", ".svg")
 
 
-def plot(rows: list[dict], path, title: str = "") -> Path:
-    """Test accuracy vs shots, one line per method (error bars: std over seeds), as PNG or SVG."""
-    path = Path(path)
-    if path.suffix.lower() not in PLOT_FORMATS:
-        raise CmmError(f"Cannot write a plot as '{path.suffix or path.name}'.", "Give a .png or .svg file name.")
+def require_matplotlib() -> None:
+    """matplotlib is importable, or one clear error saying how to get it (checked before a compare starts)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only, no display needed
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
         raise CmmError(
             "Writing the plot needs matplotlib, which is not installed.",
             "Install the plot extra: pip install 'cmm-cache[plot]' (or pip install matplotlib).",
         ) from None
+
+
+def plot(rows: list[dict], path, title: str = "") -> Path:
+    """Test accuracy vs shots, one line per method (error bars: std over seeds), as PNG or SVG."""
+    path = Path(path)
+    if path.suffix.lower() not in PLOT_FORMATS:
+        raise CmmError(f"Cannot write a plot as '{path.suffix or path.name}'.", "Give a .png or .svg file name.")
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     colors, markers = plt.get_cmap("tab20").colors, "osD^vPX<>*"  # 13+ methods: no colour used twice
     for i, r in enumerate(rows):

@@ -1,9 +1,13 @@
 """Finding run folders on disk: every result.json under a folder, and the one run a command means.
 
-`eval` without ``--run`` and `predict`/`export` with a dataset name use
-:func:`find_run`; `results merge` uses :func:`iter_result_files`. Both
-layouts are found: ``<backbone>/<method>-<config key>/shot_K-seed_S`` and the
-older ``<backbone>/shot_K-seed_S`` and ``<backbone>/<method>/shot_K-seed_S``.
+- :func:`resolve_run`: what ``--run VALUE`` means (a run id or a unique prefix, a run folder, or a folder holding
+  exactly one run), the one rule behind every command's ``--run`` (the CLI's ``run_option``);
+- :func:`list_runs`: the runs under a root with their short ids (`cmm-cache runs ls`);
+- :func:`find_run`: the run of (dataset, backbone, method, shots, seed), for `eval` without ``--run``;
+- :func:`iter_result_files`: every result.json under a folder (`results merge`).
+
+Every layout is found: ``<backbone>/<method>-<config key>/shot_K-seed_S`` and the older
+``<backbone>/shot_K-seed_S`` and ``<backbone>/<method>/shot_K-seed_S``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from pathlib import Path
 
 from cmm_cache.datasets.names import dataset_key
 from cmm_cache.errors import CmmError
-from cmm_cache.runs.identity import config_changes, result_config_key
+from cmm_cache.runs.identity import config_changes, result_config_key, run_id
+from cmm_cache.runs.store import folder_identity
 from cmm_cache.util.paths import safe_name
 
 
@@ -149,3 +154,167 @@ def find_run(
 def _newest(refs: list[RunRef]) -> RunRef:
     """Of folders holding one config (an old-layout folder and its new one), the one written last."""
     return max(refs, key=lambda r: (r.path / "result.json").stat().st_mtime_ns)
+
+
+# ----------------------------------------------------------------------------
+# Run ids: listing runs and resolving what `--run` was given
+
+_HEX = re.compile(r"[0-9a-f]+")
+MIN_PREFIX = 4  # shorter prefixes of a run id are not taken as ids
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run folder as `runs ls` shows it."""
+
+    run_id: str | None
+    path: Path
+    dataset: str
+    backbone: str
+    method: str
+    config_key: str | None
+    shots: int
+    seed: int
+    test_acc: float | None
+
+    def to_dict(self) -> dict:
+        return {
+            "run_id": self.run_id,
+            "method": self.method,
+            "config_key": self.config_key,
+            "dataset": self.dataset,
+            "backbone": self.backbone,
+            "shots": self.shots,
+            "seed": self.seed,
+            "test_acc": self.test_acc,
+            "path": str(self.path),
+        }
+
+    def line(self) -> str:
+        acc = "-" if self.test_acc is None else f"{self.test_acc:.2f} %"
+        return (
+            f"{self.run_id or '-'}  {self.method} {self.shots}-shot seed {self.seed}, {self.dataset} × {self.backbone}"
+            f", test {acc}: {self.path}"
+        )
+
+
+def folder_run_id(path: Path, result: dict | None = None) -> str | None:
+    """The run id of a run folder: recorded in its result.json, else computed from its identity (runs written
+    before ids were recorded; :func:`cmm_cache.runs.store.folder_identity`). None when it holds no readable run."""
+    if isinstance(result, dict) and isinstance(result.get("run_id"), str) and result["run_id"]:
+        return result["run_id"]
+    ident = folder_identity(Path(path))
+    return run_id(ident) if ident else None
+
+
+def _info(ref: RunRef) -> RunInfo:
+    r = ref.result
+    acc = r.get("test_acc")
+    return RunInfo(
+        run_id=folder_run_id(ref.path, r),
+        path=ref.path,
+        dataset=str(r.get("dataset") or "?"),
+        backbone=str(r.get("backbone") or "?"),
+        method=ref.method,
+        config_key=ref.config_key,
+        shots=ref.shots,
+        seed=ref.seed,
+        test_acc=float(acc) if isinstance(acc, (int, float)) and not isinstance(acc, bool) else None,
+    )
+
+
+def _same_dataset(given: str, recorded: str) -> bool:
+    from cmm_cache.datasets.manifests import resolve_name
+    from cmm_cache.datasets.names import display_name
+
+    if given == recorded or display_name(given) == recorded:
+        return True
+    a, b = resolve_name(given), resolve_name(recorded)
+    return a is not None and a == b
+
+
+def list_runs(
+    runs_root, *, dataset: str | None = None, method: str | None = None, backbone: str | None = None
+) -> list[RunInfo]:
+    """Every readable run under `runs_root` (any layout), optionally only those of a dataset (its name, alias, or
+    your data's short name or path), a method (`_` for `-` accepted) or a backbone; sorted by dataset,
+    backbone, method, config, shots and seed."""
+    root = Path(runs_root)
+    if not root.is_dir():
+        return []
+    want_method = None
+    if method:
+        from cmm_cache.methods.registry import get_method
+
+        try:
+            want_method = get_method(method).name
+        except CmmError:
+            want_method = method
+    runs = []
+    for ref in scan_runs(root):
+        info = _info(ref)
+        if dataset and not _same_dataset(dataset, info.dataset):
+            continue
+        if want_method and info.method != want_method:
+            continue
+        if backbone and safe_name(backbone).lower() != safe_name(info.backbone).lower():
+            continue
+        runs.append(info)
+    return sorted(runs, key=lambda i: (i.dataset, i.backbone, i.method, i.config_key or "", i.shots, i.seed))
+
+
+def _listing(runs: list[RunInfo], limit: int = 20) -> str:
+    lines = [f"  {i.line()}" for i in runs[:limit]]
+    if len(runs) > limit:
+        lines.append(f"  ... and {len(runs) - limit} more (`cmm-cache runs ls` lists them all)")
+    return "\n".join(lines)
+
+
+def resolve_run(value, runs_root) -> Path:
+    """The run folder `--run VALUE` means, one rule for every command that takes a run:
+
+    - a run folder (it holds result.json): that folder;
+    - a folder holding exactly one run (at any depth): that run; several: an error listing them (with ids);
+    - a run id from `cmm-cache runs ls` under `runs_root`, or a unique prefix of one (at least 4 hex digits).
+
+    Anything else is one :class:`CmmError` saying what was looked for and what there is.
+    """
+    text = str(value).strip()
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if (path / "result.json").is_file():
+            return path
+        found = [_info(r) for r in scan_runs(path)]
+        if len(found) == 1:
+            return found[0].path
+        if not found:
+            raise CmmError(
+                f"No run in {path}: it holds no result.json, nor any folder with one.",
+                "Pass a run folder written by `cmm-cache fit`, or a run id from `cmm-cache runs ls`.",
+            )
+        raise CmmError(
+            f"{path} holds {len(found)} runs; which one?\n" + _listing(found),
+            "Pass one run's id (the first column) or its folder.",
+        )
+    if path.exists():
+        raise CmmError(f"{path} is a file, not a run folder.", "Pass a run folder or a run id (`cmm-cache runs ls`).")
+    ident = text.lower()
+    if len(ident) >= MIN_PREFIX and _HEX.fullmatch(ident):
+        runs = list_runs(runs_root)
+        hits = [i for i in runs if i.run_id and i.run_id.startswith(ident)]
+        if len(hits) == 1:
+            return hits[0].path
+        if len(hits) > 1:
+            raise CmmError(
+                f"Run id {text} fits {len(hits)} runs:\n" + _listing(hits), "Give more digits of the run id."
+            )
+        raise CmmError(
+            f"No run with id {text} under {runs_root}"
+            + ("" if runs else " (no runs there)")
+            + ", and no folder of that name.",
+            "`cmm-cache runs ls` lists the runs and their ids (--runs-dir / --cache-dir choose where to look).",
+        )
+    raise CmmError(
+        f"No run folder {path}.",
+        "Pass a run folder written by `cmm-cache fit`, or a run id from `cmm-cache runs ls`.",
+    )

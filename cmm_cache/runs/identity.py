@@ -69,8 +69,17 @@ def run_id(identity: dict) -> str:
 
 
 def identity_differences(a: dict, b: dict) -> list[str]:
-    """``["backbone: 'rn50' vs 'tiny'", ...]`` for the identity fields that differ."""
-    return [f"{f}: {a.get(f)!r} vs {b.get(f)!r}" for f in IDENTITY_FIELDS if a.get(f) != b.get(f)]
+    """``["backbone: 'rn50' vs 'tiny'", ...]`` for the identity fields that differ (hashes cut to 12 digits)."""
+
+    def show(f, v):
+        return repr(v[:12] + "...") if f == "cache_content_sha256" and isinstance(v, str) else repr(v)
+
+    names = {"cache_content_sha256": "cache content", "config_key": "config key"}
+    return [
+        f"{names.get(f, f)}: {show(f, a.get(f))} vs {show(f, b.get(f))}"
+        for f in IDENTITY_FIELDS
+        if a.get(f) != b.get(f)
+    ]
 
 
 def _runtime_options(method: str) -> tuple:

@@ -157,17 +157,20 @@ def fit_run(
     options: dict | None = None,
     device: str | torch.device | None = None,
     shared: SharedFits | None = None,
+    step: StepFn | None = None,
 ) -> tuple[dict, dict]:
     """Fit `method` on the (shots, seed) subset of `cache`, select its hyper-parameters
     on the val subset, evaluate on test. Returns (result dict, arrays for weights.npz).
 
     `options` are the method's (see :mod:`cmm_cache.methods`; CMM's are the fields of its
-    ``TrainConfig`` plus ``alpha`` and ``threads``). `progress(done, loss)` follows a trained method's iterations.
+    ``TrainConfig`` plus ``alpha`` and ``threads``). `progress(done, loss)` follows a trained method's iterations;
+    `step(done, total, loss)` does the same with the total.
     `shared`: the store of results the methods of this one subset share (:class:`~cmm_cache.methods.base.SharedFits`;
     give the same store to every method fitted on this (cache, shots, seed, templates, device), and only to those).
     """
     m, opts = resolve_method(method, options)
-    step = None if progress is None else (lambda done, total, loss: progress(done, loss))
+    if step is None and progress is not None:
+        step = lambda done, total, loss: progress(done, loss)  # noqa: E731
     return _fit_one(read_once(cache), shots, seed, m, opts, templates, torch.device(device or "cpu"), step, shared)
 
 
@@ -272,6 +275,21 @@ def planned_identity(cache: Cache, m: Method, opts: dict, templates: str | None,
     )
 
 
+def save_unlost(cache: Cache, result: dict, arrays: dict, where, runs_root=None, out=None, several=False) -> Path:
+    """:func:`cmm_cache.runs.store.save_run` after the fit; a folder that cannot be written now (a full disk, a
+    folder removed meanwhile) is one CmmError that still gives the run's result and names the folder."""
+    try:
+        return save_run(cache, result, arrays, runs_root, out, force=True, several=several)
+    except OSError as e:
+        acc = result.get("test_acc")
+        raise CmmError(
+            f"The {result['method']} {result['shots']}-shot seed {result['seed']} run was fitted (test "
+            f"{'-' if acc is None else f'{acc:.2f}'} %, val {result.get('val_acc')}) but not written: {where} "
+            f"({type(e).__name__}: {e.strerror or e}).",
+            "Make room or fix the folder and run the same command again: runs already written are kept.",
+        ) from None
+
+
 def finished_result(path: Path) -> dict:
     """The stored result of a finished run folder (for a run that is skipped), with ``run`` and ``skipped``."""
     result = json.loads((Path(path) / "result.json").read_text(encoding="utf-8"))
@@ -360,6 +378,6 @@ def fit_protocol(
             continue
         result, arrays = next(fitted)
         if save:
-            result["run"] = str(save_run(cache, result, arrays, runs_root, out, force=True, several=several))
+            result["run"] = str(save_unlost(cache, result, arrays, where[job], runs_root, out, several))
             result["replaced"] = found[job] != "absent"
         yield result

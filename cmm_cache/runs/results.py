@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 
 from cmm_cache.errors import CmmError
-from cmm_cache.runs.discovery import iter_result_files
+from cmm_cache.runs.discovery import folder_run_id, iter_result_files
 from cmm_cache.runs.identity import result_config_key
 from cmm_cache.util.atomic import atomic_path
 
@@ -84,7 +84,7 @@ def _problem(r) -> str | None:
 def scan_results(run_dirs) -> tuple[list[dict], list[dict]]:
     """(results, damaged) of run folders (a folder holding run folders is searched).
 
-    Each result gets ``run`` (its folder) and ``config_key``; each damaged
+    Each result gets ``run`` (its folder), ``run_id`` and ``config_key``; each damaged
     entry is ``{"path": ..., "error": ...}``.
     """
     out, damaged = [], []
@@ -104,6 +104,7 @@ def scan_results(run_dirs) -> tuple[list[dict], list[dict]]:
                 damaged.append({"path": str(f), "error": why})
                 continue
             r["run"] = str(f.parent)
+            r["run_id"] = folder_run_id(f.parent, r)
             r["config_key"] = result_config_key(r)
             r.setdefault("method", "cmm")
             out.append(r)
@@ -116,10 +117,11 @@ def read_results(run_dirs) -> list[dict]:
 
 
 def write_csv(results: list[dict], path: str | os.PathLike) -> Path:
-    """One row per run: the Results fields, the provenance hash and the run folder (written atomically)."""
+    """One row per run: the Results fields, the run id, the provenance hash and the run folder (written
+    atomically)."""
 
     path = Path(path)
-    cols = RESULT_FIELDS + ["cache_provenance_sha256", "run"]
+    cols = RESULT_FIELDS + ["run_id", "cache_provenance_sha256", "run"]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()

@@ -422,7 +422,7 @@ def test_missing_plot_packages_are_named_before_any_work(planted, tmp_path, noth
 
 def test_nothing_to_measure_and_runs_without_a_common_before(planted, tmp_path, nothing_computed):
     fails(["gap"], "Nothing to measure", "--cache FILE", "--run RUN")
-    fails(["gap", "--run", tmp_path / "nowhere"], "No run at")
+    fails(["gap", "--run", tmp_path / "nowhere"], "No run folder", "cmm-cache runs ls")
     two = fit(planted["cache"], planted["runs_dir"], "--iterations", "50", shots=2)
     fails(["gap", "--run", planted["cmm"], "--run", two, "--split", "train"], "few-shot subsets differ")
     other, _ = make_cache(tmp_path / "other.h5", seed=5, shots=(4,), seeds=(1,), provenance={"note": "another world"})

@@ -238,7 +238,7 @@ def test_out_with_another_config_names_force_and_out(tmp_path):
     path, _ = make_cache(tmp_path / "c.h5", C=4, d=8, shots=(1,), seeds=(1,))
     _run(["fit", "--cache", str(path), "--out", str(tmp_path / "r"), *FAST])
     r = _run(["fit", "--cache", str(path), "--out", str(tmp_path / "r"), "--no-triplet", *FAST], ok=False)
-    assert r.exit_code == 2 and "holds another run (config_key" in " ".join(r.output.split()) and "--force" in r.output
+    assert r.exit_code == 2 and "holds another run (config key" in " ".join(r.output.split()) and "--force" in r.output
     _run(["fit", "--cache", str(path), "--out", str(tmp_path / "r"), "--no-triplet", "--force", *FAST])
 
 

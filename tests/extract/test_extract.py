@@ -244,6 +244,6 @@ def test_cli_extract_logs_progress_when_stderr_is_not_a_terminal():
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)  # stdout holds the JSON object only
     n = out["images_encoded"]
-    lines = [line for line in r.stderr.splitlines() if line.startswith("extract tiny × tiny: ")]
+    lines = [line for line in r.stderr.splitlines() if line.startswith("extract tiny × tiny: ") and " images" in line]
     assert n > 0 and lines[0] == f"extract tiny × tiny: 0/{n} images", r.stderr
     assert lines[-1].startswith(f"extract tiny × tiny: {n}/{n} images (100.0 %), "), r.stderr

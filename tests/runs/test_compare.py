@@ -32,10 +32,17 @@ def test_table_is_mean_and_sample_std_with_the_best_of_each_column_marked():
     runs = _runs({("a", 1): [50, 60], ("b", 1): [55, 55], ("a", 4): [70, 80], ("b", 4): [75, 75], ("c", 4): [10]})
     rows = table(runs, ["a", "b", "c"], [1, 4])
     a, b, c = rows
-    assert a["cells"][1] == {"mean": 55.0, "std": pytest.approx(7.071, abs=1e-3), "runs": 2, "best": True}
+    assert a["cells"][1] == {
+        "mean": 55.0,
+        "std": pytest.approx(7.071, abs=1e-3),
+        "runs": 2,
+        "best": True,
+        "fit_seconds_mean": 0.5,
+    }
     assert b["cells"][1]["best"] and b["cells"][1]["std"] == 0.0  # a tie: both marked
     assert a["cells"][4]["best"] and b["cells"][4]["best"] and not c["cells"][4]["best"]
-    assert c["cells"][1] == {"mean": None, "std": 0.0, "runs": 0, "best": False} and c["cells"][4]["std"] == 0.0
+    assert c["cells"][1] == {"mean": None, "std": 0.0, "runs": 0, "best": False, "fit_seconds_mean": None}
+    assert c["cells"][4]["std"] == 0.0
     flat = long_rows(rows)
     assert len(flat) == 6 and flat[0] == {
         "method": "a",
