@@ -99,10 +99,8 @@ def benchmark_cmd(
     torchrun --nproc-per-node 4 -m cmm_cache benchmark --datasets paper --backbone rn50    # one shard per GPU
     sbatch --array=0-7 --wrap "cmm-cache benchmark --datasets paper --backbone rn50"      # one shard per task
     """
-    from cmm_cache.cli.compare_cmds import _method_options
 
     from cmm_cache.analysis.report import check_report_target, report
-    from cmm_cache.runs.benchmark import benchmark
     from cmm_cache.util import paths
 
     root = Path(runs_dir) if runs_dir else paths.runs_dir(cache_dir)
@@ -135,7 +133,13 @@ def benchmark_cmd(
             console.print(f"adding per-template text to {path} ...", markup=False)
             run_add_text(dataset, backbone, cache_root=cache_dir, out=path, device=device)
 
+    from cmm_cache.cli.progress import Heartbeat
+    from cmm_cache.cli.progress import sink as progress_sink
+
+    log = progress_sink("benchmark")  # a line at least every ~10 s in a log, also while one long run trains
+
     def started(s):
+        log.touch()
         console.print(
             f"benchmark: {s['jobs']} jobs; shard {s['shard']['index']}/{s['shard']['count']} "
             f"({s['shard']['source']}): {s['shard_jobs']} jobs, {s['already_finished']} already finished; "
@@ -144,6 +148,8 @@ def benchmark_cmd(
         )
 
     def progress(done, total, r, job):  # on stderr, also with --json
+        log.touch()
+        log.set_status(f"benchmark: {done}/{total} runs done")
         if r.get("skipped"):
             console.print(f"[{done}/{total}] {job.label()}: already finished", markup=False)
             return
@@ -153,7 +159,38 @@ def benchmark_cmd(
             markup=False,
         )
 
-    out = benchmark(
+    with Heartbeat(log):
+        out = _run(datasets, backbones, methods, shots, seeds, method_options, max_iterations, templates, cache_dir,
+                   root, device, force, shard, jobs, extract, add_text, progress, started)  # fmt: skip
+    console.print(
+        f"ran {out['ran']}, skipped {out['skipped']} (finished before); {out['finished']} of {out['jobs']} jobs "
+        "of the whole benchmark are finished",
+        markup=False,
+    )
+    if out_dir is not None and out["complete"]:
+        with Heartbeat(progress_sink("report")):
+            written = report(out["run_folders"], out_dir, plot=not no_plot)
+        out["report"] = {k: v for k, v in written.items() if k != "summary"}
+        if not as_json:
+            _print_report(written)
+    elif out_dir is not None:
+        out["report"] = None
+        console.print(
+            "The report is written by the process that finishes the last job (other shards are still running), "
+            f"or at any time by: cmm-cache report {root} --out {out_dir}",
+            markup=False,
+        )
+    if as_json:
+        emit_json({k: v for k, v in out.items() if k != "run_folders"})
+
+
+def _run(datasets, backbones, methods, shots, seeds, method_options, max_iterations, templates, cache_dir, root,
+         device, force, shard, jobs, extract, add_text, progress, started):  # fmt: skip
+    from cmm_cache.cli.compare_cmds import _method_options
+
+    from cmm_cache.runs.benchmark import benchmark
+
+    return benchmark(
         datasets,
         backbones,
         methods,
@@ -173,25 +210,6 @@ def benchmark_cmd(
         progress=progress,
         before_training=started,
     )
-    console.print(
-        f"ran {out['ran']}, skipped {out['skipped']} (finished before); {out['finished']} of {out['jobs']} jobs "
-        "of the whole benchmark are finished",
-        markup=False,
-    )
-    if out_dir is not None and out["complete"]:
-        written = report(out["run_folders"], out_dir, plot=not no_plot)
-        out["report"] = {k: v for k, v in written.items() if k != "summary"}
-        if not as_json:
-            _print_report(written)
-    elif out_dir is not None:
-        out["report"] = None
-        console.print(
-            "The report is written by the process that finishes the last job (other shards are still running), "
-            f"or at any time by: cmm-cache report {root} --out {out_dir}",
-            markup=False,
-        )
-    if as_json:
-        emit_json({k: v for k, v in out.items() if k != "run_folders"})
 
 
 @click.command("report")
