@@ -14,6 +14,7 @@ from cmm_cache.cli.common import (
     handle_errors,
     int_list,
     json_option,
+    max_image_pixels_option,
     pretrained_option,
     workers_option,
 )
@@ -83,6 +84,7 @@ def _backbone_help() -> str:
         "text encoder only, image features kept. Image options are ignored."
     ),
 )
+@max_image_pixels_option
 @data_root_option
 @cache_dir_option
 @device_option
@@ -101,6 +103,7 @@ def extract_cmd(
     out,
     download,
     add_text,
+    max_image_pixels,
     data_root,
     cache_dir,
     device,
@@ -139,6 +142,7 @@ def extract_cmd(
             force=force,
             progress=prog,
             download=download,
+            max_image_pixels=max_image_pixels,
         )
     _report(r, as_json)
 

@@ -9,6 +9,7 @@ from cmm_cache.cli.common import (
     emit_json,
     handle_errors,
     json_option,
+    max_image_pixels_option,
     pretrained_option,
     run_option,
     workers_option,
@@ -50,11 +51,14 @@ def _write_csv(preds, k, path):
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and classify the others (default: stop).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1), help="Images per encoder batch.")
 @workers_option()
+@max_image_pixels_option
 @pretrained_option()
 @device_option
 @json_option
 @handle_errors
-def predict_cmd(inputs, run_path, top_k, csv_path, skip_bad, batch_size, workers, pretrained, device, as_json):
+def predict_cmd(
+    inputs, run_path, top_k, csv_path, skip_bad, batch_size, workers, max_image_pixels, pretrained, device, as_json
+):
     """Classify INPUTS (image files, folders searched recursively, or CSV/TSV/TXT lists of paths) with a run.
 
     The images go through the run's backbone and preprocessing exactly as `extract`
@@ -76,6 +80,7 @@ def predict_cmd(inputs, run_path, top_k, csv_path, skip_bad, batch_size, workers
             num_workers=workers,
             skip_bad=skip_bad,
             progress=bars.task(f"{len(paths)} image(s)", len(paths), "images"),
+            max_image_pixels=max_image_pixels,
         )
     k = min(top_k, len(clf.classes))
     preds = [

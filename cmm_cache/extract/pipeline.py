@@ -95,6 +95,7 @@ class ExtractRequest:
     record_last: bool = True  # remember this cache for `fit` without arguments
     loaded_backbone: object = None  # reuse a Backbone already in memory (benchmarks)
     download: bool = False
+    max_image_pixels: int | None = None  # larger images are unreadable [default: encode.DEFAULT_MAX_IMAGE_PIXELS]
     progress: ProgressFn | None = field(default=None, repr=False)  # (images done, images total)
     on_chunk: ChunkFn | None = field(default=None, repr=False)  # called after each chunk file is written
 
@@ -334,6 +335,7 @@ def run(job: ExtractJob) -> _Encoded:
             skip_bad=req.skip_bad,
             progress=req.progress,
             on_chunk=req.on_chunk,
+            max_image_pixels=req.max_image_pixels,
         )
         enc = _Encoded(text, done, resumed, time.perf_counter() - t)
     except Exception as e:  # every rank must hear of it, or the others wait for this one forever
