@@ -27,7 +27,7 @@ from cmm_cache.backbones.load import load_backbone
 from cmm_cache.backbones.registry import resolve_backbone
 from cmm_cache.cache.info import cache_summary
 from cmm_cache.cache.locate import cache_path, record_last_extract
-from cmm_cache.cache.lock import CacheLock
+from cmm_cache.cache.lock import CacheLock, check_not_read
 from cmm_cache.cache.partial import PartialStore, SplitPlan
 from cmm_cache.cache.reader import open_cache
 from cmm_cache.cache.writer import assemble_cache, remove_stale_tmp
@@ -262,6 +262,7 @@ def _prepare(job: ExtractJob) -> dict:
     """Rank 0, lock held: up to date, resume the work folder, or start one."""
     store, request, chunk_rows = job.store, job.fingerprint, int(job.request.chunk_rows)
     if job.request.force:
+        check_not_read(job.final)  # before any work: a cache another process reads is not replaced
         store.clear()
     elif job.final.exists():
         _check_existing(job.final, request)

@@ -17,7 +17,6 @@ method chose everything on the few-shot val subset.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from cmm_cache.cache.reader import Cache, Split
 from cmm_cache.errors import CmmError
 from cmm_cache.evaluation.metrics import evaluate_head, split_features
+from cmm_cache.heads.run_folder import read_result
 from cmm_cache.methods.base import Method, fit_data
 from cmm_cache.methods.registry import get_method
 from cmm_cache.runs.identity import config_key, run_id, run_identity, typed_options
@@ -233,7 +233,7 @@ def planned_identity(cache: Cache, m: Method, opts: dict, templates: str | None,
 
 def finished_result(path: Path) -> dict:
     """The stored result of a finished run folder (for a run that is skipped), with ``run`` and ``skipped``."""
-    result = json.loads((Path(path) / "result.json").read_text(encoding="utf-8"))
+    result = read_result(path)
     return {**result, "run": str(path), "skipped": True}
 
 

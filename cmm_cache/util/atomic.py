@@ -142,11 +142,17 @@ def fsync_path(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike, suffix: str = "", fsync: bool = True) -> Iterator[Path]:
+def atomic_path(
+    final: str | os.PathLike,
+    suffix: str = "",
+    fsync: bool = True,
+    replace_guard: Callable[[], contextlib.AbstractContextManager] | None = None,
+) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `final`, on any error it is removed.
 
     ``suffix`` keeps an extension some writers insist on (``np.savez`` adds ``.npz``). A disk-full or
-    permission error (in the block or in the rename) becomes one :class:`WriteFailed`.
+    permission error (in the block or in the rename) becomes one :class:`WriteFailed`. ``replace_guard()``
+    is held around the rename (a cache waits there for the processes reading the old file).
     """
     final = Path(final)
     with write_errors(final):
@@ -158,7 +164,8 @@ def atomic_path(final: str | os.PathLike, suffix: str = "", fsync: bool = True) 
             if fsync:
                 with open(tmp, "rb+") as fh:
                     os.fsync(fh.fileno())
-            os.replace(tmp, final)
+            with replace_guard() if replace_guard is not None else contextlib.nullcontext():
+                os.replace(tmp, final)
             if fsync:
                 fsync_path(final.parent)
     finally:
