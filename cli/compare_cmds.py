@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -19,6 +20,7 @@ from cmm_cache.cli.common import (
     shots_seeds_options,
     templates_option,
 )
+from rich.markup import escape
 
 
 def _method_options(pairs) -> dict:
@@ -110,10 +112,13 @@ def compare_cmd(
     )
 
     from cmm_cache.cache.reader import open_cache
-    from cmm_cache.runs.compare import compare, json_table, plot, resolve_methods, write_table_csv
+    from cmm_cache.runs.compare import check_plot, compare, json_table, plot, resolve_methods, write_table_csv
     from cmm_cache.util import paths
+    from cmm_cache.util.atomic import WriteFailed
     from cmm_cache.util.device import resolve_device
 
+    if plot_path:
+        check_plot(plot_path)  # no matplotlib, or no .png/.svg: said before any run is fitted
     cache = open_cache(resolve_cache(cache_file, dataset, backbone, cache_dir))
     names = resolve_methods(methods)
     opts = _method_options(method_options)
@@ -141,19 +146,28 @@ def compare_cmd(
         device=resolve_device(device),
         progress=progress,
     )
-    if csv_path:
-        out["csv"] = str(write_table_csv(out["table"], csv_path))
-    if plot_path:
-        out["plot"] = str(plot(out["table"], plot_path, f"{out['dataset']} × {out['backbone']}"))
+    failed = None  # a file that could not be written (disk full, permission): the table is still shown
+    try:
+        if csv_path:
+            out["csv"] = str(write_table_csv(out["table"], csv_path))
+        if plot_path:
+            out["plot"] = str(plot(out["table"], plot_path, f"{out['dataset']} × {out['backbone']}"))
+    except WriteFailed as e:
+        failed = e
     if as_json:
-        emit_json({**out, "table": json_table(out["table"])})
-        return
-    console.print(_table(out))
-    for key, what in (("csv", "table"), ("plot", "plot")):
-        if key in out:
-            console.print(f"wrote the {what}: {out[key]}")
-    if root is not None:
-        console.print(f"run folders under {root}")
+        err = {"error": failed.message, "hint": failed.hint, "exit_code": 2} if failed else {}
+        emit_json({**out, "table": json_table(out["table"]), **err})
+    else:
+        console.print(_table(out))
+        for key, what in (("csv", "table"), ("plot", "plot")):
+            if key in out:
+                console.print(f"wrote the {what}: {out[key]}", markup=False)
+        if root is not None:
+            console.print(f"run folders under {root}", markup=False)
+    if failed:
+        console.print(f"[bold red]error:[/] {escape(failed.message)}")
+        console.print(escape(failed.hint or ""))
+        sys.exit(2)
 
 
 @click.command("methods")

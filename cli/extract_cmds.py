@@ -19,6 +19,7 @@ from cmm_cache.cli.common import (
     workers_option,
 )
 from cmm_cache.cli.progress import ImageProgress
+from rich.markup import escape
 
 
 def _show_progress(as_json: bool) -> bool:
@@ -151,14 +152,14 @@ def _report(r, as_json: bool) -> None:
     if r.rank != 0:
         return
     for note in r.notes:
-        console.print(f"[yellow]note[/]: {note}")
+        console.print(f"[yellow]note[/]: {escape(note)}")
     if as_json:
         emit_json(r.to_dict())
         return
     if r.status == "text-added":
-        console.print(f"[green]added text embeddings[/] to {r.path}")
+        console.print(f"[green]added text embeddings[/] to {escape(r.path)}")
     elif r.status == "up-to-date":
-        console.print(f"[green]up to date[/]: {r.path} (use --force to re-extract)")
+        console.print(f"[green]up to date[/]: {escape(r.path)} (use --force to re-extract)")
     else:
         sizes = ", ".join(f"{k} {v}" for k, v in r.splits.items())
         console.print(
@@ -171,7 +172,7 @@ def _report(r, as_json: bool) -> None:
     if r.skipped:
         console.print(f"[yellow]skipped {len(r.skipped)} unreadable image(s)[/] (listed in the provenance):")
         for s in r.skipped[:10]:
-            console.print(f"  {s['split']} row {s['row']}: {s['path']} ({s['error']})")
+            console.print(f"  {s['split']} row {s['row']}: {s['path']} ({s['error']})", markup=False)
 
 
 COMMANDS = [extract_cmd]

@@ -19,6 +19,7 @@ from cmm_cache.cli.common import (
 )
 from cmm_cache.cli.progress import Bars
 from cmm_cache.cli.tables import summary_table
+from rich.markup import escape
 
 
 class MethodChoice(click.Choice):
@@ -232,7 +233,7 @@ def fit_cmd(ctx, cache_file, dataset, backbone, shots, seeds, method, set_pairs,
             results.append(r)
             console.print(_run_line(cache, r))
             for w in r.get("warnings") or []:
-                console.print(f"[yellow]warning[/]: {w}")
+                console.print(f"[yellow]warning[/]: {escape(w)}")
     summary = summarize(results)
     if len(results) > 1:
         console.print(summary_table(summary, f"{cache.dataset_name} × {cache.backbone}: test accuracy (%), mean ± std"))

@@ -95,7 +95,7 @@ def predict_cmd(
         console.print(_table(preds, k))
     if csv_path:
         _write_csv(preds, k, csv_path)
-        console.print(f"wrote {len(preds)} rows to {csv_path}")
+        console.print(f"wrote {len(preds)} rows to {csv_path}", markup=False)
     if as_json:
         res = clf.run.result
         emit_json(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from cmm_cache.cli.common import console, emit_json, handle_errors, json_option
 from cmm_cache.cli.tables import runs_table, summary_table
+from rich.markup import escape
 
 
 @click.group("results")
@@ -30,13 +31,13 @@ def results_merge(run_dirs, csv_path, as_json):
 
     results, damaged = scan_results(run_dirs)
     for d in damaged:
-        console.print(f"[yellow]skipped[/] {d['path']}: damaged result.json ({d['error']})")
+        console.print(f"[yellow]skipped[/] {escape(d['path'])}: damaged result.json ({escape(d['error'])})")
     summary = summarize(results)
     console.print(runs_table(results))
     console.print(summary_table(summary, "test accuracy (%), mean ± std over seeds, per configuration"))
     if csv_path:
         write_csv(results, csv_path)
-        console.print(f"wrote {len(results)} rows to {csv_path}")
+        console.print(f"wrote {len(results)} rows to {csv_path}", markup=False)
     if as_json:
         emit_json({"runs": results, "summary": summary, "damaged": damaged})
 

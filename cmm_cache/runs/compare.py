@@ -212,21 +212,30 @@ def write_table_csv(rows: list[dict], path) -> Path:
 PLOT_FORMATS = (".png", ".svg")
 
 
-def plot(rows: list[dict], path, title: str = "") -> Path:
-    """Test accuracy vs shots, one line per method (error bars: std over seeds), as PNG or SVG."""
+def check_plot(path) -> None:
+    """Refuse, before any work, a plot that could not be written: a format other than PNG/SVG, or no
+    matplotlib (the optional ``[plot]`` extra)."""
     path = Path(path)
     if path.suffix.lower() not in PLOT_FORMATS:
         raise CmmError(f"Cannot write a plot as '{path.suffix or path.name}'.", "Give a .png or .svg file name.")
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only, no display needed
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
         raise CmmError(
             "Writing the plot needs matplotlib, which is not installed.",
             "Install the plot extra: pip install 'cmm-cache[plot]' (or pip install matplotlib).",
         ) from None
+
+
+def plot(rows: list[dict], path, title: str = "") -> Path:
+    """Test accuracy vs shots, one line per method (error bars: std over seeds), as PNG or SVG."""
+    path = Path(path)
+    check_plot(path)
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     colors, markers = plt.get_cmap("tab20").colors, "osD^vPX<>*"  # 13+ methods: no colour used twice
     for i, r in enumerate(rows):

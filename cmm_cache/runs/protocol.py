@@ -32,6 +32,7 @@ from cmm_cache.methods.base import Method, fit_data
 from cmm_cache.methods.registry import get_method
 from cmm_cache.runs.identity import config_key, run_id, run_identity, typed_options
 from cmm_cache.runs.store import check_target, save_run, target_dir
+from cmm_cache.util.atomic import WriteFailed
 from cmm_cache.util.device import resolve_device
 from cmm_cache.util.versions import versions
 
@@ -315,6 +316,11 @@ def fit_protocol(
             continue
         result, arrays = next(fitted)
         if save:
-            result["run"] = str(save_run(cache, result, arrays, runs_root, out, force=True, several=several))
+            try:
+                result["run"] = str(save_run(cache, result, arrays, runs_root, out, force=True, several=several))
+            except WriteFailed as e:  # disk full, permission: the result is still shown, then the error
+                result.update(run=None, save_error=e.message)
+                yield result
+                raise
             result["replaced"] = found[job] != "absent"
         yield result
