@@ -43,7 +43,8 @@ from cmm_cache.heads.base import (
     value_problem,
 )
 from cmm_cache.heads.cmm import CMMHead, Model
-from cmm_cache.util.atomic import stale_dirs
+from cmm_cache.util.atomic import recover_dir, stale_dirs
+from cmm_cache.util.lock import FileLock
 
 FILES = ("result.json", "classes.json", "provenance.json", "weights.npz")
 _RETRIES = 200  # x _RETRY_S: how long a reader waits for a replacement in progress to finish
@@ -157,15 +158,61 @@ def _read_folder(run_dir: Path, names=FILES) -> tuple[dict[str, bytes], int]:
     """The raw bytes of `names` in `run_dir`, all through one handle on the folder, and the folder's inode."""
     dfd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
-        return {n: _read_at(dfd, n) for n in names}, os.fstat(dfd).st_ino
+        ino = os.fstat(dfd).st_ino
+        try:
+            return {n: _read_at(dfd, n) for n in names}, ino
+        except _Gone as e:
+            e.ino = ino  # the folder it went from (replaced meanwhile if the path now holds another)
+            raise
     finally:
         os.close(dfd)
 
 
+RUN_LOCK_WAIT_S = 600.0  # a second writer of one run waits this long for the first (a save takes a moment)
+
+
+def run_lock(run_dir: str | os.PathLike, wait: float | None = RUN_LOCK_WAIT_S) -> FileLock:
+    """The lock of one run folder: ``.<name>.lock`` beside it. Writers of the same run take turns (the second
+    waits for the first, up to `wait` seconds; None: refused at once); readers need it only to put back a run
+    a killed save left aside (:func:`read_files`)."""
+    run_dir = Path(run_dir)
+
+    def busy(holder: str) -> CmmError:
+        return CmmError(
+            f"Another process has been writing the run at {run_dir} for {wait or 0:.0f} s"
+            + (f" ({holder})." if holder else "."),
+            "Wait for it to finish, or stop it; then run the same command again.",
+        )
+
+    return FileLock(run_dir.with_name(f".{run_dir.name}.lock"), busy, wait=wait)
+
+
 def _replacing(run_dir: Path) -> bool:
-    """A save of this run is in progress (its temporary or old folder is there)."""
+    """A save of this run is in progress, or was killed mid-way (its temporary or old folder is there).
+
+    A run left aside by a save killed between the two renames of the fallback (no atomic exchange on this
+    file system) is moved back here when no writer holds the run's lock (best effort: a reader that may not
+    write there waits and then says there is no run)."""
     try:
-        return bool(stale_dirs(run_dir))
+        stale = stale_dirs(run_dir)
+    except OSError:
+        return False
+    if stale and not run_dir.exists():
+        try:
+            with run_lock(run_dir, wait=None):  # taken: no save is at work, so none will finish this one
+                recover_dir(run_dir)
+                return run_dir.exists()
+        except CmmError:
+            return True  # a writer holds the lock: it is between its renames, the run is back in a moment
+        except OSError:
+            pass  # this folder is not writable here: wait a moment all the same
+    return bool(stale)
+
+
+def _swapped(run_dir: Path, ino: int | None) -> bool:
+    """The folder read from (inode `ino`) is no longer the one at the path: the run was replaced meanwhile."""
+    try:
+        return ino is not None and os.stat(run_dir).st_ino != ino
     except OSError:
         return False
 
@@ -179,7 +226,7 @@ def read_files(run_dir: str | os.PathLike, names=FILES) -> dict[str, bytes]:
         try:
             return _read_folder(run_dir, names)[0]
         except (_Gone, FileNotFoundError) as e:
-            if attempt + 1 < _RETRIES and _replacing(run_dir):
+            if attempt + 1 < _RETRIES and (_swapped(run_dir, getattr(e, "ino", None)) or _replacing(run_dir)):
                 time.sleep(_RETRY_S)
                 continue
             if run_dir.is_dir() and (run_dir / "result.json").is_file():

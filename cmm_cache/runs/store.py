@@ -37,10 +37,9 @@ from cmm_cache.cache.schema import content_sha256
 from cmm_cache.datasets.fewshot import group_name
 from cmm_cache.datasets.names import dataset_key, is_user_data
 from cmm_cache.errors import CmmError
-from cmm_cache.heads.run_folder import read_files, read_result
+from cmm_cache.heads.run_folder import read_files, read_result, run_lock
 from cmm_cache.runs.identity import identity_differences, result_config_key, run_identity
 from cmm_cache.util.atomic import atomic_dir, recover_dir, remove_stale_dirs, write_errors, write_synced
-from cmm_cache.util.lock import FileLock
 from cmm_cache.util.paths import runs_dir, safe_name
 
 # ----------------------------------------------------------------------------
@@ -116,24 +115,6 @@ def check_target(path: Path, identity: dict, force: bool = False) -> str:
 
 # ----------------------------------------------------------------------------
 # Writing and reading a run folder
-
-
-RUN_LOCK_WAIT_S = 600.0  # a second writer of one run waits this long for the first (a save takes a moment)
-
-
-def run_lock(run_dir: str | os.PathLike) -> FileLock:
-    """The lock of one run folder: ``.<name>.lock`` beside it. Writers of the same run take turns (the second
-    waits for the first, up to :data:`RUN_LOCK_WAIT_S`); readers never need it (a replacement is atomic)."""
-    run_dir = Path(run_dir)
-
-    def busy(holder: str) -> CmmError:
-        return CmmError(
-            f"Another process has been writing the run at {run_dir} for {RUN_LOCK_WAIT_S:.0f} s"
-            + (f" ({holder})." if holder else "."),
-            "Wait for it to finish, or stop it; then run the same command again.",
-        )
-
-    return FileLock(run_dir.with_name(f".{run_dir.name}.lock"), busy, wait=RUN_LOCK_WAIT_S)
 
 
 def _tidy(run_dir: Path) -> None:
