@@ -143,14 +143,23 @@ def _compile(cc: str, flags: list[str], out_dir: Path, name: str) -> None:
             os.chmod(htmp, 0o600)
 
 
+_pinned: list[int] = []  # folder descriptors of loaded libraries, kept open (see _open_verified)
+
+
 def _open_verified(out_dir: Path, name: str) -> ctypes.CDLL:
-    """Load `out_dir/name` after checking the folder and the file (private, no links) and its recorded sha256,
-    from the very descriptor that was checked and hashed. :class:`_Unusable` when any check fails."""
+    """Load `out_dir/name` after checking the folder and the file (private, no links) and its recorded sha256.
+    :class:`_Unusable` when any check fails.
+
+    The library is loaded through the checked folder's descriptor (``/proc/self/fd/<folder>/<name>``), so a
+    folder swapped at its path after the check is never the one loaded from. That descriptor stays open for
+    the life of the process: the dynamic loader remembers libraries by the path string, and a number in use
+    is never handed to another folder, so a later load never gets an earlier library by its name."""
     try:
         recorded = read_private_file(out_dir, name + HASH_SUFFIX).decode("ascii", "replace").strip()
         dfd, ffd = open_private_file(out_dir, name)
     except (NotPrivate, OSError) as e:
         raise _Unusable(str(e)) from None
+    keep = False
     try:
         h = hashlib.sha256()
         while True:
@@ -160,10 +169,12 @@ def _open_verified(out_dir: Path, name: str) -> ctypes.CDLL:
             h.update(b)
         if h.hexdigest() != recorded:
             raise _Unusable(f"{out_dir / name} does not match the sha256 recorded when it was built")
-        via_fd = f"/proc/self/fd/{ffd}"
-        target = via_fd if os.path.exists(via_fd) else str(out_dir / name)
+        via_fd = f"/proc/self/fd/{dfd}"
+        target = f"{via_fd}/{name}" if os.path.isdir(via_fd) else str(out_dir / name)
         try:
-            lib = _bind(ctypes.CDLL(target))
+            loaded = ctypes.CDLL(target)
+            keep = target.startswith(via_fd)  # loaded (even if unusable): its path string stays taken
+            lib = _bind(loaded)
             if lib.cmm_abi_version() != ABI_VERSION:
                 raise _Unusable(f"{out_dir / name} does not match this version (ABI)")
         except (OSError, AttributeError) as e:  # not a library, or not ours: missing symbols
@@ -171,7 +182,10 @@ def _open_verified(out_dir: Path, name: str) -> ctypes.CDLL:
         return lib
     finally:
         os.close(ffd)
-        os.close(dfd)
+        if keep:
+            _pinned.append(dfd)
+        else:
+            os.close(dfd)
 
 
 def _build_and_load(cc: str, out_dir: Path) -> tuple[ctypes.CDLL | None, str, str | None]:
