@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -57,23 +59,28 @@ def load_image(path: str, flip: bool = False, max_pixels: int | None = None):
     from PIL import Image, ImageOps
 
     limit = DEFAULT_MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
-    Image.MAX_IMAGE_PIXELS = limit  # PIL warns above it and refuses above twice: the same limit everywhere
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > limit:
-                raise ImageTooLarge(_too_large(w, h, limit))
-            im.load()
-            img = im.convert("RGB")
-    except Image.DecompressionBombError as e:
-        raise ImageTooLarge(f"{e}; raise the limit with --max-image-pixels if the image is genuine") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused here instead
+            Image.MAX_IMAGE_PIXELS = None  # the header's size is checked here, with a message naming it
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > limit:
+                    raise ImageTooLarge(_too_large(f"{w} × {h} = {w * h / 1e6:.1f} Mpx", limit))
+                Image.MAX_IMAGE_PIXELS = limit  # PIL's own checks while decoding (frames, tiles) use it too
+                im.load()
+                img = im.convert("RGB")
+    except Image.DecompressionBombError as e:  # PIL refused while decoding (above twice its limit)
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        raise ImageTooLarge(_too_large(f"{int(m.group(1)) / 1e6:.1f} Mpx" if m else "too large", limit)) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     return ImageOps.mirror(img) if flip else img
 
 
-def _too_large(w: int, h: int, limit: int) -> str:
+def _too_large(size: str, limit: int) -> str:
     return (
-        f"{w} × {h} = {w * h / 1e6:.1f} Mpx, above the limit of {limit / 1e6:.1f} Mpx "
-        "(raise it with --max-image-pixels if the image is genuine)"
+        f"{size}, above the limit of {limit / 1e6:.1f} Mpx (raise it with --max-image-pixels if the image is genuine)"
     )
 
 
