@@ -184,8 +184,7 @@ def show_library_warnings() -> None:
     """Route the library's warnings to the console, once per process."""
     lib = logging.getLogger("cmm_cache")
     if _warnings_handler not in lib.handlers:
-        lib.addHandler(_warnings_handler)
-        lib.propagate = False  # printed here, not a second time by logging's last-resort handler
+        lib.addHandler(_warnings_handler)  # (with a handler here, logging's last-resort printer stays silent)
 
 
 def handle_errors(f):

@@ -91,7 +91,10 @@ class CacheHandle:
             self.fd = None
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
 
 
 def _no_file(path: Path) -> CmmError:

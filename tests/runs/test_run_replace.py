@@ -3,6 +3,7 @@ run, concurrent writers serialized, readers never told "no run" while a run is b
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -172,3 +173,20 @@ def test_concurrent_saves_and_a_reader(tmp_path, fallback, monkeypatch):
     assert r_stats["reads"] > 0
     assert read_result(run)["fit_seconds"] in (10 + n - 1, 1000 + n - 1)  # the last save of one of the two wins
     assert [p.name for p in run.parent.iterdir()] == [run.name]  # no temporary, old or lock file left
+
+
+def test_merge_and_discovery_skip_temporary_and_old_folders(tmp_path):
+    """What a killed save leaves (hidden `.tmp-`/`.old-` copies of a run) is never counted as a run."""
+    from support.tiny_run import cli
+
+    from cmm_cache.runs.discovery import scan_runs
+
+    run = tmp_path / "runs" / "shot_1-seed_1"
+    save(run, 1)
+    for name in (f".{run.name}.tmp-999", f".{run.name}.old-998"):
+        shutil.copytree(run, run.with_name(name))
+    assert [r.path for r in scan_runs(tmp_path / "runs")] == [run]
+    out = json.loads(cli(["results", "merge", tmp_path / "runs", "--json"]).stdout)
+    assert [r["run"] for r in out["runs"]] == [str(run)] and out["summary"][0]["runs"] == 1
+    save(run, 2)  # the next save removes them
+    assert [p.name for p in run.parent.iterdir()] == [run.name]

@@ -110,3 +110,12 @@ def test_local_weights_are_found_in_the_users_own_record_and_checked(tmp_path):
     r = cli(["predict", "--run", run, img], ok=False)
     assert r.exit_code == 2 and "is not the one expected" in " ".join(r.output.split())
     assert torch.isfinite(load_classifier(run, "cpu").predict_features(np.ones((1, 32)))).all()  # no weights needed
+
+
+def test_a_list_that_is_not_utf8_is_one_message(tmp_path_factory, tmp_path):
+    t = tiny_run(tmp_path_factory)
+    lst = tmp_path / "list.csv"
+    lst.write_bytes("path\nphoto-\xe9t\xe9.png\n".encode("latin-1"))
+    r = cli(["predict", "--run", t.run, lst], ok=False)
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "is not UTF-8 text" in text and "Traceback" not in r.output
