@@ -93,21 +93,29 @@ def find_run_path(run_path, shift, dataset, backbone, method, shots, seed, runs_
     help="Cache to evaluate on [default: the run's own cache, or <cache-dir>/<shift>/<backbone>.h5]; "
     "another cache of the run's backbone and classes is accepted.",
 )
+@click.option(
+    "--save",
+    is_flag=True,
+    help="Keep the result beside the run (<run>/evals/<dataset>.json), where `cmm-cache report` finds it.",
+)
 @runs_dir_option
 @cache_dir_option
 @device_option
 @json_option
 @handle_errors
-def eval_cmd(run_path, shift, dataset, backbone, method, shots, seed, cache_file, runs_dir, cache_dir, device, as_json):
+def eval_cmd(
+    run_path, shift, dataset, backbone, method, shots, seed, cache_file, save, runs_dir, cache_dir, device, as_json
+):
     """Re-evaluate a fitted run (any method) on its test split, or an ImageNet run on a shift set.
 
     \b
     cmm-cache eval --run RUN_DIR
     cmm-cache eval --shift imagenet-sketch          # the default-config 16-shot seed-1 ImageNet CMM run
+    cmm-cache eval --shift imagenet-v2 --run RUN_DIR --save   # kept for `cmm-cache report` (its shift table)
     """
     from cmm_cache.cache.locate import find_cache
     from cmm_cache.cache.reader import open_cache
-    from cmm_cache.evaluation.scoring import evaluate_run
+    from cmm_cache.evaluation.scoring import evaluate_run, save_evaluation
     from cmm_cache.heads.run_folder import load_run
     from cmm_cache.util import paths
     from cmm_cache.util.device import resolve_device
@@ -124,6 +132,8 @@ def eval_cmd(run_path, shift, dataset, backbone, method, shots, seed, cache_file
         if not cache_file and not target.is_file():  # the recorded file moved: try the standard place
             target = find_cache(res["dataset"], res["backbone"], cache_dir)
     out = evaluate_run(run, open_cache(target), resolve_device(device), shift=bool(shift), own=not cache_file)
+    if save:
+        out["saved"] = str(save_evaluation(run, out))
     a = "" if out["alpha"] is None else f", alpha {out['alpha']:.1f}"
     zs = "-" if out["zero_shot_test_acc"] is None else f"{out['zero_shot_test_acc']:.2f}"
     only = "" if out["cmm_only_test_acc"] is None else f", CMM logits only {out['cmm_only_test_acc']:.2f}"
@@ -135,6 +145,8 @@ def eval_cmd(run_path, shift, dataset, backbone, method, shots, seed, cache_file
     )
     if not shift and not out["fitted_on_this_cache"]:
         console.print(f"note: {out['cache']} is another cache than the one the run was fitted on", markup=False)
+    if save:
+        console.print(f"kept beside the run: {out['saved']}", markup=False)
     if as_json:
         emit_json(out)
 

@@ -30,6 +30,7 @@ def _register() -> None:
     # `cmm-cache --help` stays fast.
     from cmm_cache.cli import (
         bench_cmds,
+        benchmark_cmds,
         cache_cmds,
         compare_cmds,
         data_cmds,
@@ -37,6 +38,7 @@ def _register() -> None:
         export_cmds,
         extract_cmds,
         fit_cmds,
+        gap_cmds,
         predict_cmds,
         results_cmds,
     )
@@ -51,6 +53,8 @@ def _register() -> None:
         export_cmds,
         results_cmds,
         compare_cmds,
+        benchmark_cmds,
+        gap_cmds,
         bench_cmds,
     )
     for mod in mods:

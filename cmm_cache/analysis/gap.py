@@ -284,9 +284,9 @@ def l2m(v, y, t, *, normalize_class_means: bool = False, block: int = DEFAULT_BL
     Schrodi et al.'s ``compute_l2m`` exactly. Pairing each class mean with its own prototype (both
     over K) keeps a subset that lacks classes from comparing different class sets.
 
-    ``normalize_class_means=True`` re-normalizes each m_c first (a centre of class *directions*, the
-    literal reading of "μ_c the normalized class mean" in the team's DESIGN.md); that is a different
-    number, not comparable with published L2M values, so it is not the default.
+    ``normalize_class_means=True`` re-normalizes each m_c first (a centre of class *directions*, what
+    "μ_c the normalized class mean" would mean if read into L2M); that is a different number, not
+    comparable with published L2M values, so it is not the default (``gap --l2m-normalized-means``).
     Range [0, 2]; 0 when the class-balanced image centre sits on the text centre.
     """
     return _l2m(_prepare(v, y, t, block), normalize_class_means)
@@ -551,16 +551,28 @@ def _similarity_distributions(s: _Set, max_pairs: int, seed: int, return_values:
 # All of them
 
 
-def gap_measures(v, y, t, *, max_pairs: int = DEFAULT_MAX_PAIRS, seed: int = 0, block: int = DEFAULT_BLOCK) -> dict:
+def gap_measures(
+    v,
+    y,
+    t,
+    *,
+    max_pairs: int = DEFAULT_MAX_PAIRS,
+    seed: int = 0,
+    block: int = DEFAULT_BLOCK,
+    l2m_normalized_means: bool = False,
+) -> dict:
     """Every gap measure of one (image features, labels, text prototypes) set, JSON-ready.
 
     {"images", "classes", "classes_with_images", "dim",
      "l2m", "l2m_image_centre": "class-balanced", "prototype_gap": {"l2", "cos", "classes"},
      "rmg", "rmg_parts": {...}, "similarities": {...}} — see :func:`l2m`, :func:`prototype_gap`,
     :func:`rmg_parts`, :func:`similarity_distributions` for each formula. Normalizes once.
+    ``l2m_normalized_means=True`` adds "l2m_normalized_means", :func:`l2m`'s other variant (each class
+    mean re-normalized first); "l2m" stays the published definition.
     """
     s = _prepare(v, y, t, block)
     parts = _rmg_parts(s)
+    extra = {"l2m_normalized_means": _l2m(s, True)} if l2m_normalized_means else {}
     return {
         "images": s.n,
         "classes": s.C,
@@ -568,6 +580,7 @@ def gap_measures(v, y, t, *, max_pairs: int = DEFAULT_MAX_PAIRS, seed: int = 0, 
         "dim": int(s.vh.shape[1]),
         "l2m": _l2m(s),
         "l2m_image_centre": "class-balanced (mean of per-class means of normalized image features)",
+        **extra,
         "prototype_gap": _prototype_gap(s),
         "rmg": parts["rmg"],
         "rmg_parts": {k: val for k, val in parts.items() if k != "rmg"},

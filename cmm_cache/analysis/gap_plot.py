@@ -282,6 +282,46 @@ def _check_path(path) -> Path:
     return path
 
 
+def check_plot_target(path, projection: str = "pca") -> Path:
+    """Everything ``--plot`` needs, checked before any work: a .png/.svg name, a folder that exists (or can be
+    made) and is writable, no folder already at that path, matplotlib, and the projection's package.
+
+    Returns the path. Raises :class:`CmmError` with what to do, so a command fails in a second rather than
+    after computing the measures.
+    """
+    path = _check_path(path)
+    method = str(projection).lower()
+    if method not in PROJECTIONS:
+        raise CmmError(
+            f"Unknown projection '{projection}'.", f"Choose one of: {', '.join(PROJECTIONS)} (pca is the default)."
+        )
+    if path.is_dir():
+        raise CmmError(f"--plot {path} is a folder.", "Give a file name ending in .png or .svg.")
+    if path.exists() and not path.is_file():
+        raise CmmError(f"--plot {path} exists and is not a regular file.", "Give another file name.")
+    folder = path.absolute().parent
+    probe = folder
+    while not probe.exists():  # the first folder that exists must let us create the rest and the file
+        probe = probe.parent
+    if not probe.is_dir():
+        raise CmmError(f"Cannot write {path}: {probe} is not a folder.", "Give a path inside a folder.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "its folder" if probe == folder else f"{probe}, where its folder would be made,"
+        raise CmmError(f"Cannot write {path}: {where} is not writable.", "Give a path in a folder you can write to.")
+    _figure_class()
+    if method == "tsne":
+        try:
+            import sklearn.manifold  # noqa: F401
+        except ImportError:
+            raise CmmError("The t-SNE projection needs scikit-learn, which is not installed.", TSNE_HINT) from None
+    elif method == "umap":
+        try:
+            import umap  # noqa: F401
+        except ImportError:
+            raise CmmError("The UMAP projection needs umap-learn, which is not installed.", UMAP_HINT) from None
+    return path
+
+
 def _figure_class():
     try:
         import matplotlib  # noqa: F401

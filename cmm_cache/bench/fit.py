@@ -24,7 +24,6 @@ import time
 
 import torch
 
-from cmm_cache.bench.parallel import usable_cores
 from cmm_cache.bench.protocol import bench_protocol
 from cmm_cache.evaluation.metrics import evaluate_head
 from cmm_cache.heads.base import normalize_rows
@@ -34,6 +33,7 @@ from cmm_cache.methods.trainers import ops
 from cmm_cache.methods.trainers.cmm import kernel
 from cmm_cache.methods.trainers.cmm.trainer import Runtime, TrainConfig, fit_reference, train_cmm
 from cmm_cache.util.device import resolve_device
+from cmm_cache.util.parallel import usable_cores
 from cmm_cache.util.versions import versions
 
 

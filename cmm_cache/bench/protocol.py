@@ -11,7 +11,7 @@ two ways:
 * ``sequential`` — the runs one after another in this process, each choosing
   its threads as :func:`~cmm_cache.methods.trainers.cmm.trainer.train_cmm` does;
 * ``parallel`` — the runs spread over one worker process per core, one thread
-  each (:func:`cmm_cache.bench.parallel.parallel_map`).
+  each (:func:`cmm_cache.util.parallel.parallel_map`).
 
 It reports the wall time of each, and where the time goes: the training loops,
 the rest of each run (cache reads, set-up, alpha search, test evaluation,
@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cmm_cache.bench.parallel import default_processes, parallel_map
 from cmm_cache.cache.reader import Split, open_cache
 from cmm_cache.cache.writer import write_cache
 from cmm_cache.datasets.fewshot import group_name
 from cmm_cache.runs.protocol import fit_run, read_once
 from cmm_cache.runs.store import write_run
+from cmm_cache.util.parallel import default_processes, parallel_map
 
 DTD = {"classes": 47, "test_per_class": 36}  # DTD: 47 classes, 1692 test images
 

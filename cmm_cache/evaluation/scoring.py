@@ -3,6 +3,8 @@ classes, or an ImageNet shift set (only the classes the shift set holds are scor
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from cmm_cache.backbones.identity import backbone_differences, describe_differences
@@ -12,6 +14,11 @@ from cmm_cache.errors import CmmError
 from cmm_cache.evaluation.metrics import evaluate_head, split_features
 from cmm_cache.evaluation.shift import shift_classes
 from cmm_cache.heads.run_folder import Run
+from cmm_cache.util.atomic import write_json
+from cmm_cache.util.paths import safe_name
+
+EVAL_SCHEMA = "cmm-eval/1"
+EVALS_FOLDER = "evals"  # <run folder>/evals/<dataset>.json: evaluations kept beside their run (`eval --save`)
 
 
 def check_cache(run: Run, cache: Cache, *, own: bool) -> bool:
@@ -72,6 +79,17 @@ def evaluate_run(run: Run, cache: Cache, device="cpu", *, shift: bool = False, o
         "cache_provenance_sha256": cache.provenance_sha256,
         "fitted_on_this_cache": same,
     }
+
+
+def save_evaluation(run: Run, out: dict) -> Path:
+    """Keep an :func:`evaluate_run` result beside its run: ``<run>/evals/<dataset>.json`` (atomic), tagged with
+    the run's id so a reader can tell it belongs to the run now in the folder (a refit replaces the folder,
+    and its evaluations with it). `cmm-cache report` reads these for the shift table."""
+    from cmm_cache.datasets.manifests import resolve_name
+
+    name = resolve_name(str(out["dataset"])) or str(out["dataset"])
+    doc = {"schema": EVAL_SCHEMA, "run_id": run.result.get("run_id"), "dataset_resolved": name, **out}
+    return write_json(Path(run.path) / EVALS_FOLDER / (safe_name(name) + ".json"), doc)
 
 
 def check_same_backbone(run: Run, cache: Cache) -> None:

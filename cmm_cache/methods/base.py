@@ -21,6 +21,8 @@ by :mod:`cmm_cache.methods.registry`, no list to edit)::
 from __future__ import annotations
 
 import functools
+import json
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,6 +54,8 @@ class FitData:
     dataset: str = ""  # the cache's dataset name (some methods' published settings are per dataset)
     # Raw per-template text embeddings [C, M, d], loaded on demand (only some methods need them).
     _per_template: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+    # Results several methods of this subset compute alike (owned by the runner; None: nothing is shared).
+    _shared: SharedFits | None = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -69,6 +73,49 @@ class FitData:
                 "Use a cache written by `cmm-cache extract` (or add them with `extract --add-text`).",
             )
         return torch.from_numpy(np.asarray(self._per_template(), dtype=np.float32)).to(self.device)
+
+    def shared(self, name: str, depends: dict, compute: Callable[[], object]):
+        """``compute()``, or its result when another method of this subset already computed it.
+
+        `name` says what it is (one of the method's :attr:`Method.shares`), `depends` everything it depends
+        on beyond this subset (options, initial weights' recipe): two calls share a result only when both
+        agree. The result is shared as it is: a method must not modify it in place. Without a runner-owned
+        store (a lone ``fit``), this is ``compute()``.
+        """
+        if self._shared is None:
+            return compute()
+        return self._shared.get(name, depends, compute)
+
+
+class SharedFits:
+    """Intermediate results that several methods fitted on one few-shot subset compute alike, computed once.
+
+    The runner (:mod:`cmm_cache.runs.compare`, :mod:`cmm_cache.runs.benchmark`) owns one store per (cache,
+    shots, seed, templates, device) and hands it to every :class:`FitData` of that subset; a method reaches it
+    through :meth:`FitData.shared`. Keys are (name, the canonical JSON of what the result depends on), so a
+    method with other options gets its own result. :attr:`log` records, per key, whether it was computed here
+    or reused, and how long computing it took (a reused fit costs its second user nothing).
+    """
+
+    def __init__(self):
+        self._store: dict[tuple[str, str], tuple[object, float]] = {}
+        self.log: list[dict] = []
+
+    def get(self, name: str, depends: dict, compute: Callable[[], object]):
+        key = (name, json.dumps(depends, sort_keys=True, separators=(",", ":"), default=str))
+        reused = key in self._store
+        if not reused:
+            t0 = time.perf_counter()
+            value = compute()
+            self._store[key] = (value, time.perf_counter() - t0)
+        value, seconds = self._store[key]
+        self.log.append({"name": name, "reused": reused, "seconds": round(seconds, 3)})
+        return value
+
+    def take_log(self) -> list[dict]:
+        """The uses since the last call (one method's fit), and forget them."""
+        out, self.log = self.log, []
+        return out
 
 
 @dataclass
@@ -101,6 +148,20 @@ class Method:
     budget: str | None = None  # the option that bounds its optimizer steps (what `compare --max-iterations` caps)
     rank: int = 50  # where it stands in `compare --methods all` and tables: simple baselines first, CMM last
     selection: str = "few-shot val"  # how it chooses its hyper-parameters (shown in the methods table)
+    # What a cache must hold besides features, text and few-shot subsets (names of NEEDS, e.g.
+    # "per_template_text", "views:4"): checked for every run before any run trains.
+    needs: tuple = ()
+    # Intermediate results it computes through FitData.shared, by name: runs of methods that share a name on
+    # one subset are kept in one process so the result is computed once.
+    shares: tuple = ()
+    # Expected cost of one run at its default options: the fit seconds `cmm-cache bench compare --shots 16
+    # --seeds 1` measured on a DTD-sized synthetic cache (47 classes, 1024-d) on a busy 2-core CPU; trained
+    # methods scale it by the fraction of their budget a cap leaves. Only balances benchmark shards
+    # (runs/benchmark.py); it never changes a result.
+    cost: float = 1.0
+    # precheck(data, options) raises CmmError when the method cannot fit this subset with these options
+    # (e.g. no batch size fits): called for every run before any run trains.
+    precheck: Callable[[FitData, dict], None] | None = None
 
     def resolve(self, options: dict | None) -> dict:
         """Defaults overlaid with `options`; an unknown option is one clear error."""
@@ -122,6 +183,63 @@ class Method:
         have = opts.get(self.budget, self.defaults.get(self.budget))
         opts[self.budget] = int(cap) if have is None else min(int(cap), int(have))
         return opts
+
+    def expected_cost(self, options: dict | None = None) -> float:
+        """:attr:`cost` scaled by the share of its default budget that `options` leave (a capped run costs less)."""
+        opts = self.resolve(options)
+        full = self.defaults.get(self.budget) if self.budget else None
+        if not full or opts.get(self.budget) is None:
+            return float(self.cost)
+        return float(self.cost) * min(1.0, max(int(opts[self.budget]), 1) / int(full))
+
+
+# ----------------------------------------------------------------------------
+# What a method needs from a cache (checked before anything trains)
+
+
+@dataclass(frozen=True)
+class Unmet:
+    """A need a cache does not meet: what is missing and the command that adds it."""
+
+    need: str
+    message: str
+    command: str
+
+
+def _per_template_text(cache, templates: str | None) -> str | None:
+    name = templates or cache.default_templates
+    if name in cache.text_sets and cache.has_per_template(name):
+        return None
+    return f"per-template text embeddings of template set '{name}' (text/{name}/per_template)"
+
+
+def _views(cache, templates: str | None, n: int) -> str | None:
+    views = cache.split("train").views
+    return None if len(views) >= n else f"{n} train views per image (it holds {len(views)}: {', '.join(views)})"
+
+
+def unmet_needs(method: Method, cache, templates: str | None = None) -> list[Unmet]:
+    """The :attr:`Method.needs` that `cache` does not meet, each with the command that adds it.
+
+    ``per_template_text``: the cache's ``text/<set>/per_template`` node (``extract --add-text`` adds it);
+    ``views:N``: at least N train views per image (a cache extracted with them). An unknown need is a programming
+    error in the method's declaration.
+    """
+    out = []
+    where = f"--dataset {cache.dataset} --backbone {cache.backbone}"
+    for need in method.needs:
+        kind, _, arg = str(need).partition(":")
+        if kind == "per_template_text":
+            miss = _per_template_text(cache, templates)
+            cmd = f"cmm-cache extract {where} --out {cache.path} --add-text"
+        elif kind == "views":
+            miss = _views(cache, templates, int(arg))
+            cmd = ""  # no option of `extract` sets the number of views: the message says what the cache needs
+        else:
+            raise ValueError(f"method {method.name!r} declares an unknown need {need!r}")
+        if miss:
+            out.append(Unmet(str(need), f"{cache.path} lacks {miss}, which {method.name} needs", cmd))
+    return out
 
 
 @contextmanager
@@ -164,8 +282,11 @@ def scoped(fit: Callable[..., MethodResult] | None = None, *, single_thread: boo
     return wrap(fit) if fit is not None else wrap
 
 
-def fit_data(cache, shots: int, seed: int, templates: str | None = None, device="cpu") -> FitData:
-    """The :class:`FitData` of one (shots, seed) subset of an open cache (train and val only)."""
+def fit_data(
+    cache, shots: int, seed: int, templates: str | None = None, device="cpu", shared: SharedFits | None = None
+) -> FitData:
+    """The :class:`FitData` of one (shots, seed) subset of an open cache (train and val only); `shared` is the
+    runner's store of results the methods of this subset share (:class:`SharedFits`)."""
     dev = torch.device(device)
     train_rows, val_rows = cache.fewshot(shots, seed)
     train = cache.split("train")
@@ -194,6 +315,7 @@ def fit_data(cache, shots: int, seed: int, templates: str | None = None, device=
         templates=cache.templates(name),
         dataset=str(cache.dataset),
         _per_template=lambda: cache.text_per_template(name),
+        _shared=shared,
     )
 
 

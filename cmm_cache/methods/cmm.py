@@ -47,6 +47,11 @@ def select_alpha(
     return chosen.value, chosen.score
 
 
+def precheck(data: FitData, options: dict) -> None:
+    """Options the trainer would refuse (unknown fusion, zero iterations, ...), refused before anything trains."""
+    TrainConfig(**{k: v for k, v in options.items() if k not in ("alpha", "threads")}).validate()
+
+
 def fit_cmm(data: FitData, options: dict, progress=None) -> MethodResult:
     train = {k: v for k, v in options.items() if k not in ("alpha", "threads")}
     cfg = TrainConfig(**train)
@@ -91,5 +96,7 @@ METHOD = register_method(
         budget="iterations",
         rank=90,
         selection="few-shot val (alpha)",
+        cost=50.0,
+        precheck=precheck,
     )
 )

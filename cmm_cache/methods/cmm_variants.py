@@ -17,6 +17,8 @@ PRESETS = {
     "cmm-logits-only": ({"cmm_only": True}, "CMM trained and scored on its own logits (no zero-shot fusion)"),
 }
 
+COSTS = {"cmm-no-map": 2.5, "cmm-no-triplet": 55.0, "cmm-logits-only": 50.0}  # see Method.cost
+
 VARIANTS = {
     name: register_method(
         Method(
@@ -30,6 +32,8 @@ VARIANTS = {
             budget=CMM.budget,
             rank=CMM.rank + 1 + i,
             selection=CMM.selection if not preset.get("cmm_only") else "none (no fusion weight)",
+            cost=COSTS[name],
+            precheck=CMM.precheck,
         )
     )
     for i, (name, (preset, summary)) in enumerate(PRESETS.items())

@@ -14,6 +14,9 @@ choice among the sweep, ``head_wiseft_0.5``).
 * ``cross-modal-wise-ft``: the trained head mixed with those zero-shot weights,
   ``(1 − r)·W + r·W_zs``, at their fixed r = 0.5 (``ratio=None`` chooses r on val instead,
   as ``wise-ft`` does).
+* Both train the same grid (:data:`GRID_FIT`): fitted on one subset with the same grid options, it is trained
+  once and the second method reuses it (:meth:`~cmm_cache.methods.base.FitData.shared`; as in their code,
+  where WiSE-FT is evaluated on the heads the linear-probe sweep saved).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch.nn.functional as F
 from cmm_cache.heads.linear import LinearHead
 from cmm_cache.methods.base import FitData, Method, MethodResult, scoped
 from cmm_cache.methods.registry import register_method
-from cmm_cache.methods.trainers.linear_grid import LOGIT_SCALE, TEXT_RATIO
+from cmm_cache.methods.trainers.linear_grid import LOGIT_SCALE, TEXT_RATIO, grid_configs
 from cmm_cache.methods.wise_ft import ALPHAS, DEFAULTS, choose_alpha, search_table, train_linear, wise_mix
 
 
@@ -39,10 +42,33 @@ def text_samples(data: FitData) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return e.reshape(C * M, d), y, W_zs
 
 
+GRID_FIT = "cross-modal-linear-grid"  # the name under which both methods share the trained grid
+GRID_OPTIONS = ("lr", "weight_decay", "batch_size", "iterations", "text_ratio")  # what the grid depends on
+
+
+def train_grid_once(data: FitData, options: dict, progress=None):
+    """(grid result, index chosen on val, zero-shot weights W_zs, number of text samples): Lin et al.'s grid on
+    image + per-template text samples from their zero-shot head, computed once per subset and grid options."""
+
+    def compute():
+        tx, ty, W_zs = text_samples(data)
+        r, k = train_linear(data, options, W_zs, tx, ty, progress)
+        return r, k, W_zs, int(len(tx))
+
+    depends = {k: options[k] for k in GRID_OPTIONS} | {"init": "per-template zero-shot", "templates": data.templates}
+    return data.shared(GRID_FIT, depends, compute)
+
+
+def precheck(data: FitData, options: dict) -> None:
+    """Refuse before training what their batch-size filter would refuse after it started: no batch size fits."""
+    n_text = data.num_classes * max(len(data.templates), 1)
+    grid = {k: options[k] for k in ("lr", "weight_decay", "batch_size")}
+    grid_configs(len(data.x_train), n_text, float(options["text_ratio"]), grid)
+
+
 def _fit(data: FitData, options: dict, progress, wise: bool) -> MethodResult:
     t0 = time.perf_counter()
-    tx, ty, W_zs = text_samples(data)
-    r, k = train_linear(data, options, W_zs, tx, ty, progress)
+    r, k, W_zs, n_text = train_grid_once(data, options, progress)
     W, c = r.best_W[k], r.configs[k]
     hparams = {"lr": c.lr, "weight_decay": c.weight_decay, "batch_size": c.batch_size}
     val = r.best_val[k]
@@ -57,7 +83,7 @@ def _fit(data: FitData, options: dict, progress, wise: bool) -> MethodResult:
         val_acc=val,
         fit_seconds=time.perf_counter() - t0,
         iterations=r.iterations * len(r.configs),
-        extra={"search": search_table(r), "text_samples": int(len(tx))},
+        extra={"search": search_table(r), "text_samples": n_text},
     )
 
 
@@ -83,6 +109,10 @@ LP = register_method(
         trained=True,
         budget="iterations",
         rank=30,
+        needs=("per_template_text",),
+        shares=(GRID_FIT,),
+        cost=65.0,
+        precheck=precheck,
     )
 )
 
@@ -97,5 +127,9 @@ WISE = register_method(
         budget="iterations",
         rank=31,
         selection="few-shot val (head); mixing ratio fixed at 0.5",
+        needs=("per_template_text",),
+        shares=(GRID_FIT,),
+        cost=65.0,  # the same grid (free when cross-modal-lp of the same subset trained it)
+        precheck=precheck,
     )
 )

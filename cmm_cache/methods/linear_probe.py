@@ -173,5 +173,6 @@ METHOD = register_method(
         trained=True,
         budget="iterations",
         rank=10,
+        cost=4.0,
     )
 )

@@ -111,5 +111,6 @@ METHOD = register_method(
         trained=True,
         budget="epochs",
         rank=60,
+        cost=130.0,
     )
 )

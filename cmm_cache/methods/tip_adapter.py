@@ -216,6 +216,7 @@ TIP = register_method(
         summary="Training-free cache model of the few-shot features fused with zero-shot (beta/alpha on val)",
         source=SOURCE,
         rank=40,
+        cost=4.0,
     )
 )
 
@@ -236,6 +237,7 @@ TIP_F = register_method(
         trained=True,
         budget="max_iterations",
         rank=41,
+        cost=11.0,
         selection="few-shot val (theirs: test)",
     )
 )

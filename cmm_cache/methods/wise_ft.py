@@ -62,6 +62,12 @@ def search_table(r) -> list[dict]:
     ]
 
 
+def precheck(data: FitData, options: dict) -> None:
+    """No batch size of the grid fits the image samples: refused before anything trains."""
+    grid = {k: options[k] for k in ("lr", "weight_decay", "batch_size")}
+    grid_configs(len(data.x_train), 0, 0.0, grid)
+
+
 @scoped(single_thread=True)
 def fit(data: FitData, options: dict, progress=None) -> MethodResult:
     t0 = time.perf_counter()
@@ -100,5 +106,7 @@ METHOD = register_method(
         trained=True,
         budget="iterations",
         rank=20,
+        cost=70.0,
+        precheck=precheck,
     )
 )

@@ -26,6 +26,7 @@ METHOD = register_method(
         summary="CLIP zero-shot: cosine to the template-averaged class text features",
         source="Radford et al., ICML 2021 (openai/CLIP); text features as cached by extract",
         rank=0,
+        cost=0.1,
         selection="none (nothing to choose)",
     )
 )

@@ -5,6 +5,7 @@
 - :mod:`.discovery`: finding run folders on disk;
 - :mod:`.protocol`: one run, or the whole protocol (every K × seed) on one cache;
 - :mod:`.compare`: methods × shots × seeds on one cache, its table and plot;
+- :mod:`.benchmark`: datasets × backbones × methods × shots × seeds as a job list: checks, shards, runner;
 - :mod:`.results`: many result.json files summarized (``results merge``).
 
 May import: everything below it (errors, util, datasets, backbones, cache, heads, evaluation, methods).

@@ -8,6 +8,12 @@ Compare is the protocol (:mod:`cmm_cache.runs.protocol`) run for several methods
 (shots, seed) subsets, one read of the cache for every run, the same val-only selection and test
 evaluation (:func:`~cmm_cache.runs.protocol.fit_run`); each run is saved as an ordinary run folder in
 :func:`fit_one`, the one place where compare meets the run-folder layer.
+
+Everything that can be refused is checked before the first run trains: the methods and their options, what
+each method needs from the cache (per-template text, ...), the few-shot subsets and their data, and the run
+folders. Runs go subset by subset, so the methods of one (shots, seed) subset share what they compute alike
+(:class:`~cmm_cache.methods.base.SharedFits`: the cross-modal grid behind cross-modal-lp and
+cross-modal-wise-ft is trained once).
 """
 
 from __future__ import annotations
@@ -19,8 +25,20 @@ from pathlib import Path
 
 from cmm_cache.cache.reader import Cache
 from cmm_cache.errors import CmmError
+from cmm_cache.methods.base import SharedFits
 from cmm_cache.methods.registry import get_method, registered_methods
-from cmm_cache.runs.protocol import finished_result, fit_run, plan, planned_identity, read_once, resolve_method
+from cmm_cache.runs.protocol import (
+    check_data,
+    check_needs,
+    finished_result,
+    fit_run,
+    plan,
+    planned_identity,
+    precheck_errors,
+    read_once,
+    refuse_unmet,
+    resolve_method,
+)
 from cmm_cache.runs.store import check_target, save_run, target_dir
 from cmm_cache.util.atomic import atomic_path
 
@@ -55,6 +73,7 @@ RUN_KEYS = (
     "hparams",
     "fit_seconds",
     "iterations",
+    "shared_fits",
 )
 
 
@@ -68,12 +87,14 @@ def fit_one(
     templates=None,
     device="cpu",
     force: bool = False,
+    shared: SharedFits | None = None,
 ) -> dict:
     """Fit one run, save its folder (unless `runs_root` is None) and return its summary row.
 
     A run whose folder already holds the same run (same identity) is not fitted again: its stored row comes
     back with ``skipped`` True (so a killed compare resumes); `force` refits it. The one place where compare
-    meets the run-folder layer.
+    meets the run-folder layer. `shared`: the store the methods of this (shots, seed) subset share
+    (:func:`~cmm_cache.runs.protocol.fit_run`).
     """
     if runs_root is not None:  # <runs>/<dataset>/<backbone>/<method>-<config key>/shot_K-seed_S
         m, opts = resolve_method(method, options)
@@ -82,7 +103,9 @@ def fit_one(
         if check_target(path, ident, force) == "same" and not force:
             stored = finished_result(path)
             return {**{key: stored.get(key) for key in RUN_KEYS}, "run": stored["run"], "skipped": True}
-    result, arrays = fit_run(cache, shots, seed, method=method, options=options, templates=templates, device=device)
+    result, arrays = fit_run(
+        cache, shots, seed, method=method, options=options, templates=templates, device=device, shared=shared
+    )
     row = {key: result.get(key) for key in RUN_KEYS}
     if runs_root is not None:
         row["run"] = str(save_run(cache, result, arrays, runs_root, force=True))
@@ -114,14 +137,18 @@ def compare(
     cache = read_once(cache)  # every run of every method shares one read of the file
     jobs = plan(cache, sorted(set(shots)) if shots else None, sorted(set(seeds)) if seeds else None)
     shots, seeds = sorted({k for k, _ in jobs}), sorted({s for _, s in jobs})
+    opts = {name: get_method(name).capped((options or {}).get(name), max_iterations) for name in names}
+    check_before_training(cache, names, opts, jobs, templates, runs_root, force)
     total, runs = len(names) * len(jobs), []
-    for name in names:
-        opts = get_method(name).capped((options or {}).get(name), max_iterations)
-        for k, s in jobs:
-            row = fit_one(cache, name, k, s, opts, runs_root, templates, device, force)
+    for k, s in jobs:  # subset by subset: the methods of one subset share what they compute alike
+        shared = SharedFits()
+        for name in names:
+            row = fit_one(cache, name, k, s, opts[name], runs_root, templates, device, force, shared)
             runs.append(row)
             if progress is not None:
                 progress(len(runs), total, row)
+    order = {name: i for i, name in enumerate(names)}
+    runs.sort(key=lambda r: (order[r["method"]], int(r["shots"]), int(r["seed"])))
     return {
         "cache": str(cache.path),
         "dataset": cache.dataset,
@@ -133,6 +160,31 @@ def compare(
         "table": table(runs, names, shots),
         "runs": runs,
     }
+
+
+def check_before_training(cache: Cache, names, opts: dict, jobs, templates, runs_root, force: bool) -> None:
+    """Refuse, before anything trains, what would stop a compare half-way: an unknown option or template set,
+    what a method needs from the cache (one message listing all), a subset without data, a run folder
+    holding another run."""
+    methods = [resolve_method(name, opts[name])[0] for name in names]  # unknown options raise here
+    if templates is not None:
+        cache.text(templates)
+    refuse_unmet(check_needs(cache, methods, templates))
+    for k, s in jobs:
+        check_data(cache, k, s)
+    refused = precheck_errors(cache, [(*resolve_method(n, opts[n]), k, s) for n in names for k, s in jobs], templates)
+    if refused:
+        lines = "\n".join(f"  - {e.message}" for e in refused)
+        hints = list(dict.fromkeys(e.hint for e in refused if e.hint))
+        raise CmmError(
+            f"Nothing was fitted: {len(refused)} run(s) would be refused:\n{lines}", "\n".join(hints) or None
+        )
+    if runs_root is not None:
+        for name in names:
+            m, o = resolve_method(name, opts[name])
+            for k, s in jobs:
+                ident = planned_identity(cache, m, o, templates, k, s)
+                check_target(target_dir(cache, ident, runs_root), ident, force)
 
 
 # ----------------------------------------------------------------------------

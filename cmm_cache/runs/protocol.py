@@ -28,7 +28,7 @@ from cmm_cache.cache.reader import Cache, Split
 from cmm_cache.errors import CmmError
 from cmm_cache.evaluation.metrics import evaluate_head, split_features
 from cmm_cache.heads.run_folder import read_result
-from cmm_cache.methods.base import Method, fit_data
+from cmm_cache.methods.base import Method, SharedFits, fit_data, unmet_needs
 from cmm_cache.methods.registry import get_method
 from cmm_cache.runs.identity import config_key, run_id, run_identity, typed_options
 from cmm_cache.runs.store import check_target, save_run, target_dir
@@ -157,23 +157,62 @@ def fit_run(
     method: str = "cmm",
     options: dict | None = None,
     device: str | torch.device | None = None,
+    shared: SharedFits | None = None,
 ) -> tuple[dict, dict]:
     """Fit `method` on the (shots, seed) subset of `cache`, select its hyper-parameters
     on the val subset, evaluate on test. Returns (result dict, arrays for weights.npz).
 
     `options` are the method's (see :mod:`cmm_cache.methods`; CMM's are the fields of its
     ``TrainConfig`` plus ``alpha`` and ``threads``). `progress(done, loss)` follows a trained method's iterations.
+    `shared`: the store of results the methods of this one subset share (:class:`~cmm_cache.methods.base.SharedFits`;
+    give the same store to every method fitted on this (cache, shots, seed, templates, device), and only to those).
     """
     m, opts = resolve_method(method, options)
     step = None if progress is None else (lambda done, total, loss: progress(done, loss))
-    return _fit_one(read_once(cache), shots, seed, m, opts, templates, torch.device(device or "cpu"), step)
+    return _fit_one(read_once(cache), shots, seed, m, opts, templates, torch.device(device or "cpu"), step, shared)
 
 
-def _fit_one(cache: ReadOnceCache, shots, seed, m, opts: dict, templates, dev, step: StepFn | None):
+def check_needs(cache: Cache, methods: list[Method], templates: str | None = None) -> list:
+    """What `cache` lacks for `methods` (:func:`~cmm_cache.methods.base.unmet_needs` of each), in method order."""
+    return [u for m in methods for u in unmet_needs(m, cache, templates)]
+
+
+def precheck_errors(cache: Cache, runs, templates: str | None = None) -> list[CmmError]:
+    """What the methods themselves refuse before training (:attr:`~cmm_cache.methods.base.Method.precheck`) for
+    `runs` = [(method, resolved options, shots, seed), ...]: one error per refused run, each naming it."""
+    out, datas = [], {}
+    for m, opts, k, s in runs:
+        if m.precheck is None:
+            continue
+        if (k, s) not in datas:
+            datas[k, s] = fit_data(cache, k, s, templates, "cpu")
+        try:
+            m.precheck(datas[k, s], opts)
+        except CmmError as e:
+            out.append(CmmError(f"{m.name} on the {k}-shot seed {s} subset of {cache.path}: {e.message}", e.hint))
+    return out
+
+
+def refuse_unmet(unmet: list) -> None:
+    """One error listing every unmet need and the commands that add them (nothing when all are met)."""
+    if not unmet:
+        return
+    lines = "\n".join(f"  - {u.message}" for u in unmet)
+    commands = list(dict.fromkeys(u.command for u in unmet if u.command))
+    raise CmmError(
+        f"Nothing was fitted: {len(unmet)} requirement(s) not met:\n{lines}",
+        ("Add them with:\n" + "\n".join(f"  {c}" for c in commands)) if commands else None,
+    )
+
+
+def _fit_one(cache: ReadOnceCache, shots, seed, m, opts: dict, templates, dev, step: StepFn | None, shared=None):
     train_counts, val_counts, warnings = check_data(cache, shots, seed)
-    data = fit_data(cache, shots, seed, templates, dev)
+    data = fit_data(cache, shots, seed, templates, dev, shared)
+    if shared is not None:
+        shared.take_log()  # what earlier methods used is theirs
     fitted = m.fit(data, opts, progress=step)
     head = fitted.head
+    used = shared.take_log() if shared is not None else []
 
     # Test is read only now, after everything was chosen on val.
     x_te, y_te = cache.test_features(dev)
@@ -209,6 +248,8 @@ def _fit_one(cache: ReadOnceCache, shots, seed, m, opts: dict, templates, dev, s
         "warnings": warnings,
         **{k: v for k, v in fitted.extra.items() if k not in ("head",)},
     }
+    if used:  # results this fit shared with another method of the subset (reused: computed by that one)
+        result["shared_fits"] = used
     result["run_id"] = run_id(run_identity(result))
     arrays = dict(head.state()[0])
     arrays.setdefault("T0", data.T0.cpu().numpy())  # every run keeps the zero-shot classifier
@@ -293,9 +334,13 @@ def fit_protocol(
     dev = torch.device(resolve_device(str(device) if device is not None else "cpu"))
     if templates is not None:
         cache.text(templates)  # refuse an unknown set before training anything
+    refuse_unmet(check_needs(cache, [m], templates))
     jobs = [FitJob(k, s) for k, s in plan(cache, shots, seeds)]
     for j in jobs:
         check_data(cache, j.shots, j.seed)
+    refused = precheck_errors(cache, [(m, opts, j.shots, j.seed) for j in jobs], templates)
+    if refused:
+        raise refused[0]
     several = len(jobs) > 1
     found, where = {}, {}
     if save:  # every folder is checked before anything trains

@@ -8,11 +8,11 @@ import random
 import pytest
 import torch
 
-from cmm_cache.bench.parallel import call, parallel_map
 from cmm_cache.errors import CmmError
 from cmm_cache.heads.base import normalize_rows
 from cmm_cache.methods.trainers.cmm.threads import ThreadChooser, candidates
 from cmm_cache.methods.trainers.cmm.trainer import Runtime, TrainConfig, train_cmm
+from cmm_cache.util.parallel import call, parallel_map
 
 
 def _simulate(chooser, seconds_per_it, iterations=16000, report_every=160):

@@ -8,6 +8,7 @@ multi-GB torch install.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -23,8 +24,19 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
+    # Build from a clean copy of the tracked sources: setuptools keeps a build/ folder in the source tree, and a
+    # stale one from an older layout would put files in the wheel that the sources no longer have.
+    src = tmp_path_factory.mktemp("src") / "cmm-cache"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=False)
+    if tracked.returncode == 0 and tracked.stdout:
+        for rel in tracked.stdout.decode().split("\0"):
+            if rel and (REPO / rel).is_file():
+                (src / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / rel, src / rel)
+    else:  # not a git checkout: copy the tree without build outputs
+        shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src)],
         check=True,
         capture_output=True,
     )

@@ -152,3 +152,47 @@ def test_compare_reads_each_cache_split_once_for_every_method_and_run(tmp_path, 
     out = compare(cache, "zero-shot,gda,cmm", [1, 4], [1, 2], max_iterations=20)
     assert len(out["runs"]) == 12
     assert sorted(reads) == ["test", "train", "val"]
+
+
+# ----------------------------------------------------------------------------------------- checks and sharing
+
+
+def test_compare_checks_what_methods_need_before_training(tmp_path):
+    """A cache without per-template text: cross-modal-lp is refused before zero-shot (listed first) is fitted."""
+    from support.synth import make_cache
+
+    path, _ = make_cache(tmp_path / "plain.h5", C=4, d=12, shots=(1,), seeds=(1,))
+    runs = tmp_path / "runs"
+    with pytest.raises(CmmError, match="Nothing was fitted") as e:
+        compare(open_cache(path), "zero-shot,cross-modal-lp,cross-modal-wise-ft", [1], [1], runs_root=runs)
+    assert "per-template text" in e.value.message and "cross-modal-wise-ft" in e.value.message
+    assert e.value.hint.count("--add-text") == 1  # one command adds what both need
+    assert not runs.exists() or not list(runs.rglob("result.json"))
+
+
+def test_compare_trains_the_cross_modal_grid_once_per_subset(tmp_path, monkeypatch):
+    """cross-modal-lp and cross-modal-wise-ft share one grid per (shots, seed); the wise-ft run is the very run
+    it would be when fitted alone (same head, same accuracy)."""
+    import cmm_cache.methods.wise_ft as wise_ft
+    from cmm_cache.runs.protocol import fit_run
+
+    path = make_text_cache(tmp_path / "t.h5", shots=(1, 4), seeds=(1,))
+    calls = []
+    real = wise_ft.train_grid
+    monkeypatch.setattr(wise_ft, "train_grid", lambda *a, **k: calls.append(1) or real(*a, **k))
+    opts = {"iterations": 200}
+    both = {"cross-modal-lp": opts, "cross-modal-wise-ft": opts}
+    out = compare(open_cache(path), list(both), [1, 4], [1], options=both, runs_root=tmp_path / "runs")
+    assert len(calls) == 2  # one grid per subset, not one per method and subset
+    wise = [r for r in out["runs"] if r["method"] == "cross-modal-wise-ft"]
+    assert all(
+        [(s["name"], s["reused"]) for s in r["shared_fits"]] == [("cross-modal-linear-grid", True)] for r in wise
+    )
+    lp = [r for r in out["runs"] if r["method"] == "cross-modal-lp"]
+    assert all(r["shared_fits"][0]["reused"] is False for r in lp)
+    calls.clear()
+    alone, arrays = fit_run(open_cache(path), 4, 1, method="cross-modal-wise-ft", options=opts)
+    assert len(calls) == 1 and "shared_fits" not in alone
+    shared = load_run(wise[1]["run"])
+    assert alone["test_acc"] == wise[1]["test_acc"] and alone["hparams"] == wise[1]["hparams"]
+    assert (shared.head.state()[0]["weight"] == arrays["weight"]).all()

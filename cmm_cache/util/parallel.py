@@ -1,6 +1,6 @@
 """`parallel_map`: independent jobs in worker processes, results in order, errors and Ctrl-C handled.
 
-Workers are fresh interpreters (``python -m cmm_cache.bench.parallel``) that talk
+Workers are fresh interpreters (``python -m cmm_cache.util.parallel``) that talk
 pickles over their stdin/stdout; anything they print goes to stderr. Unlike
 multiprocessing's "spawn", this never re-runs the caller's main script in the
 workers, so it works from any script, a notebook or stdin, guarded by
@@ -44,7 +44,7 @@ class _Worker:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), OMP_NUM_THREADS=str(threads))
         env["MKL_NUM_THREADS"] = str(threads)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cmm_cache.bench.parallel"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+            [sys.executable, "-m", "cmm_cache.util.parallel"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
         )
         self.job: int | None = None
 
