@@ -86,7 +86,10 @@ def reader_lock(fd: int) -> None:
 
 
 def reader_unlock(fd: int) -> None:
-    """Let go of a reader's lock (closing `fd`)."""
+    """Let go of a reader's lock (closing `fd`). A descriptor this process does not hold as a reader's (a
+    forked child's copy, closed at the fork) is left alone: its number may belong to another file by now."""
+    if fd not in _reader_fds:
+        return
     try:
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino)

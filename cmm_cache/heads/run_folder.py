@@ -98,8 +98,10 @@ RESULT_FIELDS: dict[str, tuple] = {
     "cache_content_sha256": (str, None),
 }
 ACC_FIELDS = ("val_acc", "test_acc", "zero_shot_test_acc", "cmm_only_test_acc")
-# What reading a run for inference needs (eval, predict, export); `results merge` also needs test_acc.
+# What reading a run for inference needs (eval, predict, export); `results merge` also needs test_acc, and a
+# finished run that `fit`/`compare` skip (and print) its accuracies and fit time.
 RUN_REQUIRED = ("dataset", "backbone", "shots", "seed")
+FINISHED_REQUIRED = (*RUN_REQUIRED, "test_acc", "val_acc", "fit_seconds")
 
 
 def result_problems(result, required=RUN_REQUIRED) -> list[str]:
@@ -125,6 +127,9 @@ def result_problems(result, required=RUN_REQUIRED) -> list[str]:
     a = result.get("alpha")
     if isinstance(a, (int, float)) and not isinstance(a, bool) and a < 0:
         problems.append(f"field 'alpha' is {a}, expected >= 0")
+    w = result.get("warnings")
+    if isinstance(w, list) and not all(isinstance(x, str) for x in w):
+        problems.append("field 'warnings' is not a list of strings")
     cfg = result.get("config")
     if isinstance(cfg, dict) and cfg.get("method") is not None and not isinstance(cfg.get("method"), str):
         problems.append("field 'config.method' is not a string")

@@ -27,7 +27,7 @@ import torch
 from cmm_cache.cache.reader import Cache, Split
 from cmm_cache.errors import CmmError
 from cmm_cache.evaluation.metrics import evaluate_head, split_features
-from cmm_cache.heads.run_folder import read_result
+from cmm_cache.heads.run_folder import FINISHED_REQUIRED, read_result
 from cmm_cache.methods.base import Method, SharedFits, fit_data, unmet_needs
 from cmm_cache.methods.registry import get_method
 from cmm_cache.runs.identity import config_key, run_id, run_identity, typed_options
@@ -275,7 +275,7 @@ def planned_identity(cache: Cache, m: Method, opts: dict, templates: str | None,
 
 def finished_result(path: Path) -> dict:
     """The stored result of a finished run folder (for a run that is skipped), with ``run`` and ``skipped``."""
-    result = read_result(path)
+    result = read_result(path, FINISHED_REQUIRED)
     return {**result, "run": str(path), "skipped": True}
 
 

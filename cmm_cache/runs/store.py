@@ -37,7 +37,7 @@ from cmm_cache.cache.schema import content_sha256
 from cmm_cache.datasets.fewshot import group_name
 from cmm_cache.datasets.names import dataset_key, is_user_data
 from cmm_cache.errors import CmmError
-from cmm_cache.heads.run_folder import read_files, read_result, run_lock
+from cmm_cache.heads.run_folder import FINISHED_REQUIRED, read_files, read_result, run_lock
 from cmm_cache.runs.identity import identity_differences, result_config_key, run_identity
 from cmm_cache.util.atomic import atomic_dir, recover_dir, remove_stale_dirs, write_errors, write_synced
 from cmm_cache.util.paths import runs_dir, safe_name
@@ -80,7 +80,7 @@ def folder_identity(path: Path) -> dict | None:
     identities were recorded get theirs from their result.json and the provenance.json beside it."""
     path = Path(path)
     try:
-        result = read_result(path)
+        result = read_result(path, FINISHED_REQUIRED)
         if not result.get("cache_content_sha256"):
             prov = json.loads(read_files(path, ("provenance.json",))["provenance.json"])
             result = {**result, "cache_content_sha256": content_sha256(prov) if isinstance(prov, dict) else None}

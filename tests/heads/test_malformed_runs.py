@@ -193,3 +193,19 @@ def test_the_sound_runs_load_and_score(good):
         assert load_run(run).head is not None
         out = json.loads(cli(["eval", "--run", run, "--cache", cache, "--json"]).stdout)
         assert 0 <= out["test_acc"] <= 100
+
+
+@pytest.mark.parametrize("field,value", [("alpha", "0.5"), ("val_acc", None), ("warnings", [1])])
+def test_fitting_again_over_a_damaged_run_is_one_message_and_force_replaces_it(good, tmp_path, field, value):
+    cache, _ = good
+    args = ["fit", "--cache", cache, "--method", "zero-shot", "--shots", "2", "--seed", "1", "--runs-dir", tmp_path]
+    first = json.loads(cli([*args, "--json"]).stdout)
+    r = json.loads((tmp_path / first["run"] / "result.json").read_text())
+    r[field] = value
+    (tmp_path / first["run"] / "result.json").write_text(json.dumps(r))
+    again = cli(args, ok=False)
+    text = " ".join(again.output.split())
+    assert again.exit_code == 2 and "holds another run" in text and "--force" in text and "Traceback" not in text
+    out = json.loads(cli([*args, "--force", "--json"]).stdout)
+    assert out["test_acc"] == first["test_acc"] and out["replaced"] is True
+    assert load_run(out["run"]).result[field] != value
