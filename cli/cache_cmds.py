@@ -6,6 +6,7 @@ import sys
 
 import click
 from cmm_cache.cli.common import cache_dir_option, console, emit_json, handle_errors, json_option
+from rich.markup import escape
 
 
 def _resolve_path(path, dataset, backbone, cache_dir):
@@ -63,7 +64,7 @@ def cache_ls(cache_dir, as_json):
                 "",
             )
         elif "error" in r:
-            t.add_row(r["path"], "", "", f"[red]{r['error']}[/]", r["size"], "")
+            t.add_row(escape(r["path"]), "", "", f"[red]{escape(r['error'])}[/]", r["size"], "")
         else:
             splits = " ".join(f"{k}:{v}" for k, v in r["splits"].items())
             t.add_row(r["dataset"], r["backbone"], str(r["classes"]), splits, r["size"], str(r.get("created") or ""))
@@ -138,11 +139,11 @@ def cache_verify(path, dataset, backbone, all_, cache_dir, as_json):
     else:
         for p, v in report.items():
             if v:
-                console.print(f"[bold red]damaged[/]: {p}")
+                console.print(f"[bold red]damaged[/]: {escape(p)}")
                 for msg in v:
-                    console.print(f"  - {msg}")
+                    console.print(f"  - {msg}", markup=False)
             else:
-                console.print(f"[green]ok[/]: {p}")
+                console.print(f"[green]ok[/]: {escape(p)}")
         if bad:
             console.print("Re-extract a damaged cache with `cmm-cache extract --dataset NAME --backbone NAME --force`.")
     if bad:

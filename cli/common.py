@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from pathlib import Path
 
 import click
 from rich.console import Console, ConsoleDimensions
+from rich.markup import escape
 
 from cmm_cache.errors import CmmError
 
@@ -183,9 +185,20 @@ def run_option(required: bool = True):
 
 
 def pretrained_option(
-    help: str = "The local weights file the cache was extracted with, if it has moved (checked by sha256).",
+    help: str = "The weights file the cache was extracted with (its sha256 is checked before it is loaded); "
+    "needed when the run's local weights file is not among those you loaded before.",
 ):
     return click.option("--pretrained", type=click.Path(dir_okay=False), default=None, help=help)
+
+
+def max_image_pixels_option(f):
+    return click.option(
+        "--max-image-pixels",
+        default=None,
+        type=click.IntRange(1),
+        help="Refuse images larger than this many pixels (width × height) as unreadable "
+        "[default: 67108864 = 8192 × 8192].",
+    )(f)
 
 
 def workers_option(help: str = "Decoding processes [default: as extract]."):
@@ -207,6 +220,16 @@ def int_list(ctx, param, value):
     return list(dict.fromkeys(out))  # `--shots 4,4` means one run, not two
 
 
+def not_written_json(failures) -> dict:
+    """The --json fields for outputs that could not be written: ``not_written`` (each one) and, when any,
+    ``error``/``exit_code`` as every failing command's JSON has them."""
+    failures = [f for f in failures or () if f]
+    out = {"not_written": [f.to_dict() for f in failures]}
+    if failures:
+        out.update(error="; ".join(f.line() for f in failures), exit_code=2)
+    return out
+
+
 def report_not_written(failures) -> None:
     """After a command showed its result: name each output that could not be written (one line each) and exit
     with status 2 if any; nothing when all were written."""
@@ -223,22 +246,46 @@ def emit_json(obj) -> None:
     sys.stdout.flush()
 
 
+class _ConsoleWarnings(logging.Handler):
+    """The library's warnings (logger ``cmm_cache``, e.g. the compiled training loop cannot be used) as one
+    ``warning:`` line each on the console (stderr), their text shown as written (no rich markup)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            console.print(f"[yellow]warning[/]: {escape(record.getMessage())}")
+        except Exception:  # pragma: no cover - a warning must never break a command
+            self.handleError(record)
+
+
+_warnings_handler = _ConsoleWarnings(logging.WARNING)
+
+
+def show_library_warnings() -> None:
+    """Route the library's warnings to the console, once per process."""
+    lib = logging.getLogger("cmm_cache")
+    if _warnings_handler not in lib.handlers:
+        lib.addHandler(_warnings_handler)  # (with a handler here, logging's last-resort printer stays silent)
+
+
 def handle_errors(f):
     """Turn a CmmError into one clear message on stderr and exit status 2.
 
     With --json, stdout also gets one JSON object ``{"error": ..., "hint": ...}``,
-    so a script reading stdout always gets JSON back.
+    so a script reading stdout always gets JSON back. Messages are printed as
+    written: a path or a name holding ``[...]`` is never read as rich markup.
+    The library's warnings are shown on stderr (:func:`show_library_warnings`).
     """
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         as_json = bool(kwargs.get("as_json"))
+        show_library_warnings()
         try:
             return f(*args, **kwargs)
         except CmmError as e:
-            console.print(f"[bold red]error:[/] {e.message}")
+            console.print(f"[bold red]error:[/] {escape(e.message)}")
             if e.hint:
-                console.print(e.hint)
+                console.print(escape(e.hint))
             if as_json:
                 emit_json({"error": e.message, "hint": e.hint, "exit_code": 2})
             sys.exit(2)

@@ -15,6 +15,7 @@ from cmm_cache.cli.common import (
     handle_errors,
     int_list,
     json_option,
+    not_written_json,
     report_not_written,
     runs_dir_option,
     shots_seeds_options,
@@ -199,7 +200,7 @@ def compare_cmd(
         out["plot"], failed = (str(written) if written else None), failed + [fail]
     failed = [f for f in failed if f]
     if as_json:
-        emit_json({**out, "table": json_table(out["table"]), "not_written": [f.to_dict() for f in failed]})
+        emit_json({**out, "table": json_table(out["table"]), **not_written_json(failed)})
     else:
         for key, what in (("csv", "table"), ("plot", "plot")):
             if out.get(key):

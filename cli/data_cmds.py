@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from cmm_cache.cli.common import console, data_root_option, emit_json, handle_errors, json_option, report_not_written
+from cmm_cache.cli.common import (
+    console,
+    data_root_option,
+    emit_json,
+    handle_errors,
+    json_option,
+    not_written_json,
+    report_not_written,
+)
 
 
 def _row(m: dict, root) -> dict:
@@ -145,7 +153,7 @@ def _list_split(name: str, split: str, csv_path, data_root, as_json, show: bool 
         _, failed = try_write("--csv", csv_path, lambda: _write_members(rows, csv_path))
     if as_json:
         out = {"dataset": ds.name, "split": split, "images": rows}
-        emit_json({**out, "not_written": [failed.to_dict()] if failed else []})
+        emit_json({**out, **not_written_json([failed])})
     else:
         for r in rows if show else ():  # tab-separated as they are (rich would expand the tabs)
             click.echo(f"{r['split']}\t{r['class']}\t{r['path']}", err=True)

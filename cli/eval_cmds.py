@@ -58,7 +58,7 @@ def find_run_path(run_path, shift, dataset, backbone, method, shots, seed, runs_
         seed=seed,
         prefer_backbone=prefer,
     )
-    console.print(f"Run: {ref.path}")
+    console.print(f"Run: {ref.path}", markup=False)
     return ref.path
 
 
@@ -144,12 +144,13 @@ def eval_cmd(
     console.print(
         f"{res['dataset']} {out['method']} run ({res['shots']}-shot seed {res['seed']}{a}) on {out['dataset']}: "
         f"test {out['test_acc']:.2f} %  (zero-shot {zs}{only}; {out['classes_scored']} classes, "
-        f"{out['num_test']} images)"
+        f"{out['num_test']} images)",
+        markup=False,
     )
     if not shift and not out["fitted_on_this_cache"]:
-        console.print(f"note: {out['cache']} is another cache than the one the run was fitted on")
+        console.print(f"note: {out['cache']} is another cache than the one the run was fitted on", markup=False)
     if save:
-        console.print(f"kept beside the run: {out['saved']}")
+        console.print(f"kept beside the run: {out['saved']}", markup=False)
     if as_json:
         emit_json(out)
 

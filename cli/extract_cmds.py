@@ -14,11 +14,13 @@ from cmm_cache.cli.common import (
     handle_errors,
     int_list,
     json_option,
+    max_image_pixels_option,
     pretrained_option,
     workers_option,
 )
 from cmm_cache.cli.progress import Heartbeat, ImageProgress, TextProgress
 from cmm_cache.cli.progress import sink as progress_sink
+from rich.markup import escape
 
 
 def _show_progress(as_json: bool) -> bool:
@@ -84,6 +86,7 @@ def _backbone_help() -> str:
         "text encoder only, image features kept. Image options are ignored."
     ),
 )
+@max_image_pixels_option
 @data_root_option
 @cache_dir_option
 @device_option
@@ -102,6 +105,7 @@ def extract_cmd(
     out,
     download,
     add_text,
+    max_image_pixels,
     data_root,
     cache_dir,
     device,
@@ -161,6 +165,7 @@ def extract_cmd(
                 text_progress=text_prog,
                 stage=stage,
                 download=download,
+                max_image_pixels=max_image_pixels,
             )
     _report(r, as_json)
 
@@ -184,14 +189,14 @@ def _report(r, as_json: bool) -> None:
     if r.rank != 0:
         return
     for note in r.notes:
-        console.print(f"[yellow]note[/]: {note}")
+        console.print(f"[yellow]note[/]: {escape(note)}")
     if as_json:
         emit_json(r.to_dict())
         return
     if r.status == "text-added":
-        console.print(f"[green]added text embeddings[/] to {r.path}")
+        console.print(f"[green]added text embeddings[/] to {escape(r.path)}")
     elif r.status == "up-to-date":
-        console.print(f"[green]up to date[/]: {r.path} (use --force to re-extract)")
+        console.print(f"[green]up to date[/]: {escape(r.path)} (use --force to re-extract)")
     else:
         sizes = ", ".join(f"{k} {v}" for k, v in r.splits.items())
         console.print(
@@ -204,7 +209,7 @@ def _report(r, as_json: bool) -> None:
     if r.skipped:
         console.print(f"[yellow]skipped {len(r.skipped)} unreadable image(s)[/] (listed in the provenance):")
         for s in r.skipped[:10]:
-            console.print(f"  {s['split']} row {s['row']}: {s['path']} ({s['error']})")
+            console.print(f"  {s['split']} row {s['row']}: {s['path']} ({s['error']})", markup=False)
 
 
 COMMANDS = [extract_cmd]

@@ -20,6 +20,7 @@ from cmm_cache.cli.common import (
 from cmm_cache.cli.progress import Bars, Heartbeat
 from cmm_cache.cli.progress import sink as progress_sink
 from cmm_cache.cli.tables import summary_table
+from rich.markup import escape
 
 
 class MethodChoice(click.Choice):
@@ -261,7 +262,6 @@ def fit_cmd(ctx, cache_file, dataset, backbone, shots, seeds, method, set_pairs,
     cmm-cache fit --shots 16 --no-map             # an ablation: another folder than the full CMM's
     cmm-cache fit --method zero-shot              # any registered method; its options with --set KEY=VALUE
     """
-    from rich.markup import escape
 
     from cmm_cache.runs.protocol import fit_protocol, plan
     from cmm_cache.runs.results import summarize

@@ -10,6 +10,8 @@ from cmm_cache.cli.common import (
     emit_json,
     handle_errors,
     json_option,
+    max_image_pixels_option,
+    not_written_json,
     pretrained_option,
     report_not_written,
     run_option,
@@ -54,6 +56,7 @@ def _write_csv(preds, k, path):
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and classify the others (default: stop).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1), help="Images per encoder batch.")
 @workers_option()
+@max_image_pixels_option
 @pretrained_option()
 @runs_dir_option
 @cache_dir_option
@@ -61,7 +64,19 @@ def _write_csv(preds, k, path):
 @json_option
 @handle_errors
 def predict_cmd(
-    inputs, run_path, top_k, csv_path, skip_bad, batch_size, workers, pretrained, runs_dir, cache_dir, device, as_json
+    inputs,
+    run_path,
+    top_k,
+    csv_path,
+    skip_bad,
+    batch_size,
+    workers,
+    max_image_pixels,
+    pretrained,
+    runs_dir,
+    cache_dir,
+    device,
+    as_json,
 ):
     """Classify INPUTS (image files, folders searched recursively, or CSV/TSV/TXT lists of paths) with a run.
 
@@ -89,6 +104,7 @@ def predict_cmd(
             num_workers=workers,
             skip_bad=skip_bad,
             progress=bars.task("predict", len(paths), "images"),
+            max_image_pixels=max_image_pixels,
         )
     k = min(top_k, len(clf.classes))
     preds = [
@@ -117,7 +133,7 @@ def predict_cmd(
                 "num_images": len(preds),
                 "predictions": preds,
                 "skipped": got.skipped,
-                "not_written": [failed.to_dict()] if failed else [],
+                **not_written_json([failed]),
             }
         )
     report_not_written([failed])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from cmm_cache.cli.common import console, emit_json, handle_errors, json_option, report_not_written
 from cmm_cache.cli.tables import runs_table, summary_table
+from rich.markup import escape
 
 
 @click.group("results")
@@ -26,7 +27,6 @@ def results_merge(run_dirs, csv_path, as_json):
     \b
     cmm-cache results merge ~/.cache/cmm-cache/runs/dtd --csv dtd.csv
     """
-    from rich.markup import escape
 
     from cmm_cache.runs.results import scan_results, summarize, write_csv
     from cmm_cache.util.outputs import check_output_path, try_write

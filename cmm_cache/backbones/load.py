@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 
 from cmm_cache.backbones.registry import BackboneSpec, resolve_backbone
 from cmm_cache.backbones.weights import (
-    _is_torchscript,
     _offline_error,
     _reachable,
+    code_needed_error,
     file_sha256,
     hf_offline,
+    remember_local_weights,
     resolve_weights,
+    weights_load_mode,
 )
 from cmm_cache.errors import CmmError
 
@@ -79,13 +81,34 @@ def _short(t) -> str:
 # --------------------------------------------------------------------------- weights
 
 
-def load_backbone(name: str, pretrained: str | os.PathLike | None = None, device: str = "cpu") -> Backbone:
-    """Resolve, fetch (or refuse fast) and build a backbone in eval mode on `device`."""
+def load_backbone(
+    name: str,
+    pretrained: str | os.PathLike | None = None,
+    device: str = "cpu",
+    *,
+    expect_sha256: str | None = None,
+) -> Backbone:
+    """Resolve, fetch (or refuse fast) and build a backbone in eval mode on `device`.
+
+    Weights are never unpickled: a file is loaded with ``torch.load(weights_only=True)`` (or as safetensors);
+    only OpenAI's original TorchScript archives, recognised by their published sha256
+    (:func:`~cmm_cache.backbones.weights.weights_load_mode`), are loaded as TorchScript. Anything else that
+    needs more is refused with the format to convert it to. `expect_sha256`: the weights file must have this
+    sha256, checked before it is loaded (predict/export: the run's record).
+    """
     import open_clip
     import torch
 
     spec = name if isinstance(name, BackboneSpec) else resolve_backbone(name, pretrained)
     weights, pre = resolve_weights(spec)
+    sha = file_sha256(weights) if weights else None  # before anything reads the file as weights
+    if expect_sha256 is not None and sha != expect_sha256:
+        raise CmmError(
+            f"The weights file {weights or '(none: random weights)'} is not the one expected "
+            f"(sha256 {str(sha)[:16]}..., expected {expect_sha256[:16]}...); it was not loaded.",
+            "Pass --pretrained with the weights file the cache was extracted with (same sha256).",
+        )
+    mode = weights_load_mode(weights, sha) if weights else "tensors"
     kwargs = {}
     for key, arg in (
         ("mean", "image_mean"),
@@ -99,7 +122,7 @@ def load_backbone(name: str, pretrained: str | os.PathLike | None = None, device
         if spec.model.startswith("hf-hub:"):
             if hf_offline() is False and not _reachable("huggingface.co"):
                 raise _offline_error(spec, "huggingface.co cannot be reached")
-            model, _, preprocess = open_clip.create_model_and_transforms(spec.model, device=device)
+            model, _, preprocess = open_clip.create_model_and_transforms(spec.model, device=device, weights_only=True)
         elif weights is None:
             # Random weights, but the same ones in every process (resume, torchrun ranks, text vs image).
             import logging
@@ -115,17 +138,15 @@ def load_backbone(name: str, pretrained: str | os.PathLike | None = None, device
                     logging.disable(logging.NOTSET)
             model = model.to(device)
         else:
+            # "torchscript" only for OpenAI's published archives (checked by sha256 above); never a pickle.
             try:
                 model, _, preprocess = open_clip.create_model_and_transforms(
-                    spec.model, pretrained=weights, device=device, **kwargs
+                    spec.model, pretrained=weights, device=device, weights_only=mode != "torchscript", **kwargs
                 )
-            except Exception:
-                if not _is_torchscript(weights):
-                    raise
-                # OpenAI's original .pt files are TorchScript archives; they need weights_only=False.
-                model, _, preprocess = open_clip.create_model_and_transforms(
-                    spec.model, pretrained=weights, device=device, weights_only=False, **kwargs
-                )
+            except Exception as e:
+                if _needs_unpickling(e):
+                    raise code_needed_error(weights, "a pickle that holds more than tensors") from None
+                raise
     except CmmError:
         raise
     except Exception as e:
@@ -143,6 +164,8 @@ def load_backbone(name: str, pretrained: str | os.PathLike | None = None, device
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     embed_dim = _embed_dim(model)
+    if weights and spec.pretrained_is_file:
+        remember_local_weights(weights, sha)
     return Backbone(
         spec=spec,
         model=model,
@@ -152,9 +175,22 @@ def load_backbone(name: str, pretrained: str | os.PathLike | None = None, device
         image_size=tuple(image_size),
         preprocess_cfg=pcfg,
         weights_path=weights,
-        weights_sha256=file_sha256(weights) if weights else None,
+        weights_sha256=sha,
         device=device,
     )
+
+
+def _needs_unpickling(e: BaseException) -> bool:
+    """Whether torch refused a file because loading it would need more than ``weights_only=True`` allows."""
+    import pickle
+
+    for err in (e, e.__cause__, e.__context__):
+        if isinstance(err, pickle.UnpicklingError):
+            return True
+        text = str(err or "")
+        if "Weights only load failed" in text or "weights_only" in text and "TorchScript" in text:
+            return True
+    return False
 
 
 def _embed_dim(model) -> int:

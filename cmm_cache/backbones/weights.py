@@ -11,7 +11,9 @@ huggingface_hub).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import socket
 import threading
 import zipfile
@@ -205,8 +207,102 @@ def file_sha256(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
 
 
 def _is_torchscript(path: str) -> bool:
+    """A TorchScript archive: a zip whose one top folder holds ``constants.pkl`` and a ``code/`` folder
+    (what ``torch.jit.save`` writes; OpenAI's original CLIP ``.pt`` files are such archives)."""
     try:
         with zipfile.ZipFile(path) as z:
-            return any(n.endswith("constants.pkl") for n in z.namelist())
+            names = z.namelist()
     except (zipfile.BadZipFile, OSError):
         return False
+    parts = [n.split("/") for n in names]
+    consts = {p[0] for p in parts if len(p) == 2 and p[1] == "constants.pkl"}
+    code = {p[0] for p in parts if len(p) > 2 and p[1] == "code"}
+    return bool(consts & code)
+
+
+def published_checksums() -> frozenset[str]:
+    """The sha256 of OpenAI's original CLIP archives, as published: a path step of OpenAI's download URLs in
+    open_clip's pretrained table (``.../clip/models/<sha256>/RN50.pt``)."""
+    import open_clip
+
+    out = set()
+    for model, tag in open_clip.list_pretrained():
+        url = (open_clip.get_pretrained_cfg(model, tag) or {}).get("url") or ""
+        if "openaipublic" in url:
+            parts = url.rstrip("/").split("/")
+            if len(parts) >= 2 and re.fullmatch(r"[0-9a-f]{64}", parts[-2]):
+                out.add(parts[-2])
+    return frozenset(out)
+
+
+CONVERT_HINT = (
+    "Convert it, on a machine and with code you trust, to a file that holds tensors only: a state_dict saved "
+    "with `torch.save(model.state_dict(), 'weights.pt')`, or safetensors "
+    "(`safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')`), and pass that with --pretrained."
+)
+
+
+def code_needed_error(path, why: str) -> CmmError:
+    """The refusal of a weights file that cannot be loaded without running code stored in it."""
+    return CmmError(
+        f"{path} cannot be loaded without running code stored in it ({why}); cmm-cache loads tensors only.",
+        CONVERT_HINT,
+    )
+
+
+def weights_load_mode(path: str | os.PathLike, sha256: str) -> str:
+    """How a weights file may be loaded: ``"tensors"`` (``torch.load(weights_only=True)`` or safetensors: no code
+    runs) or ``"torchscript"`` (one of OpenAI's original archives, recognised by its published sha256).
+    Any other TorchScript archive is refused (:func:`code_needed_error`)."""
+    if _is_torchscript(str(path)):
+        if sha256 in published_checksums():
+            return "torchscript"
+        raise code_needed_error(path, "a TorchScript archive whose sha256 is none of OpenAI's published checksums")
+    return "tensors"
+
+
+# ----------------------------------------------------------------------------
+# The user's own record of local weights files
+
+
+KNOWN_WEIGHTS_DIR = "known-weights"  # under the cache dir, private to the user (mode 0700)
+_KNOWN_FILE = "local.json"
+_KNOWN_MAX = 200
+
+
+def _known() -> dict:
+    from cmm_cache.util.paths import cache_dir
+    from cmm_cache.util.private import NotPrivate, read_private_file
+
+    folder = cache_dir() / KNOWN_WEIGHTS_DIR
+    try:
+        data = json.loads(read_private_file(folder, _KNOWN_FILE))
+    except (NotPrivate, OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def remember_local_weights(path: str | os.PathLike, sha256: str) -> None:
+    """Record that this user loaded the local weights file `path` (sha256): predict/export find it by the
+    sha256 a run records, in this private record only (never a path written in a run folder). Best effort."""
+    from cmm_cache.util.atomic import write_json
+    from cmm_cache.util.private import NotPrivate, private_dir
+
+    try:
+        folder = private_dir(KNOWN_WEIGHTS_DIR)
+        known = _known()
+        known.pop(sha256, None)
+        known[sha256] = str(Path(path).expanduser().resolve())
+        write_json(folder / _KNOWN_FILE, dict(list(known.items())[-_KNOWN_MAX:]), indent=1)
+        os.chmod(folder / _KNOWN_FILE, 0o600)
+    except (NotPrivate, OSError, CmmError):
+        pass
+
+
+def known_local_weights(sha256: str) -> str | None:
+    """The local weights file of that sha256 this user loaded before (from the private record), or None.
+    The caller still checks the file's sha256 before loading it (it may have changed since)."""
+    p = _known().get(sha256)
+    return p if p and os.path.isfile(p) else None

@@ -1,46 +1,24 @@
 """One writer per cache: an exclusive ``flock`` on ``<final>.lock``, held by the writing process only.
 
-Three rules make the lock safe and tidy:
-
-- *Only the process that took it holds it.* A flock belongs to the open file,
-  which forked children share: DataLoader workers forked while the lock is held
-  would keep a dead writer's lock alive for seconds (until their watchdog
-  notices the parent is gone). Every fork closes the child's copy at once
-  (``os.register_at_fork``), so when the writer dies the kernel frees the lock
-  immediately and the next writer takes over.
-- *The lock file does not outlive the lock.* The holder removes ``<final>.lock``
-  while still holding it, then lets go.
-- *Never a lock on a removed file.* A second writer may open the file just
-  before the holder removes it and get the flock right after: it then holds a
-  lock nobody else can see. After locking, the file descriptor must still be
-  the file at the path (same inode), else the writer opens the path again.
+The mechanism (fork safety, the lock file removed by its holder, no lock on a removed file) is
+:class:`cmm_cache.util.lock.FileLock`; a second writer of a cache is refused at once, since an extraction
+may run for hours.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from cmm_cache.errors import CmmError
+from cmm_cache.util.lock import FileLock
 
 LOCK_SUFFIX = ".lock"
-_MAX_ATTEMPTS = 100  # each retry means another writer just let go: a handful at most in practice
-
-_held: dict[int, CacheLock] = {}  # fd -> lock held by this process
-
-
-def _drop_inherited_locks() -> None:
-    for fd, lock in list(_held.items()):
-        lock.fd = None
-        try:
-            os.close(fd)  # the parent's descriptor keeps the lock; this copy must not
-        except OSError:
-            pass
-    _held.clear()
-
-
-os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 def lock_path(final: str | os.PathLike) -> Path:
@@ -48,70 +26,124 @@ def lock_path(final: str | os.PathLike) -> Path:
     return final.with_name(final.name + LOCK_SUFFIX)
 
 
-class CacheLock:
+class CacheLock(FileLock):
     """An exclusive OS-level lock on ``<final>.lock``: a second writer is refused at once with a clear message."""
 
     def __init__(self, final: str | os.PathLike):
         self.final = Path(final)
-        self.path = lock_path(self.final)
-        self.fd: int | None = None
+        super().__init__(lock_path(self.final), self._busy)
 
-    def acquire(self) -> CacheLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(_MAX_ATTEMPTS):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            if self._lock_fd(fd):
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode(), 0)
-                self.fd = fd
-                _held[fd] = self
-                return self
-        raise CmmError(f"Could not lock {self.path}: other writers keep taking and releasing it.", "Try again.")
-
-    def _lock_fd(self, fd: int) -> bool:
-        """Lock `fd`: True when it is the live lock file, False (fd closed) when its holder removed it meanwhile.
-
-        Raises :class:`CmmError` (fd closed) when another process holds the lock.
-        """
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            try:
-                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-            except OSError:
-                holder = ""
-            os.close(fd)
-            raise CmmError(
-                f"Another extraction is writing {self.final} right now" + (f" ({holder})." if holder else "."),
-                f"Wait for it to finish (it holds {self.path}), or stop it; "
-                "a second writer is refused so the cache cannot be corrupted.",
-            ) from None
-        try:
-            st = os.stat(self.path)
-            live = (st.st_ino, st.st_dev) == (os.fstat(fd).st_ino, os.fstat(fd).st_dev)
-        except FileNotFoundError:
-            live = False
-        if not live:
-            os.close(fd)  # closing releases the flock on the removed file
-        return live
-
-    @property
-    def held(self) -> bool:
-        return self.fd is not None
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        fd, self.fd = self.fd, None
-        _held.pop(fd, None)
-        try:
-            self.path.unlink(missing_ok=True)  # while still locked: see the module docstring
-        finally:
-            os.close(fd)  # releases the flock
+    def _busy(self, holder: str) -> CmmError:
+        return CmmError(
+            f"Another extraction is writing {self.final} right now" + (f" ({holder})." if holder else "."),
+            f"Wait for it to finish (it holds {self.path}), or stop it; "
+            "a second writer is refused so the cache cannot be corrupted.",
+        )
 
     def __enter__(self) -> CacheLock:
         return self.acquire()
 
-    def __exit__(self, *exc) -> bool:
-        self.release()
-        return False
+
+# ----------------------------------------------------------------------------
+# Readers and the writer that replaces a cache file
+#
+# A reader (:class:`cmm_cache.cache.reader.Cache`) holds a shared ``flock`` on the cache file itself (no lock
+# file: a cache may sit in a folder the reader cannot write) for as long as it reads it. A writer that replaces
+# the file takes an exclusive ``flock`` on the old file for the instant of the rename: it waits for readers in
+# other processes (or, asked before any work, is refused). A reader of this very process needs no waiting for:
+# its open handle keeps reading the old file, whatever is renamed over its path.
+
+log = logging.getLogger("cmm_cache.cache")
+_readers: dict[tuple[int, int], int] = {}  # (st_dev, st_ino) -> open reader handles of this process
+_reader_fds: set[int] = set()
+_NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF, errno.EINVAL)
+
+
+def _close_reader_fds_in_child() -> None:
+    for fd in list(_reader_fds):
+        try:
+            os.close(fd)  # the parent's descriptor keeps its shared lock; a forked child must not
+        except OSError:
+            pass
+    _reader_fds.clear()
+    _readers.clear()
+
+
+os.register_at_fork(after_in_child=_close_reader_fds_in_child)
+
+
+def reader_lock(fd: int) -> None:
+    """Take a shared lock on an open cache file (waits out a writer's rename; file systems without flock:
+    nothing to coordinate with) and count the reader."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError as e:
+        if e.errno not in _NO_FLOCK:
+            raise
+    st = os.fstat(fd)
+    _readers[(st.st_dev, st.st_ino)] = _readers.get((st.st_dev, st.st_ino), 0) + 1
+    _reader_fds.add(fd)
+
+
+def reader_unlock(fd: int) -> None:
+    """Let go of a reader's lock (closing `fd`). A descriptor this process does not hold as a reader's (a
+    forked child's copy, closed at the fork) is left alone: its number may belong to another file by now."""
+    if fd not in _reader_fds:
+        return
+    try:
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        if _readers.get(key, 0) > 1:
+            _readers[key] -= 1
+        else:
+            _readers.pop(key, None)
+    except OSError:
+        pass
+    _reader_fds.discard(fd)
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _busy_reading(final: Path) -> CmmError:
+    return CmmError(
+        f"{final} is being read by another process (a fit, compare, eval or a Python session) right now.",
+        "Wait for it to finish, then run the same command again; a cache is never replaced under a reader. "
+        "Or write the new cache elsewhere with --out PATH.",
+    )
+
+
+@contextlib.contextmanager
+def no_readers(final: str | os.PathLike, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on the file now at `final` (if any) while it is replaced: waits for the
+    processes reading it (``wait``), or raises a :class:`CmmError` at once when one is (not ``wait``)."""
+    final = Path(final)
+    try:
+        fd = os.open(final, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except (FileNotFoundError, IsADirectoryError):
+        yield
+        return
+    try:
+        st = os.fstat(fd)
+        if not _readers.get((st.st_dev, st.st_ino)):  # this process's own readers keep the old file open
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise _busy_reading(final) from None
+                log.warning("Waiting for the processes reading %s to finish before replacing it.", final)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as e:
+                if e.errno not in _NO_FLOCK:
+                    raise
+        yield
+    finally:
+        os.close(fd)
+
+
+def check_not_read(final: str | os.PathLike) -> None:
+    """Refuse at once (a :class:`CmmError`) when another process reads the cache at `final` (before a
+    `--force` extraction starts work it could not put in place)."""
+    with no_readers(final, wait=False):
+        pass

@@ -111,7 +111,7 @@ class PartialStore:
     def load_chunk(self, split: str, chunk: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
         p = self.chunk_path(split, chunk)
         try:
-            with np.load(p) as z:
+            with np.load(p, allow_pickle=False) as z:
                 return z["features"], z["ok"], json.loads(str(z["errors"]))
         except Exception as e:
             p.unlink(missing_ok=True)
@@ -122,7 +122,7 @@ class PartialStore:
 
     def load_flags(self, split: str, chunk: int) -> tuple[np.ndarray, list[str]]:
         """The small part of a chunk: ok flags and errors (features not read)."""
-        with np.load(self.chunk_path(split, chunk)) as z:
+        with np.load(self.chunk_path(split, chunk), allow_pickle=False) as z:
             return z["ok"], json.loads(str(z["errors"]))
 
     # -- text
@@ -139,7 +139,7 @@ class PartialStore:
         if not p.is_file():
             return None
         try:
-            with np.load(p) as z:
+            with np.load(p, allow_pickle=False) as z:
                 names = json.loads(str(z["names"]))
                 return {n: z[f"set_{i}"] for i, n in enumerate(names)}
         except Exception:

@@ -10,6 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from cmm_cache.cache.lock import reader_lock, reader_unlock
 from cmm_cache.cache.schema import (
     DAMAGED_HINT,
     SCHEMA,
@@ -19,6 +20,7 @@ from cmm_cache.cache.schema import (
     provenance_sha256,
     text_node,
 )
+from cmm_cache.cache.validate import Scan, nonfinite_problem, run_checks, summary
 from cmm_cache.datasets.fewshot import GROUP_RE, group_name, parse_group
 from cmm_cache.errors import CmmError
 
@@ -33,12 +35,109 @@ class Split:
     views: list[str]
 
 
+class CacheHandle:
+    """One open cache file for the life of a reader: a shared lock on the file (see :mod:`.lock`) and the
+    h5py file, both on the same inode, checked to be the file at the path when opened.
+
+    Everything a :class:`Cache` reads goes through this one handle, so a file replaced at its path meanwhile
+    (``extract --force``, a copy) never mixes into what it reads: the handle keeps reading the file it opened.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.fd: int | None = None
+        self.f: h5py.File | None = None
+        for _ in range(20):  # a file replaced between the open and the lock: open the new one
+            try:
+                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except FileNotFoundError:
+                raise _no_file(self.path) from None
+            except IsADirectoryError:
+                raise CmmError(f"{self.path} is a folder, not a cache file.", "Pass the .h5 file.") from None
+            except PermissionError as e:
+                raise CmmError(f"Cannot read {self.path} ({e.strerror}).") from None
+            reader_lock(fd)
+            st = os.fstat(fd)
+            if _same_file(self.path, st):
+                try:
+                    f = h5py.File(self.path, "r")
+                except OSError as e:
+                    reader_unlock(fd)
+                    raise CmmError(
+                        f"Cannot read {self.path} as an HDF5 cache ({e}).",
+                        "The file is damaged or not a cmm-cache file; re-extract it with `cmm-cache extract --force`.",
+                    ) from e
+                if _same_vfd(f, st):
+                    self.fd, self.f = fd, f
+                    self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                    return
+                f.close()
+            reader_unlock(fd)
+        raise CmmError(f"{self.path} kept being replaced while it was opened.", "Try again.")  # pragma: no cover
+
+    @property
+    def open(self) -> bool:
+        return self.f is not None
+
+    def close(self) -> None:
+        if self.f is not None:
+            try:
+                self.f.close()
+            except Exception:  # pragma: no cover - interpreter shutdown
+                pass
+            self.f = None
+        if self.fd is not None:
+            reader_unlock(self.fd)
+            self.fd = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+
+def _no_file(path: Path) -> CmmError:
+    return CmmError(
+        f"No cache file at {path}.",
+        "Run `cmm-cache extract --dataset NAME --backbone NAME` first, or pass --cache PATH.",
+    )
+
+
+def _same_file(path: Path, st: os.stat_result) -> bool:
+    try:
+        cur = os.stat(path)
+    except OSError:
+        return False
+    return (cur.st_dev, cur.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _same_vfd(f: h5py.File, st: os.stat_result) -> bool:
+    """The file h5py opened is the one that was locked (where h5py tells its descriptor)."""
+    try:
+        vst = os.fstat(int(f.id.get_vfd_handle()))
+    except Exception:
+        return True
+    return (vst.st_dev, vst.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _replaced(path: Path) -> CmmError:
+    return CmmError(
+        f"The cache at {path} was replaced (e.g. by `extract --force`) since this command opened it.",
+        "Run the command again: it reads the new file from the start.",
+    )
+
+
 @dataclass
 class Cache:
-    """A read-only view of one cache file.
+    """A read-only view of one cache file, checked when it was opened (:func:`open_cache`).
 
     Attributes are read eagerly (they are small); features are read on demand
-    by :meth:`split` so a large test split is only loaded when needed.
+    by :meth:`split` so a large test split is only loaded when needed. Every
+    read goes through one open handle (:class:`CacheHandle`) kept until
+    :meth:`close` (or the view is dropped): a file replaced at the path
+    meanwhile is not what it reads. A view whose handle was closed reopens the
+    path only when it is still the same file.
     """
 
     path: Path
@@ -54,6 +153,35 @@ class Cache:
     split_names: list[str]
     fewshot_groups: list[tuple[int, int]]
     _text_cache: dict = field(default_factory=dict, repr=False)
+    _handle: CacheHandle | None = field(default=None, repr=False, compare=False)
+    _identity: tuple | None = field(default=None, repr=False, compare=False)
+
+    # -- the one handle
+    def _file(self) -> h5py.File:
+        if self._handle is None or not self._handle.open:
+            h = CacheHandle(self.path)
+            if self._identity is not None and h.identity != self._identity:
+                h.close()
+                raise _replaced(self.path)
+            self._handle, self._identity = h, h.identity
+        return self._handle.f
+
+    def close(self) -> None:
+        """Let go of the file (and its reader lock); a later read reopens it if it is still the same file."""
+        if self._handle is not None:
+            self._handle.close()
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_handle"] = None  # a copy in another process opens the file itself (same-file check included)
+        return state
 
     @property
     def provenance_sha256(self) -> str:
@@ -68,7 +196,8 @@ class Cache:
     def dataset_name(self) -> str:
         """The dataset's short name: the registered name, or your folder/CSV's name (``dtd10`` for
         ``extract --dataset path/to/dtd10``); the ``dataset`` attribute keeps the name as given."""
-        return str(self.provenance.get("dataset_resolved") or self.dataset)
+        name = self.provenance.get("dataset_resolved")
+        return name if isinstance(name, str) and name else str(self.dataset)
 
     @property
     def num_classes(self) -> int:
@@ -82,6 +211,13 @@ class Cache:
     def is_shift(self) -> bool:
         return self.imagenet_index is not None
 
+    def _read(self, key: str, what: str):
+        """A node's values, a checksum failure as one clear message."""
+        try:
+            return self._file()[key][...]
+        except OSError as e:  # fletcher32 mismatch or a truncated file
+            raise CmmError(f"Cache {self.path} is damaged ({what}): {e}.", DAMAGED_HINT) from e
+
     def text(self, name: str | None = None) -> np.ndarray:
         """Class text features [C, d] float32 of template set `name` (default set if None)."""
         name = name or self.default_templates
@@ -91,15 +227,13 @@ class Cache:
                 f"Available template sets: {', '.join(self.text_sets)}.",
             )
         if name not in self._text_cache:
-            with open_h5(self.path) as f:
-                self._text_cache[name] = np.asarray(f[text_node(name)][...], dtype=np.float32)
+            self._text_cache[name] = np.asarray(self._read(text_node(name), text_node(name)), dtype=np.float32)
         return self._text_cache[name]
 
     def has_per_template(self, name: str | None = None) -> bool:
         """Whether the optional ``text/<set>/per_template`` node exists (caches from cmm-cache >= 0.2)."""
         name = name or self.default_templates
-        with open_h5(self.path) as f:
-            return per_template_node(name) in f
+        return per_template_node(name) in self._file()
 
     def text_per_template(self, name: str | None = None) -> np.ndarray:
         """Raw per-template text embeddings [C, M, d] float32 of template set `name` (optional node).
@@ -110,68 +244,51 @@ class Cache:
         name = name or self.default_templates
         self.text(name)  # an unknown set gets its own clear message
         key = per_template_node(name)
-        with open_h5(self.path) as f:
-            if key not in f:
-                raise CmmError(
-                    f"Cache {self.path} has no per-template text embeddings ({key}): it was written by an "
-                    "older cmm-cache or another tool.",
-                    f"Add them with `cmm-cache extract --dataset {self.dataset} --backbone {self.backbone} "
-                    f"--out {self.path} --add-text` (text encoder only, the image features are kept).",
-                )
-            try:
-                return np.asarray(f[key][...], dtype=np.float32)
-            except OSError as e:
-                raise CmmError(
-                    f"Cache {self.path} is damaged ({key}): {e}.",
-                    DAMAGED_HINT,
-                ) from e
+        if key not in self._file():
+            raise CmmError(
+                f"Cache {self.path} has no per-template text embeddings ({key}): it was written by an "
+                "older cmm-cache or another tool.",
+                f"Add them with `cmm-cache extract --dataset {self.dataset} --backbone {self.backbone} "
+                f"--out {self.path} --add-text` (text encoder only, the image features are kept).",
+            )
+        out = np.asarray(self._read(key, key), dtype=np.float32)
+        bad = nonfinite_problem(key, out)
+        if bad:
+            raise CmmError(f"Cache {self.path} is damaged: {bad}.", DAMAGED_HINT)
+        return out
 
     def templates(self, name: str | None = None) -> list[str]:
         name = name or self.default_templates
-        with open_h5(self.path) as f:
-            return json.loads(as_str(f[text_node(name)].attrs["templates"]))
+        return json.loads(as_str(self._file()[text_node(name)].attrs["templates"]))
 
     def split(self, name: str) -> Split:
+        """One split's features, labels, index and views (the features checked for non-finite values)."""
         if name not in self.split_names:
             raise CmmError(
                 f"Cache {self.path} has no '{name}' split.",
                 f"It holds: {', '.join(self.split_names) or 'none'}.",
             )
-        with open_h5(self.path) as f:
-            g = f[f"splits/{name}"]
-            try:
-                feats = g["features"][...]
-                labels = g["labels"][...].astype(np.int64)
-                index = g["index"][...].astype(np.int64)
-            except OSError as e:  # fletcher32 mismatch or a truncated file
-                raise CmmError(
-                    f"Cache {self.path} is damaged (split '{name}'): {e}.",
-                    DAMAGED_HINT,
-                ) from e
-            views = json.loads(as_str(g["features"].attrs.get("views", '["center"]')))
+        g = self._file()[f"splits/{name}"]
+        feats = self._read(f"splits/{name}/features", f"split '{name}'")
+        labels = self._read(f"splits/{name}/labels", f"split '{name}'").astype(np.int64)
+        index = self._read(f"splits/{name}/index", f"split '{name}'").astype(np.int64)
+        views = json.loads(as_str(g["features"].attrs.get("views", '["center"]')))
+        bad = nonfinite_problem(f"splits/{name}/features", feats)
+        if bad:
+            raise CmmError(f"Cache {self.path} is damaged: {bad}.", DAMAGED_HINT)
         return Split(features=feats, labels=labels, index=index, views=views)
 
     def fewshot(self, shots: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """Row positions (train, val) into splits/train and splits/val for (K, seed)."""
+        """Row positions (train, val) into splits/train and splits/val for (K, seed) (ranges checked on open)."""
         if (int(shots), int(seed)) not in self.fewshot_groups:
             have = ", ".join(f"{k}-shot/seed {s}" for k, s in self.fewshot_groups) or "none"
             raise CmmError(
                 f"Cache {self.path} has no few-shot subset for {shots} shots, seed {seed}.",
                 f"It holds: {have}. Re-run `cmm-cache extract` with --shots/--seeds covering it.",
             )
-        with open_h5(self.path) as f:
-            g = f[f"fewshot/{group_name(shots, seed)}"]
-            rows = {part: g[part][...].astype(np.int64) for part in ("train", "val")}
-            # Another tool may have written this file: never index past a split.
-            for part, r in rows.items():
-                n = f[f"splits/{part}/labels"].shape[0] if f"splits/{part}/labels" in f else 0
-                if r.size and (r.min() < 0 or r.max() >= n):
-                    raise CmmError(
-                        f"Cache {self.path}: few-shot group {group_name(shots, seed)}/{part} points at "
-                        f"rows outside splits/{part} ({n} rows).",
-                        "The file does not follow the schema; run `cmm-cache cache verify` and re-extract it.",
-                    )
-            return rows["train"], rows["val"]
+        g = group_name(shots, seed)
+        rows = {part: self._read(f"fewshot/{g}/{part}", f"fewshot/{g}").astype(np.int64) for part in ("train", "val")}
+        return rows["train"], rows["val"]
 
 
 class open_h5:
@@ -182,10 +299,7 @@ class open_h5:
 
     def __enter__(self) -> h5py.File:
         if not self.path.exists():
-            raise CmmError(
-                f"No cache file at {self.path}.",
-                "Run `cmm-cache extract --dataset NAME --backbone NAME` first, or pass --cache PATH.",
-            )
+            raise _no_file(self.path)
         try:
             self.f = h5py.File(self.path, "r")
         except OSError as e:
@@ -201,48 +315,60 @@ class open_h5:
 
 
 def open_cache(path: str | os.PathLike) -> Cache:
-    """Open a schema-conformant cache file; refuse anything else with a clear message."""
+    """Open a schema-conformant cache file and check it (:mod:`cmm_cache.cache.validate`: attributes, shapes,
+    dtypes, class ids, row positions, text features); refuse anything else with one clear message.
+
+    The returned view keeps the file open (one handle, a shared reader lock) until it is closed or dropped."""
     path = Path(path)
-    with open_h5(path) as f:
-        schema = as_str(f.attrs.get("schema", ""))
+    h = CacheHandle(path)
+    try:
+        f = h.f
+        schema = f.attrs.get("schema", "")
+        schema = as_str(schema) if isinstance(schema, (str, bytes, np.str_, np.bytes_)) else repr(schema)
         if schema != SCHEMA:
             raise CmmError(
                 f"{path} is not a {SCHEMA} cache (schema attribute: {schema or 'missing'}).",
                 "Only files written by `cmm-cache extract` or following docs/cache-schema.md can be read.",
             )
-        try:
-            prov_json = as_str(f.attrs.get("provenance", "{}"))
-            provenance = json.loads(prov_json)
-            names = [as_str(x) for x in f["classes/names"][...]]
-            wnids = [as_str(x) for x in f["classes/wnids"][...]] if "classes/wnids" in f else None
-            inet = f["classes/imagenet_index"][...].astype(np.int64) if "classes/imagenet_index" in f else None
-            text_sets = sorted(f["text"].keys()) if "text" in f else []
-            split_names = sorted(f["splits"].keys()) if "splits" in f else []
-            groups = []
-            for key in f["fewshot"].keys() if "fewshot" in f else []:
-                if GROUP_RE.match(key):
-                    groups.append(parse_group(key))
-            default = as_str(f.attrs.get("default_templates", text_sets[0] if text_sets else ""))
-            dataset = as_str(f.attrs["dataset"])
-            backbone = as_str(f.attrs["backbone"])
-        except (KeyError, OSError, json.JSONDecodeError) as e:
+        scan = Scan(f)
+        problems = run_checks(scan)
+        if problems:
             raise CmmError(
-                f"{path} does not follow schema {SCHEMA}: {e}.",
-                "Re-extract it with `cmm-cache extract --force`.",
-            ) from e
-    if not text_sets:
-        raise CmmError(f"{path} has no text features (text/<set>/features).", "Re-extract it.")
-    return Cache(
-        path=path,
-        dataset=dataset,
-        backbone=backbone,
-        provenance=provenance,
-        provenance_json=prov_json,
-        default_templates=default,
-        classnames=names,
-        wnids=wnids,
-        imagenet_index=inet,
-        text_sets=text_sets,
-        split_names=split_names,
-        fewshot_groups=sorted(groups),
-    )
+                f"{path} does not follow schema {SCHEMA}: {summary(list(dict.fromkeys(problems)))}.",
+                f"`cmm-cache cache verify {path}` lists every problem; re-extract it with `cmm-cache extract --force`.",
+            )
+        prov_json = as_str(f.attrs["provenance"])
+        names = [as_str(x) for x in scan.small("classes/names")]
+        wnids = [as_str(x) for x in f["classes/wnids"][...]] if "classes/wnids" in f else None
+        inet = scan.small("classes/imagenet_index").astype(np.int64) if "classes/imagenet_index" in f else None
+        text_sets = sorted(f["text"].keys())
+        split_names = sorted(f["splits"].keys()) if "splits" in f else []
+        groups = sorted(parse_group(k) for k in (f["fewshot"].keys() if "fewshot" in f else []) if GROUP_RE.match(k))
+        cache = Cache(
+            path=path,
+            dataset=as_str(f.attrs["dataset"]),
+            backbone=as_str(f.attrs["backbone"]),
+            provenance=json.loads(prov_json),
+            provenance_json=prov_json,
+            default_templates=as_str(f.attrs["default_templates"]),
+            classnames=names,
+            wnids=wnids,
+            imagenet_index=inet,
+            text_sets=text_sets,
+            split_names=split_names,
+            fewshot_groups=groups,
+            _handle=h,
+            _identity=h.identity,
+        )
+        for t in text_sets:  # already read and checked: keep them
+            cache._text_cache[t] = np.asarray(scan.data[text_node(t)], dtype=np.float32)
+        return cache
+    except CmmError:
+        h.close()
+        raise
+    except (KeyError, OSError, ValueError, UnicodeDecodeError) as e:
+        h.close()
+        raise CmmError(
+            f"{path} does not follow schema {SCHEMA}: {e}.",
+            "Re-extract it with `cmm-cache extract --force`.",
+        ) from e

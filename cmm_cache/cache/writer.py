@@ -18,6 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from cmm_cache.cache.lock import no_readers
 from cmm_cache.cache.partial import PartialStore, SplitPlan
 from cmm_cache.cache.reader import Split
 from cmm_cache.cache.schema import (
@@ -92,7 +93,7 @@ def write_cache(
     name -> :class:`Split`; `fewshot` maps (K, seed) -> (train rows, val rows).
     """
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace_guard=lambda: no_readers(path)) as tmp:
         with h5py.File(tmp, "w") as f:
             _write_header(f, dataset, backbone, provenance, default_templates, classnames, wnids, imagenet_index, text)
             for name, s in splits.items():
@@ -210,7 +211,7 @@ def assemble_cache(
         keep[sp.name], sk = _kept_rows(store, sp, (paths or {}).get(sp.name))
         skipped += sk
     prov = {**provenance, "skipped": skipped}
-    with atomic_path(final) as tmp:
+    with atomic_path(final, replace_guard=lambda: no_readers(final)) as tmp:
         with h5py.File(tmp, "w") as f:
             _write_header(f, dataset, backbone, prov, default_templates, classnames, wnids, imagenet_index, text)
             for sp in splits:
@@ -240,7 +241,7 @@ def add_text_nodes(path: str | os.PathLike, per_template: Mapping[str, np.ndarra
     were, so runs fitted on the cache still match it.
     """
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace_guard=lambda: no_readers(path)) as tmp:
         with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
             for k, v in src.attrs.items():
                 dst.attrs[k] = v

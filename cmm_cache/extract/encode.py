@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -39,14 +41,47 @@ def default_num_workers(device: str = "cpu") -> int:
     return max(1, min(8, n // 2))
 
 
-def load_image(path: str, flip: bool = False):
-    """Decode one image fully (a truncated file fails here, not later) as RGB; mirrored when `flip`."""
+# The largest image decoded (width × height): 8192 × 8192 = 67 Mpx, about 200 MB once decoded to RGB. A small
+# file can hold a huge image (a 140 KB PNG of 144 Mpx decodes to 0.4 GB), in every decoding worker at once.
+# Raise it with --max-image-pixels (extract, predict); PIL's own limit (Image.MAX_IMAGE_PIXELS) is set to it.
+DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+class ImageTooLarge(ValueError):
+    """An image above the pixel limit (reported per file, like any unreadable image)."""
+
+
+def load_image(path: str, flip: bool = False, max_pixels: int | None = None):
+    """Decode one image fully (a truncated file fails here, not later) as RGB; mirrored when `flip`.
+
+    An image of more than `max_pixels` pixels (default :data:`DEFAULT_MAX_IMAGE_PIXELS`) is refused before it
+    is decoded (:class:`ImageTooLarge`)."""
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
-        im.load()
-        img = im.convert("RGB")
+    limit = DEFAULT_MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused here instead
+            Image.MAX_IMAGE_PIXELS = None  # the header's size is checked here, with a message naming it
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > limit:
+                    raise ImageTooLarge(_too_large(f"{w} × {h} = {w * h / 1e6:.1f} Mpx", limit))
+                Image.MAX_IMAGE_PIXELS = limit  # PIL's own checks while decoding (frames, tiles) use it too
+                im.load()
+                img = im.convert("RGB")
+    except Image.DecompressionBombError as e:  # PIL refused while decoding (above twice its limit)
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        raise ImageTooLarge(_too_large(f"{int(m.group(1)) / 1e6:.1f} Mpx" if m else "too large", limit)) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     return ImageOps.mirror(img) if flip else img
+
+
+def _too_large(size: str, limit: int) -> str:
+    return (
+        f"{size}, above the limit of {limit / 1e6:.1f} Mpx (raise it with --max-image-pixels if the image is genuine)"
+    )
 
 
 @dataclass(frozen=True)
@@ -61,9 +96,10 @@ class ImageItem:
 class _ImageDataset:
     """Map-style dataset for torch's DataLoader: item -> (key, tensor [V,3,H,W] or None, error or None)."""
 
-    def __init__(self, items: Sequence[ImageItem], transform):
+    def __init__(self, items: Sequence[ImageItem], transform, max_pixels: int | None = None):
         self.items = list(items)
         self.transform = transform
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.items)
@@ -73,7 +109,7 @@ class _ImageDataset:
 
         it = self.items[k]
         try:
-            img = load_image(it.path)
+            img = load_image(it.path, max_pixels=self.max_pixels)
             views = [self.transform(img)]
             if it.views >= 2:
                 from PIL import ImageOps
@@ -127,11 +163,13 @@ def iter_encoded(
     *,
     num_workers: int | None = None,
     prefetch_factor: int = 2,
+    max_image_pixels: int | None = None,
 ) -> Iterator[EncodedBatch]:
     """Encode `items` in the given batches (lists of positions into `items`), in order.
 
     Batches are fixed by the caller so the same batch composition (hence the
-    same numbers) comes out of an interrupted-and-resumed run.
+    same numbers) comes out of an interrupted-and-resumed run. An image above
+    `max_image_pixels` (default :data:`DEFAULT_MAX_IMAGE_PIXELS`) is reported as unreadable.
     """
     from torch.utils.data import DataLoader
 
@@ -141,7 +179,7 @@ def iter_encoded(
     cuda = str(device).startswith("cuda")
     workers = default_num_workers(device) if num_workers is None else max(0, int(num_workers))
     loader = DataLoader(
-        _ImageDataset(items, backbone.preprocess),
+        _ImageDataset(items, backbone.preprocess, max_image_pixels),
         batch_sampler=[list(b) for b in batches],
         num_workers=workers,
         collate_fn=_collate,

@@ -28,7 +28,7 @@ from cmm_cache.backbones.load import load_backbone
 from cmm_cache.backbones.registry import resolve_backbone
 from cmm_cache.cache.info import cache_summary
 from cmm_cache.cache.locate import cache_path, record_last_extract
-from cmm_cache.cache.lock import CacheLock
+from cmm_cache.cache.lock import CacheLock, check_not_read
 from cmm_cache.cache.partial import PartialStore, SplitPlan
 from cmm_cache.cache.reader import open_cache
 from cmm_cache.cache.writer import assemble_cache, remove_stale_tmp
@@ -98,6 +98,7 @@ class ExtractRequest:
     record_last: bool = True  # remember this cache for `fit` without arguments
     loaded_backbone: object = None  # reuse a Backbone already in memory (benchmarks)
     download: bool = False
+    max_image_pixels: int | None = None  # larger images are unreadable [default: encode.DEFAULT_MAX_IMAGE_PIXELS]
     progress: ProgressFn | None = field(default=None, repr=False)  # (images done, images total)
     text_progress: TextProgressFn | None = field(default=None, repr=False)  # (template set, prompts done, total)
     stage: StageFn | None = field(default=None, repr=False)  # called with what starts now ("loading the backbone")
@@ -268,6 +269,7 @@ def _prepare(job: ExtractJob) -> dict:
     """Rank 0, lock held: up to date, resume the work folder, or start one."""
     store, request, chunk_rows = job.store, job.fingerprint, int(job.request.chunk_rows)
     if job.request.force:
+        check_not_read(job.final)  # before any work: a cache another process reads is not replaced
         store.clear()
     elif job.final.exists():
         _check_existing(job.final, request)
@@ -347,6 +349,7 @@ def run(job: ExtractJob) -> _Encoded:
             skip_bad=req.skip_bad,
             progress=req.progress,
             on_chunk=req.on_chunk,
+            max_image_pixels=req.max_image_pixels,
         )
         enc = _Encoded(text, done, resumed, time.perf_counter() - t)
     except Exception as e:  # every rank must hear of it, or the others wait for this one forever

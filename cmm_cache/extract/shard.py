@@ -102,6 +102,7 @@ def encode_share(
     skip_bad: bool = False,
     progress: ProgressFn | None = None,
     on_chunk: ChunkFn | None = None,
+    max_image_pixels: int | None = None,
 ) -> tuple[int, int]:
     """Encode this rank's chunks that are not on disk yet; returns (images encoded now, images resumed)."""
     w = _collect(ds, plans, store, dist, batch_size)
@@ -109,7 +110,7 @@ def encode_share(
         progress(w.resumed, w.total)
     buffers: dict[tuple[int, int], _ChunkBuffer] = {}
     written = done = 0
-    for eb in iter_encoded(bb, w.items, w.batches, num_workers=num_workers):
+    for eb in iter_encoded(bb, w.items, w.batches, num_workers=num_workers, max_image_pixels=max_image_pixels):
         for key, feat, err in zip(eb.keys, eb.features, eb.errors):
             pi, c, j = w.where[key]
             p = plans[pi]

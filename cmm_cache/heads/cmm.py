@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cmm_cache.heads.base import LOGIT_SCALE, Head, normalize_rows, register_head
+from cmm_cache.heads.base import BOOL, LOGIT_SCALE, NUMBER, ArraySpec, Head, normalize_rows, register_head
 
 
 @dataclass
@@ -59,6 +59,17 @@ class CMMHead(Head):
     """CMM with its chosen alpha: W, T, T0 + fusion choices (alpha None: CMM logits alone)."""
 
     kind = "cmm"
+    ARRAYS = {
+        "T": ArraySpec(("C", "d")),
+        "T0": ArraySpec(("C", "d")),
+        "W": ArraySpec(("d", "d"), optional=True),
+    }
+    PARAMS = {
+        "alpha": ((NUMBER, None), False),
+        "fusion": (("prob", "logit"), False),
+        "normalize_T_in_s": ((BOOL,), False),
+        "cmm_only": ((BOOL,), False),
+    }
 
     def __init__(self, model: Model, alpha: float | None):
         self.model = model

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from cmm_cache.heads.base import Head, LinearProbsModule, register_head
+from cmm_cache.heads.base import ArraySpec, Head, LinearProbsModule, register_head
 
 
 @register_head
@@ -18,6 +18,7 @@ class LinearHead(Head):
     """logits = x Wᵀ + b for normalized features x; W [C, d] (scale folded in), b [C] or None."""
 
     kind = "linear"
+    ARRAYS = {"weight": ArraySpec(("C", "d")), "bias": ArraySpec(("C",), optional=True)}
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         self.weight = weight

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cmm_cache.heads.base import Head, register_head
+from cmm_cache.heads.base import ArraySpec, Head, register_head
 
 
 @register_head
@@ -13,6 +13,7 @@ class MapHead(Head):
     """100 · normalize(x Wᵀ) T0ᵀ: a linear map of the image feature, then cosine to the text classifier."""
 
     kind = "linear-map"
+    ARRAYS = {"W": ArraySpec(("d", "d")), "T0": ArraySpec(("C", "d"))}
 
     def __init__(self, W: torch.Tensor, T0: torch.Tensor):
         self.W, self.T0 = W, T0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cmm_cache.heads.base import Head, register_head
+from cmm_cache.heads.base import NUMBER, ArraySpec, Head, register_head
 
 
 def tip_logits(x, keys, values, T0, alpha, beta):
@@ -21,6 +21,12 @@ class TipHead(Head):
     """Tip-Adapter's fused logits with its keys, key labels, T0 and the chosen (alpha, beta)."""
 
     kind = "tip-adapter"
+    ARRAYS = {
+        "keys": ArraySpec(("N", "d")),
+        "key_labels": ArraySpec(("N",), kind="int", index_of="C"),
+        "T0": ArraySpec(("C", "d")),
+    }
+    PARAMS = {"alpha": ((NUMBER,), True), "beta": ((NUMBER,), True)}
 
     def __init__(self, keys, key_labels, T0, alpha: float, beta: float):
         self.keys, self.key_labels, self.T0 = keys, key_labels.long(), T0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cmm_cache.heads.base import LOGIT_SCALE, Head, LinearProbsModule, register_head
+from cmm_cache.heads.base import LOGIT_SCALE, ArraySpec, Head, LinearProbsModule, register_head
 
 
 @register_head
@@ -12,6 +12,7 @@ class ZeroShotHead(Head):
     """CLIP zero-shot: 100 · v̂ T0ᵀ with the cached (template-averaged) text features."""
 
     kind = "zero-shot"
+    ARRAYS = {"T0": ArraySpec(("C", "d"))}
 
     def __init__(self, T0: torch.Tensor):
         self.T0 = T0

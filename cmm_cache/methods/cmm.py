@@ -75,7 +75,12 @@ def fit_cmm(data: FitData, options: dict, progress=None) -> MethodResult:
         val_acc=val_acc,
         fit_seconds=r.seconds,
         iterations=r.iterations,
-        extra={"final_loss": r.losses[-1][1] if r.losses else None, "engine": r.engine, "threads": r.threads},
+        extra={
+            "final_loss": r.losses[-1][1] if r.losses else None,
+            "engine": r.engine,
+            **({"engine_note": r.engine_note} if r.engine_note else {}),
+            "threads": r.threads,
+        },
     )
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cmm_cache.datasets.names import dataset_key
 from cmm_cache.errors import CmmError
+from cmm_cache.heads.run_folder import result_problems
 from cmm_cache.runs.identity import config_changes, result_config_key, run_id
 from cmm_cache.runs.store import folder_identity
 from cmm_cache.util.paths import safe_name
@@ -56,7 +57,9 @@ def scan_runs(folder: Path) -> list[RunRef]:
     refs = []
     for f in iter_result_files(folder):
         try:
-            r = json.loads(f.read_text())
+            r = json.loads(f.read_text(encoding="utf-8"))
+            if result_problems(r):
+                continue
             refs.append(
                 RunRef(f.parent, r.get("method") or "cmm", result_config_key(r), int(r["shots"]), int(r["seed"]), r)
             )

@@ -17,7 +17,6 @@ method chose everything on the few-shot val subset.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,10 +27,12 @@ import torch
 from cmm_cache.cache.reader import Cache, Split
 from cmm_cache.errors import CmmError
 from cmm_cache.evaluation.metrics import evaluate_head, split_features
+from cmm_cache.heads.run_folder import FINISHED_REQUIRED, read_result
 from cmm_cache.methods.base import Method, SharedFits, fit_data, unmet_needs
 from cmm_cache.methods.registry import get_method
 from cmm_cache.runs.identity import config_key, run_id, run_identity, typed_options
 from cmm_cache.runs.store import check_target, save_run, target_dir
+from cmm_cache.util.atomic import WriteFailed
 from cmm_cache.util.device import resolve_device
 from cmm_cache.util.versions import versions
 
@@ -280,19 +281,20 @@ def save_unlost(cache: Cache, result: dict, arrays: dict, where, runs_root=None,
     folder removed meanwhile) is one CmmError that still gives the run's result and names the folder."""
     try:
         return save_run(cache, result, arrays, runs_root, out, force=True, several=several)
-    except OSError as e:
+    except (OSError, WriteFailed) as e:
         acc = result.get("test_acc")
+        why = e.message if isinstance(e, WriteFailed) else f"{type(e).__name__}: {e.strerror or e}"
         raise CmmError(
             f"The {result['method']} {result['shots']}-shot seed {result['seed']} run was fitted (test "
             f"{'-' if acc is None else f'{acc:.2f}'} %, val {result.get('val_acc')}) but not written: {where} "
-            f"({type(e).__name__}: {e.strerror or e}).",
+            f"({why}).",
             "Make room or fix the folder and run the same command again: runs already written are kept.",
         ) from None
 
 
 def finished_result(path: Path) -> dict:
     """The stored result of a finished run folder (for a run that is skipped), with ``run`` and ``skipped``."""
-    result = json.loads((Path(path) / "result.json").read_text(encoding="utf-8"))
+    result = read_result(path, FINISHED_REQUIRED)
     return {**result, "run": str(path), "skipped": True}
 
 
@@ -378,6 +380,11 @@ def fit_protocol(
             continue
         result, arrays = next(fitted)
         if save:
-            result["run"] = str(save_unlost(cache, result, arrays, where[job], runs_root, out, several))
+            try:
+                result["run"] = str(save_unlost(cache, result, arrays, where[job], runs_root, out, several))
+            except CmmError as e:  # disk full, permission: the result is still shown, then the error
+                result.update(run=None, save_error=e.message)
+                yield result
+                raise
             result["replaced"] = found[job] != "absent"
         yield result

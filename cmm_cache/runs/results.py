@@ -15,6 +15,7 @@ import statistics
 from pathlib import Path
 
 from cmm_cache.errors import CmmError
+from cmm_cache.heads.run_folder import RUN_REQUIRED, result_problems
 from cmm_cache.runs.discovery import folder_run_id, iter_result_files
 from cmm_cache.runs.identity import result_config_key
 from cmm_cache.util.atomic import atomic_path
@@ -35,7 +36,7 @@ RESULT_FIELDS = [
     "iterations",
 ]
 ACC_FIELDS = ("test_acc", "zero_shot_test_acc", "cmm_only_test_acc", "val_acc")
-_REQUIRED = {"dataset": str, "backbone": str, "shots": int, "seed": int, "test_acc": float}
+RESULTS_REQUIRED = (*RUN_REQUIRED, "test_acc")
 
 
 def group_key(r: dict) -> tuple:
@@ -68,17 +69,10 @@ def summarize(results: list[dict]) -> list[dict]:
 
 
 def _problem(r) -> str | None:
-    """Why a parsed result.json cannot be summarized (None when it can)."""
-    if not isinstance(r, dict):
-        return "not a JSON object"
-    for k, typ in _REQUIRED.items():
-        v = r.get(k)
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) if typ is not str else isinstance(v, str)
-        if typ is int and ok and float(v) != int(v):
-            ok = False
-        if not ok:
-            return f"field {k!r} missing or not a {typ.__name__}"
-    return None
+    """Why a parsed result.json cannot be summarized (None when it can): the one set of result.json checks
+    (:func:`cmm_cache.heads.run_folder.result_problems`), with a test accuracy required."""
+    problems = result_problems(r, RESULTS_REQUIRED)
+    return "; ".join(problems) if problems else None
 
 
 def scan_results(run_dirs) -> tuple[list[dict], list[dict]]:

@@ -37,8 +37,9 @@ from cmm_cache.cache.schema import content_sha256
 from cmm_cache.datasets.fewshot import group_name
 from cmm_cache.datasets.names import dataset_key, is_user_data
 from cmm_cache.errors import CmmError
+from cmm_cache.heads.run_folder import FINISHED_REQUIRED, read_files, read_result, run_lock
 from cmm_cache.runs.identity import identity_differences, result_config_key, run_identity
-from cmm_cache.util.atomic import atomic_dir
+from cmm_cache.util.atomic import atomic_dir, recover_dir, remove_stale_dirs, write_errors, write_synced
 from cmm_cache.util.paths import runs_dir, safe_name
 
 # ----------------------------------------------------------------------------
@@ -79,14 +80,12 @@ def folder_identity(path: Path) -> dict | None:
     identities were recorded get theirs from their result.json and the provenance.json beside it."""
     path = Path(path)
     try:
-        result = json.loads((path / "result.json").read_text(encoding="utf-8"))
-        if not isinstance(result, dict):
-            return None
+        result = read_result(path, FINISHED_REQUIRED)
         if not result.get("cache_content_sha256"):
-            prov = json.loads((path / "provenance.json").read_text(encoding="utf-8"))
+            prov = json.loads(read_files(path, ("provenance.json",))["provenance.json"])
             result = {**result, "cache_content_sha256": content_sha256(prov) if isinstance(prov, dict) else None}
         return run_identity(result)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (CmmError, OSError, ValueError, KeyError, TypeError):
         return None
 
 
@@ -118,16 +117,35 @@ def check_target(path: Path, identity: dict, force: bool = False) -> str:
 # Writing and reading a run folder
 
 
+def _tidy(run_dir: Path) -> None:
+    """With the run's lock held: a run left aside by a save killed between two renames goes back to its
+    place, and the temporary/old folders of killed saves go away."""
+    with write_errors(run_dir):
+        recover_dir(run_dir)
+        remove_stale_dirs(run_dir)
+
+
+def _write(run_dir: Path, result: dict, arrays: dict, cache: Cache) -> Path:
+    """Write the four files into a temporary folder (each fsynced), then put it in place in one step
+    (:func:`cmm_cache.util.atomic.atomic_dir`). Call with the run's lock held."""
+    _tidy(run_dir)
+    with atomic_dir(run_dir) as tmp:
+        write_synced(tmp / "weights.npz", lambda fh: np.savez(fh, **arrays))
+        write_synced(tmp / "classes.json", json.dumps({"names": cache.classnames, "wnids": cache.wnids}).encode())
+        write_synced(tmp / "provenance.json", json.dumps(cache.provenance, indent=2, sort_keys=True).encode())
+        write_synced(tmp / "result.json", json.dumps(result, indent=2, default=str).encode())
+    return run_dir
+
+
 def write_run(run_dir: str | os.PathLike, result: dict, arrays: dict, cache: Cache) -> Path:
-    """Write a run folder atomically; an existing run at that path is replaced."""
+    """Write a run folder atomically; an existing run at that path is replaced in one step, so a reader always
+    finds a complete run there and a save killed at any instant leaves the last complete run in place.
+    Concurrent writers of one run take turns (:func:`run_lock`). A disk-full or permission error is one
+    :class:`~cmm_cache.util.atomic.WriteFailed` (nothing half-written left)."""
 
     run_dir = Path(run_dir)
-    with atomic_dir(run_dir) as tmp:
-        np.savez(tmp / "weights.npz", **arrays)
-        (tmp / "classes.json").write_text(json.dumps({"names": cache.classnames, "wnids": cache.wnids}))
-        (tmp / "provenance.json").write_text(json.dumps(cache.provenance, indent=2, sort_keys=True))
-        (tmp / "result.json").write_text(json.dumps(result, indent=2, default=str))
-    return run_dir
+    with run_lock(run_dir):
+        return _write(run_dir, result, arrays, cache)
 
 
 def save_run(
@@ -138,10 +156,13 @@ def save_run(
     The folder is named by method and config key; `out` (an exact folder, or with
     `several` the folder receiving ``shot_K-seed_S`` folders) holding another run
     (another identity) is refused unless `force`. The same run there is replaced.
+    The check and the write happen under the run's lock (:func:`run_lock`).
     """
     path = target_dir(cache, result, runs_root, out, several)
-    check_target(path, run_identity(result), force)
-    return write_run(path, result, arrays, cache)
+    with run_lock(path):
+        _tidy(path)
+        check_target(path, run_identity(result), force)
+        return _write(path, result, arrays, cache)
 
 
 # ----------------------------------------------------------------------------

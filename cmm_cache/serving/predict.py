@@ -28,6 +28,7 @@ import torch
 from cmm_cache.backbones.identity import backbone_differences, describe_differences, is_local_weights
 from cmm_cache.backbones.load import load_backbone
 from cmm_cache.backbones.registry import resolve_backbone
+from cmm_cache.backbones.weights import known_local_weights
 from cmm_cache.errors import CmmError
 from cmm_cache.extract.encode import (
     ImageItem,
@@ -62,13 +63,47 @@ def check_backbone(run: Run, loaded: dict) -> None:
         )
 
 
+def run_weights(run: Run, pretrained: str | os.PathLike | None = None) -> tuple[str | None, str | None]:
+    """(weights file to load, its expected sha256) for the run's backbone: never a file the run folder names.
+
+    The weights come from the user: `pretrained` (``--pretrained``), else, for a cache extracted from a local
+    file, the user's own private record of the local files they loaded (found by the sha256 the run records),
+    else the backbone's pretrained tag from the user's weights cache (None here: resolved by name). The sha256
+    the run records is checked before anything is loaded (:func:`cmm_cache.backbones.load.load_backbone`).
+    """
+    prov = run.provenance
+    want = prov.get("weights_sha256") or None
+    if pretrained is not None:
+        p = Path(pretrained).expanduser()
+        if not p.is_file():
+            raise CmmError(f"Weights file {p} does not exist.", "Pass --pretrained with an existing weights file.")
+        if want is None:
+            raise CmmError(
+                f"The run at {run.path} was fitted on features of {prov.get('model')} without a weights file "
+                "(random weights or a hub model); --pretrained does not apply.",
+                "Run the command without --pretrained.",
+            )
+        return str(p), want
+    if is_local_weights(prov) and want:
+        found = known_local_weights(want)
+        if found is None:
+            raise CmmError(
+                f"The run at {run.path} was fitted on features of a local weights file (sha256 {want[:16]}..., "
+                f"recorded as {prov.get('weights_path')}); a run folder never names the file to load.",
+                "Pass --pretrained PATH with that weights file (its sha256 is checked before it is loaded).",
+            )
+        return found, want
+    return None, want
+
+
 def load_run_backbone(run: Run, device: str = "cpu", pretrained: str | os.PathLike | None = None):
-    """The run's backbone on `device`, checked against the run's provenance."""
+    """The run's backbone on `device`: weights from the user (:func:`run_weights`), their sha256 checked
+    against the run's record before loading, the loaded backbone's fingerprint after."""
 
     prov = run.provenance
-    weights = pretrained or (prov.get("pretrained") if is_local_weights(prov) else None)
+    weights, want = run_weights(run, pretrained)
     spec = resolve_backbone(str(run.result.get("backbone") or prov.get("backbone")), weights)
-    bb = load_backbone(spec, device=device)
+    bb = load_backbone(spec, device=device, expect_sha256=want)
     check_backbone(run, bb.provenance())
     return bb
 
@@ -79,7 +114,15 @@ def load_run_backbone(run: Run, device: str = "cpu", pretrained: str | os.PathLi
 
 def _read_list(f: Path) -> list[str]:
     """Paths in a CSV/TSV/TXT (a `path` column if there is a header, else the first column), relative to it."""
-    text = f.read_text(encoding="utf-8-sig")
+    try:
+        text = f.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CmmError(
+            f"The list {f} is not UTF-8 text (byte {e.start}: {e.reason}).",
+            "Save it as UTF-8 (a CSV/TSV/TXT list of image paths, one per line).",
+        ) from None
+    except OSError as e:
+        raise CmmError(f"Cannot read the list {f} ({e.strerror or e}).") from None
     rows = [r for r in csv.reader(text.splitlines(), delimiter="\t" if f.suffix.lower() == ".tsv" else ",") if r]
     col = 0
     if rows:
@@ -206,6 +249,7 @@ class Classifier:
         num_workers: int | None = None,
         skip_bad: bool = False,
         progress: Callable[[int, int], None] | None = None,
+        max_image_pixels: int | None = None,
     ) -> FilePredictions:
         """Decode and encode image files as `extract` does, batch by batch, and classify them.
 
@@ -213,7 +257,10 @@ class Classifier:
         lists them all (after the pass, so every bad file is named at once).
         """
         ok, probs, skipped = [], [], []
-        for path, p, err in self.iter_files(paths, batch_size=batch_size, num_workers=num_workers, progress=progress):
+        files = self.iter_files(
+            paths, batch_size=batch_size, num_workers=num_workers, progress=progress, max_image_pixels=max_image_pixels
+        )
+        for path, p, err in files:
             if err is not None:
                 skipped.append({"path": path, "error": err})
             else:
@@ -231,8 +278,11 @@ class Classifier:
         C = len(self.classes)
         return FilePredictions(ok, torch.cat(probs) if probs else torch.zeros(0, C), skipped)
 
-    def iter_files(self, paths, *, batch_size=64, num_workers=None, progress=None) -> Iterator[tuple]:
-        """(path, probabilities [1, C] or None, error or None) per file, in order."""
+    def iter_files(
+        self, paths, *, batch_size=64, num_workers=None, progress=None, max_image_pixels=None
+    ) -> Iterator[tuple]:
+        """(path, probabilities [1, C] or None, error or None) per file, in order (an image above
+        `max_image_pixels`, default :data:`~cmm_cache.extract.encode.DEFAULT_MAX_IMAGE_PIXELS`, is an error)."""
 
         items = [ImageItem(key=i, path=str(p), views=1) for i, p in enumerate(paths)]
         batches = [list(range(i, min(len(items), i + batch_size))) for i in range(0, len(items), batch_size)]
@@ -244,7 +294,9 @@ class Classifier:
         try:
             if progress:
                 progress(0, len(items))
-            for eb in iter_encoded(self.backbone, items, batches, num_workers=workers):
+            for eb in iter_encoded(
+                self.backbone, items, batches, num_workers=workers, max_image_pixels=max_image_pixels
+            ):
                 good = [i for i, f in enumerate(eb.features) if f is not None]
                 p = (
                     self.predict_features(np.stack([eb.features[i][0] for i in good]).astype(np.float32))

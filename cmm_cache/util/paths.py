@@ -54,9 +54,25 @@ def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
 _cache_root = cache_dir  # for functions whose `cache_dir` parameter shadows the name
 
 
+MAX_NAME_CHARS = 100  # a longer name is cut and ends in 8 hex digits of its sha256 (file systems cap names)
+
+
 def safe_name(name: str) -> str:
-    """A dataset/backbone name usable as one path component (`ViT-B-32/openai` -> `ViT-B-32_openai`)."""
-    return "".join(c if (c.isalnum() or c in "-_.+") else "_" for c in name)
+    """A dataset/backbone/method name usable as one path component (`ViT-B-32/openai` -> `ViT-B-32_openai`).
+
+    Only letters, digits and ``-_.+`` survive (separators become ``_``); a leading ``.`` becomes ``_``, so
+    ``.``, ``..`` and hidden names never do (``..`` -> ``_.``); an empty name is ``_``; a very long one is cut.
+    Names come from data (a cache's attributes, a result.json): never a step up or a hidden folder.
+    """
+    import hashlib
+
+    name = str(name)
+    s = "".join(c if (c.isalnum() or c in "-_.+") else "_" for c in name)
+    if s.startswith("."):
+        s = "_" + s[1:]
+    if len(s) > MAX_NAME_CHARS:
+        s = s[: MAX_NAME_CHARS - 9] + "-" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return s or "_"
 
 
 def runs_dir(cache_root: str | os.PathLike | None = None) -> Path:

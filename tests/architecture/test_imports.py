@@ -156,3 +156,9 @@ def test_docs_architecture_names_every_stage():
     doc = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
     for f in set(ALLOWED) - {"errors"}:
         assert f"`{f}/`" in doc, f"docs/architecture.md does not describe cmm_cache/{f}/"
+
+
+def test_test_file_names_are_unique():
+    """pytest imports test modules by their base name (tests/README.md): two folders with one name break collection."""
+    names = [p.name for p in (REPO / "tests").rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})

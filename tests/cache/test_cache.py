@@ -183,7 +183,8 @@ def test_two_writers_never_hold_the_lock_together_and_leave_no_lock_file(tmp_pat
 
 
 def test_fewshot_rows_outside_a_split_are_refused(tmp_path):
-    """A foreign cache whose few-shot rows point past splits/train gets one clear error, not an IndexError."""
+    """A foreign cache whose few-shot rows point past splits/train gets one clear error when it is opened,
+    not an IndexError later."""
     import numpy as np
     import pytest
 
@@ -206,11 +207,8 @@ def test_fewshot_rows_outside_a_split_are_refused(tmp_path):
         },
         fewshot={(1, 1): (np.array([0, 7]), np.array([0, 1])), (1, 2): (np.array([0, 1]), np.array([1, 2]))},
     )
-    c = open_cache(p)
-    with pytest.raises(CmmError, match="outside splits/train"):
-        c.fewshot(1, 1)
-    tr, va = c.fewshot(1, 2)
-    assert tr.tolist() == [0, 1] and va.tolist() == [1, 2]
+    with pytest.raises(CmmError, match=r"fewshot/shot_1-seed_1/train: row positions outside 0\.\.2"):
+        open_cache(p)
 
 
 def _small_cache(path, per_template=None):
@@ -234,6 +232,7 @@ def test_per_template_text_is_optional_and_its_absence_says_how_to_add_it(tmp_pa
     new = open_cache(_small_cache(tmp_path / "new.h5", per))
     np.testing.assert_array_equal(new.text_per_template("set"), per)
     assert verify_cache(new.path) == []
+    new.close()  # a Cache keeps its file open (read-only) until closed
     with h5py.File(new.path, "r+") as f:  # a per-template node of the wrong shape is reported
         del f["text/set/per_template"]
         f.create_dataset("text/set/per_template", data=per[:, :1], fletcher32=True)

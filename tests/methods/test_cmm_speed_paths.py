@@ -154,8 +154,10 @@ def test_kernel_given_batches_equals_torch_path_over_segments(kernel):
 def test_kernel_is_cached_on_disk_by_content(kernel, fresh_probes, tmp_path, monkeypatch):
     monkeypatch.setenv("CMM_CACHE_DIR", str(tmp_path / "c"))
     assert cpu_kernel.status()["reason"] == "built"
-    libs = list((tmp_path / "c" / "kernels").iterdir())
-    assert len(libs) == 1 and libs[0].name.startswith("cmm_loop-") and libs[0].suffix == ".so"
+    files = sorted((tmp_path / "c" / "kernels").iterdir())  # the library and its sha256, recorded at build
+    libs = [p for p in files if p.suffix == ".so"]
+    assert len(libs) == 1 and libs[0].name.startswith("cmm_loop-")
+    assert [p.name for p in files] == [libs[0].name, libs[0].name + ".sha256"]
     cpu_kernel.forget()
     assert cpu_kernel.status() == {"available": True, "reason": "cached", "path": str(libs[0])}
 
@@ -190,7 +192,8 @@ def test_a_compiler_that_refuses_a_flag_gets_the_next_flag_set(kernel, fresh_pro
     monkeypatch.setattr(cpu_kernel, "_compiler", lambda: str(picky))
     st = cpu_kernel.status()
     assert st["available"] and st["reason"] == "built", st
-    assert [p.name for p in (tmp_path / "c" / "kernels").iterdir()] == [Path(st["path"]).name]  # no temp left
+    name = Path(st["path"]).name
+    assert sorted(p.name for p in (tmp_path / "c" / "kernels").iterdir()) == [name, name + ".sha256"]  # no temp left
     x, y, T0 = _data()
     cfg = TrainConfig(iterations=30)
     _close(

@@ -190,6 +190,7 @@ class TrainResult:
     iterations: int
     losses: list = field(default_factory=list)  # (iteration, loss) every `log_every`
     engine: str = ""  # which implementation ran ("compiled CPU loop", "torch (...)")
+    engine_note: str | None = None  # why the compiled CPU loop did not run where it would have applied
     threads: dict = field(default_factory=dict)  # the thread choice (ThreadChooser.summary)
 
 
@@ -252,6 +253,9 @@ def train_cmm(
     T0 = T0.to(dev, x.dtype)
     p0y = clip_prob_true(x, y, T0)
     loop = make_loop(x, y, T0, p0y, cfg, batches, lrs, runtime.engine)
+    note = None
+    if not isinstance(loop, kernel.KernelLoop) and runtime.engine == "auto" and _kernel_fits(x, T0, cfg):
+        note = f"compiled CPU loop not used: {kernel.status()['reason']}"
     chooser = ThreadChooser(candidates(dev, runtime.threads))
     every = max(int(log_every), 1)
     losses = []
@@ -283,5 +287,6 @@ def train_cmm(
         iterations=n_it,
         losses=losses,
         engine=getattr(loop, "name", type(loop).__name__),
+        engine_note=note,
         threads=chooser.summary(),
     )
