@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,7 +64,7 @@ class FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = None if self.wait is None else time.monotonic() + float(self.wait)
         attempts = 0
-        while attempts < _MAX_ATTEMPTS:
+        while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             got = self._lock_fd(fd, deadline)
             if got:
@@ -72,8 +73,15 @@ class FileLock:
                 self.fd = fd
                 _held[fd] = self
                 return self
+            # The holder let go (and removed the file) just as we locked it. A waiting writer keeps trying until
+            # its deadline (a fixed number of tries starved it behind a writer saving in a loop); between tries a
+            # short random pause lets the other writer finish its turn instead of winning every race.
             attempts += 1
-        raise CmmError(f"Could not lock {self.path}: other writers keep taking and releasing it.", "Try again.")
+            if deadline is None and attempts >= _MAX_ATTEMPTS:
+                raise CmmError(f"Could not lock {self.path}: other writers keep taking and releasing it.", "Try again.")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise self.busy("")
+            time.sleep(random.uniform(0, _POLL_S * min(attempts, 10)))
 
     def _lock_fd(self, fd: int, deadline: float | None = None) -> bool:
         """Lock `fd`: True when it is the live lock file, False (fd closed) when its holder removed it meanwhile.
