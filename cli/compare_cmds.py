@@ -130,7 +130,7 @@ def compare_cmd(
 
     out = compare(
         cache,
-        names,
+        methods if methods.strip() == "all" else names,
         shots,
         seeds,
         options=opts,
@@ -149,6 +149,8 @@ def compare_cmd(
         emit_json({**out, "table": json_table(out["table"])})
         return
     console.print(_table(out))
+    for name, why in (out.get("not_run") or {}).items():
+        console.print(f"[yellow]not run[/]: {name}: {why}")
     for key, what in (("csv", "table"), ("plot", "plot")):
         if key in out:
             console.print(f"wrote the {what}: {out[key]}")

@@ -83,6 +83,43 @@ def _backbone_help() -> str:
         "text encoder only, image features kept. Image options are ignored."
     ),
 )
+@click.option(
+    "--train-views",
+    default=2,
+    show_default=True,
+    type=click.IntRange(2),
+    help=(
+        "Views per train image: the centre view, its mirror and N-2 seeded random-resized-crop (+ flip) views, "
+        "the augmented views Tip-Adapter, GDA, ProLIP, LP++ and CLAP train on (e.g. 12; ProLIP uses up to 300)."
+    ),
+)
+@click.option(
+    "--add-views",
+    default=None,
+    type=click.IntRange(3),
+    help=(
+        "Give an existing cache N train views in all: encodes only the missing augmented views (image options "
+        "apply; everything else in the cache is kept)."
+    ),
+)
+@click.option("--views-seed", default=None, type=int, help="Seed of the augmented views [default: 0].")
+@click.option(
+    "--views-crop-scale",
+    default=None,
+    callback=lambda ctx, p, v: None if v is None else _scale(v),
+    help="RandomResizedCrop scale MIN,MAX of the augmented views [default: 0.5,1; CLAP's code uses 0.08,1].",
+)
+@click.option(
+    "--finetune-blocks",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help=(
+        "Also store, for train/val/test, the input of the image tower's last K blocks (float16), for "
+        "cross-modal-partial-ft. 1 = the last ViT block / the ResNet attention pool (Lin et al.). Large: "
+        "RN50 196 KiB, ViT-B/16 296 KiB per image and view."
+    ),
+)
 @data_root_option
 @cache_dir_option
 @device_option
@@ -101,6 +138,11 @@ def extract_cmd(
     out,
     download,
     add_text,
+    train_views,
+    add_views,
+    views_seed,
+    views_crop_scale,
+    finetune_blocks,
     data_root,
     cache_dir,
     device,
@@ -119,6 +161,23 @@ def extract_cmd(
         if force:
             raise CmmError("--add-text keeps the cache and adds to it; --force re-extracts it: choose one.")
         r = run_add_text(dataset, backbone, pretrained=pretrained, cache_root=cache_dir, out=out, device=device)
+        return _report(r, as_json)
+    if add_views is not None:
+        from cmm_cache.errors import CmmError
+        from cmm_cache.extract.add_views import add_views as run_add_views
+
+        if force or finetune_blocks or train_views != 2:
+            raise CmmError(
+                "--add-views keeps the cache and adds train views to it; it takes no --force, --train-views or "
+                "--finetune-blocks.",
+                "Give the total number of train views to --add-views alone.",
+            )
+        with ImageProgress(f"add views {dataset} × {backbone}", enabled=_show_progress(as_json)) as prog:
+            r = run_add_views(
+                dataset, backbone, add_views, pretrained=pretrained, data_root=data_root, cache_root=cache_dir,
+                out=out, device=device, seed=views_seed, crop_scale=views_crop_scale, batch_size=batch_size,
+                num_workers=workers, progress=prog,
+            )  # fmt: skip
         return _report(r, as_json)
     from cmm_cache.extract.pipeline import extract
 
@@ -139,8 +198,23 @@ def extract_cmd(
             force=force,
             progress=prog,
             download=download,
+            train_views=train_views,
+            views_seed=0 if views_seed is None else views_seed,
+            views_crop_scale=views_crop_scale or (0.5, 1.0),
+            finetune_blocks=finetune_blocks,
+            on_note=lambda msg: console.print(f"[yellow]note[/]: {msg}"),
         )
     _report(r, as_json)
+
+
+def _scale(value: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in str(value).split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected MIN,MAX (e.g. 0.5,1), got {value!r}") from None
+    if not 0.0 < lo <= hi <= 1.0:
+        raise click.BadParameter(f"expected 0 < MIN <= MAX <= 1, got {value!r}")
+    return lo, hi
 
 
 def _report(r, as_json: bool) -> None:
@@ -153,6 +227,8 @@ def _report(r, as_json: bool) -> None:
         return
     if r.status == "text-added":
         console.print(f"[green]added text embeddings[/] to {r.path}")
+    elif r.status == "views-added":
+        console.print(f"[green]added train views[/] to {r.path}")
     elif r.status == "up-to-date":
         console.print(f"[green]up to date[/]: {r.path} (use --force to re-extract)")
     else:

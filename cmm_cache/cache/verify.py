@@ -15,7 +15,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from cmm_cache.cache.schema import SCHEMA, as_str, per_template_node, text_node
+from cmm_cache.cache.schema import (
+    BLOCK_SUFFIX_GROUP,
+    BLOCKS_GROUP,
+    SCHEMA,
+    as_str,
+    block_inputs_node,
+    per_template_node,
+    text_node,
+)
 from cmm_cache.datasets.fewshot import GROUP_RE
 
 _BLOCK_BYTES = 64 << 20  # 3-D features are checked in blocks of this size: memory stays flat
@@ -46,7 +54,8 @@ def verify_cache(path: str | os.PathLike) -> list[str]:
         return [f"not readable as HDF5: {e}"]
     with f:
         scan = _Scan(f)
-        for check in (_check_data, _check_root_attrs, _check_classes, _check_text, _check_splits, _check_fewshot):
+        for check in (_check_data, _check_root_attrs, _check_classes, _check_text, _check_splits, _check_fewshot,
+                      _check_blocks):  # fmt: skip
             check(scan)
     return scan.problems
 
@@ -60,8 +69,9 @@ def _check_data(scan: _Scan) -> None:
         if not obj.fletcher32:
             scan.add(f"{name}: stored without a checksum")
         try:
-            if obj.ndim == 3:  # features: read in blocks, keep nothing
-                step = max(1, _BLOCK_BYTES // max(1, obj.dtype.itemsize * obj.shape[1] * obj.shape[2]))
+            if obj.ndim >= 3:  # features and block inputs: read in blocks, keep nothing
+                row = obj.dtype.itemsize * int(np.prod(obj.shape[1:]))
+                step = max(1, _BLOCK_BYTES // max(1, row))
                 for a in range(0, obj.shape[0], step):
                     if not np.all(np.isfinite(obj[a : a + step])):
                         scan.nonfinite.add(name)
@@ -185,6 +195,45 @@ def _check_splits(scan: _Scan) -> None:
             scan.add(f"{base}/index: negative manifest rows")
         if f"{base}/features" in scan.nonfinite:
             scan.add(f"{base}/features: non-finite values")
+        if "view_recipe" in fe.attrs:
+            try:
+                json.loads(as_str(fe.attrs["view_recipe"]))
+            except json.JSONDecodeError:
+                scan.add(f"{base}/features: attribute view_recipe is not JSON")
+
+
+def _check_blocks(scan: _Scan) -> None:
+    """The optional block inputs: one cut (JSON), its weights, and per split [rows, Vb, *input_shape] float16."""
+    f = scan.f
+    inputs = [s for s in scan.rows if block_inputs_node(s) in f]
+    if BLOCKS_GROUP not in f:
+        for s in inputs:
+            scan.add(f"{block_inputs_node(s)}: block inputs without a blocks/ group (attribute cut)")
+        return
+    try:
+        cut = json.loads(as_str(f[BLOCKS_GROUP].attrs["cut"]))
+        shape = tuple(int(v) for v in cut["input_shape"])
+        cut["config"]["arch"]
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+        scan.add(f"blocks: attribute cut missing or incomplete ({e})")
+        return
+    if BLOCK_SUFFIX_GROUP not in f or not len(f[BLOCK_SUFFIX_GROUP]):
+        scan.add(f"{BLOCK_SUFFIX_GROUP}: the weights above the cut are missing")
+    for s in inputs:
+        key = block_inputs_node(s)
+        d = f[key]
+        if d.dtype != np.float16 or d.ndim != 2 + len(shape) or tuple(d.shape[2:]) != shape:
+            scan.add(f"{key}: expected float16 [n, Vb, {', '.join(map(str, shape))}], got {d.dtype} {d.shape}")
+            continue
+        if d.shape[0] != scan.rows[s]:
+            scan.add(f"{key}: {d.shape[0]} rows for {scan.rows[s]} in splits/{s}/features")
+        try:
+            if len(json.loads(as_str(d.attrs.get("views", "")))) != d.shape[1]:
+                scan.add(f"{key}: {d.shape[1]} views but attribute views lists another number")
+        except json.JSONDecodeError:
+            scan.add(f"{key}: attribute views missing or not JSON")
+        if key in scan.nonfinite:
+            scan.add(f"{key}: non-finite values")
 
 
 def _check_fewshot(scan: _Scan) -> None:

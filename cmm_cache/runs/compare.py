@@ -20,7 +20,15 @@ from pathlib import Path
 from cmm_cache.cache.reader import Cache
 from cmm_cache.errors import CmmError
 from cmm_cache.methods.registry import get_method, registered_methods
-from cmm_cache.runs.protocol import finished_result, fit_run, plan, planned_identity, read_once, resolve_method
+from cmm_cache.runs.protocol import (
+    finished_result,
+    fit_run,
+    inputs_available,
+    plan,
+    planned_identity,
+    read_once,
+    resolve_method,
+)
 from cmm_cache.runs.store import check_target, save_run, target_dir
 from cmm_cache.util.atomic import atomic_path
 
@@ -55,6 +63,8 @@ RUN_KEYS = (
     "hparams",
     "fit_seconds",
     "iterations",
+    "train_views",
+    "warnings",
 )
 
 
@@ -68,6 +78,7 @@ def fit_one(
     templates=None,
     device="cpu",
     force: bool = False,
+    views: str | None = None,
 ) -> dict:
     """Fit one run, save its folder (unless `runs_root` is None) and return its summary row.
 
@@ -77,12 +88,14 @@ def fit_one(
     """
     if runs_root is not None:  # <runs>/<dataset>/<backbone>/<method>-<config key>/shot_K-seed_S
         m, opts = resolve_method(method, options)
-        ident = planned_identity(cache, m, opts, templates, shots, seed)
+        ident = planned_identity(cache, m, opts, templates, shots, seed, views)
         path = target_dir(cache, ident, runs_root)
         if check_target(path, ident, force) == "same" and not force:
             stored = finished_result(path)
             return {**{key: stored.get(key) for key in RUN_KEYS}, "run": stored["run"], "skipped": True}
-    result, arrays = fit_run(cache, shots, seed, method=method, options=options, templates=templates, device=device)
+    result, arrays = fit_run(
+        cache, shots, seed, method=method, options=options, templates=templates, device=device, views=views
+    )
     row = {key: result.get(key) for key in RUN_KEYS}
     if runs_root is not None:
         row["run"] = str(save_run(cache, result, arrays, runs_root, force=True))
@@ -108,10 +121,23 @@ def compare(
     `options` maps a method name to its options; `max_iterations` caps every trained method
     (:meth:`~cmm_cache.methods.base.Method.capped`); with `runs_root` each run is saved (:func:`fit_one`).
     `progress(done, total, run_summary)` is called after each run. Runs already saved with the same identity
-    are not fitted again (``skipped`` in their row); `force` refits them.
+    are not fitted again (``skipped`` in their row); `force` refits them. With 'all', a method whose inputs
+    the cache lacks (block inputs: ``extract --finetune-blocks``) is left out and listed in ``not_run``;
+    named explicitly, it is one clear error before anything trains.
     """
     names = resolve_methods(methods)
     cache = read_once(cache)  # every run of every method shares one read of the file
+    spec = [x.strip() for x in methods.split(",")] if isinstance(methods, str) else list(methods or [])
+    every = not [x for x in spec if x] or spec == ["all"]
+    lacking = [n for n in names if not inputs_available(cache, get_method(n))]
+    if lacking and not every:
+        raise CmmError(
+            f"{', '.join(lacking)} fine-tune(s) the image tower's last blocks on their cached inputs, and "
+            f"{cache.path} holds none.",
+            cache.blocks_hint(),
+        )
+    not_run = {n: "the cache holds no block inputs (extract --finetune-blocks 1)" for n in lacking}
+    names = [n for n in names if n not in lacking]
     jobs = plan(cache, sorted(set(shots)) if shots else None, sorted(set(seeds)) if seeds else None)
     shots, seeds = sorted({k for k, _ in jobs}), sorted({s for _, s in jobs})
     total, runs = len(names) * len(jobs), []
@@ -132,6 +158,7 @@ def compare(
         "max_iterations": max_iterations,
         "table": table(runs, names, shots),
         "runs": runs,
+        "not_run": not_run,
     }
 
 

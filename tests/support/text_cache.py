@@ -21,6 +21,7 @@ import numpy as np
 
 from cmm_cache.cache.reader import Split
 from cmm_cache.cache.writer import write_cache
+from cmm_cache.extract.encode import augmented_names
 from support.synth import World
 
 # Real CLIP features are data the project may not ship (no licence): tests that need them read the folder
@@ -72,8 +73,11 @@ def _fewshot(ytr, yva, C, shots, seeds, base=1000):
     return out
 
 
-def make_text_cache(path, C=6, d=16, M=3, shots=(1, 4), seeds=(1, 2), test_per_class=20, scramble_test=False, seed=0):
-    """A synthetic cache with per-template text; scramble_test permutes the test labels only."""
+def make_text_cache(
+    path, C=6, d=16, M=3, shots=(1, 4), seeds=(1, 2), test_per_class=20, scramble_test=False, seed=0, views=2
+):
+    """A synthetic cache with per-template text; scramble_test permutes the test labels only; `views` train
+    views (centre, mirror, then rrc-1.. named as `extract --train-views` names them)."""
     w = World(C=C, d=d, seed=seed)
     rng = np.random.default_rng(seed + 1)
     per = (w.text[:, None, :] + 0.5 * rng.standard_normal((C, M, d)) / np.sqrt(d)) * 8.0
@@ -91,7 +95,7 @@ def make_text_cache(path, C=6, d=16, M=3, shots=(1, 4), seeds=(1, 2), test_per_c
         text={"synthetic": (T0, [f"template {j} {{}}" for j in range(M)], per.astype(np.float32))},
         default_templates="synthetic",
         splits={
-            "train": Split(w.images(ytr, 2, rng), ytr, np.arange(len(ytr)), ["center", "hflip"]),
+            "train": Split(w.images(ytr, views, rng), ytr, np.arange(len(ytr)), augmented_names(views)),
             "val": Split(w.images(yva, 1, rng), yva, np.arange(len(yva)), ["center"]),
             "test": Split(test_x, yte, np.arange(len(yte)), ["center"]),
         },
