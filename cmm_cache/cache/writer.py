@@ -114,6 +114,26 @@ def write_cache(
     return path
 
 
+def write_block_nodes(
+    path: str | os.PathLike, inputs: Mapping[str, tuple], cut: Mapping, weights: Mapping[str, np.ndarray]
+) -> Path:
+    """Give a cache written from memory (:func:`write_cache`) block inputs, atomically: `inputs` maps split ->
+    (float16 [n, Vb, *shape], view names); `cut` and `weights` as ``extract --finetune-blocks`` records them."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
+            for k, v in src.attrs.items():
+                dst.attrs[k] = v
+            for name in src:
+                src.copy(src[name], dst, name=name)
+            for split, (arr, views) in inputs.items():
+                arr = np.asarray(arr, dtype=FEATURE_DTYPE)
+                d = _create_block_inputs(dst, split, len(arr), views, cut["input_shape"])
+                d[...] = arr
+            write_block_weights(dst, cut, weights)
+    return path
+
+
 # --------------------------------------------------------------------------- streaming from the work folder
 
 

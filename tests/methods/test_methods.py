@@ -29,6 +29,10 @@ REQUIRED = {
     "tip-adapter-f",
     "gda",
     "prolip-linear",
+    "cross-modal-partial-ft",
+    "cross-modal-adapter",
+    "lp++",
+    "clap",
     "cmm",
     "cmm-no-map",
     "cmm-no-triplet",
@@ -99,8 +103,8 @@ def test_cmm_ablations_are_cmm_with_one_option_changed():
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory):
     root = tmp_path_factory.mktemp("methods")
-    a = open_cache(make_text_cache(root / "a.h5"))
-    b = open_cache(make_text_cache(root / "b.h5", scramble_test=True))
+    a = open_cache(make_text_cache(root / "a.h5", blocks=True))  # block inputs too: every method runs on it
+    b = open_cache(make_text_cache(root / "b.h5", scramble_test=True, blocks=True))
     return a, b
 
 
@@ -118,7 +122,9 @@ def fitted(caches):
 @pytest.mark.parametrize("name", METHODS)
 def test_head_probs_state_export_and_class_restriction(name, fitted):
     head = fitted[name].head
-    x = normalize_rows(torch.randn(9, 16, generator=torch.Generator().manual_seed(3)))
+    g = torch.Generator().manual_seed(3)
+    blocks = head.input == "block_inputs"  # a head that runs the tower's last blocks takes their inputs
+    x = torch.randn(9, *head.input_shape, generator=g) if blocks else normalize_rows(torch.randn(9, 16, generator=g))
     p = head.probs(x)
     torch.testing.assert_close(p.sum(1), torch.ones(9))
     assert torch.equal(p.argmax(1), head.logits(x).argmax(1))
@@ -127,7 +133,10 @@ def test_head_probs_state_export_and_class_restriction(name, fitted):
     assert type(again) is type(head)
     torch.testing.assert_close(again.probs(x), p)
     exported = torch.export.export(head.module(), (x,)).module()
-    torch.testing.assert_close(exported(2.5 * x), p, rtol=1e-4, atol=1e-5)  # the module normalizes its input
+    if blocks:
+        torch.testing.assert_close(exported(x), p, rtol=1e-4, atol=1e-5)
+    else:
+        torch.testing.assert_close(exported(2.5 * x), p, rtol=1e-4, atol=1e-5)  # the module normalizes its input
     sub = torch.tensor([3, 0, 5])
     z = head.logits(x, sub)
     assert z.shape == (9, 3)
@@ -161,6 +170,19 @@ def test_methods_that_need_per_template_text_say_how_to_get_it(tmp_path):
     c = open_cache(make_cache(tmp_path / "old.h5", C=4, d=8, shots=(1,), seeds=(1,))[0])  # no per-template node
     with pytest.raises(CmmError, match="--add-text"):
         fit_run(c, 1, 1, method="cross-modal-lp", options={"iterations": 5})
+
+
+def test_methods_on_block_inputs_need_a_cache_with_them(tmp_path):
+    from cmm_cache.runs.compare import compare
+
+    c = open_cache(make_text_cache(tmp_path / "plain.h5"))
+    with pytest.raises(CmmError, match="--finetune-blocks"):
+        fit_run(c, 1, 1, method="cross-modal-partial-ft", options={"iterations": 5})
+    with pytest.raises(CmmError, match="--finetune-blocks"):
+        compare(c, "zero-shot,cross-modal-partial-ft", [1], [1])
+    out = compare(c, "all", [1], [1], max_iterations=5)
+    assert "cross-modal-partial-ft" in out["not_run"] and "cross-modal-partial-ft" not in out["methods"]
+    assert {"lp++", "clap", "cross-modal-adapter"} <= set(out["methods"])
 
 
 def test_capped_caps_each_kind_of_budget():
