@@ -269,6 +269,15 @@ def encode_image_batch(model, images, device: str):
         return model.encode_image(images).float()
 
 
+def encode_block_inputs(cut, images, device: str):
+    """Block inputs float16 [B, *shape] of a preprocessed batch: the frozen tower up to the cut, rounded to
+    float16 as the cache stores them."""
+    import torch
+
+    with torch.inference_mode(), autocast_context(device):
+        return cut.prefix(images).to(torch.float16)
+
+
 def encode_cut_batch(cut, images, device: str):
     """(raw image features float32 [B, d], block inputs float16 [B, *shape]) through a tower cut: the prefix
     then the suffix, which is the whole image tower (the same computation, so the same features)."""
