@@ -181,6 +181,12 @@ def extract_cmd(
         return _report(r, as_json)
     from cmm_cache.extract.pipeline import extract
 
+    said: list[str] = []  # notes printed before encoding started (not printed again at the end)
+
+    def note(msg: str) -> None:
+        said.append(msg)
+        console.print(f"[yellow]note[/]: {msg}")
+
     with ImageProgress(f"extract {dataset} × {backbone}", enabled=_show_progress(as_json)) as prog:
         r = extract(
             dataset,
@@ -202,9 +208,9 @@ def extract_cmd(
             views_seed=0 if views_seed is None else views_seed,
             views_crop_scale=views_crop_scale or (0.5, 1.0),
             finetune_blocks=finetune_blocks,
-            on_note=lambda msg: console.print(f"[yellow]note[/]: {msg}"),
+            on_note=note,
         )
-    _report(r, as_json)
+    _report(r, as_json, said)
 
 
 def _scale(value: str) -> tuple[float, float]:
@@ -217,11 +223,12 @@ def _scale(value: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _report(r, as_json: bool) -> None:
+def _report(r, as_json: bool, said=()) -> None:
     if r.rank != 0:
         return
     for note in r.notes:
-        console.print(f"[yellow]note[/]: {note}")
+        if note not in said:
+            console.print(f"[yellow]note[/]: {note}")
     if as_json:
         emit_json(r.to_dict())
         return

@@ -234,7 +234,7 @@ def resolve(req: ExtractRequest, dist: DistContext, device: str) -> ExtractJob:
     bb = req.loaded_backbone if req.loaded_backbone is not None else load_backbone(spec, device=device)
     cut = cut_tower(bb.model.visual, K) if K > 0 else None
     if cut is not None:
-        _size_note(plans, cut, notes, req.on_note if dist.is_main else None)
+        _size_note(plans, cut, final, notes, req.on_note if dist.is_main else None)
     return ExtractJob(
         request=req,
         dist=dist,
@@ -276,7 +276,7 @@ def view_recipe(req: ExtractRequest) -> ViewRecipe:
         ) from e
 
 
-LARGE_CACHE_BYTES = 2 << 30  # block inputs beyond this many bytes: say so before encoding starts
+LARGE_CACHE_BYTES = 1 << 30  # block inputs beyond this many bytes make a large file: said before encoding starts
 
 
 def block_input_bytes(plans: Sequence[SplitPlan], input_shape: Sequence[int]) -> int:
@@ -285,7 +285,21 @@ def block_input_bytes(plans: Sequence[SplitPlan], input_shape: Sequence[int]) ->
     return sum(p.n * p.block_views * per for p in plans)
 
 
-def _size_note(plans, cut, notes: list[str], say: Callable[[str], None] | None) -> None:
+def _free_bytes(path: Path) -> int | None:
+    import shutil
+
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def _size_note(plans, cut, final: Path, notes: list[str], say: Callable[[str], None] | None) -> None:
+    """Say how much the block inputs add, before any image is encoded; refuse when the disk cannot hold them
+    twice (the work folder's chunk files and the assembled file exist together for a moment)."""
     from cmm_cache.cache.info import human_bytes
 
     n = block_input_bytes(plans, cut.input_shape)
@@ -295,10 +309,17 @@ def _size_note(plans, cut, notes: list[str], say: Callable[[str], None] | None) 
         f"--finetune-blocks {cut.blocks}: the block inputs ({rows} rows of [{shape}] float16, "
         f"{human_bytes(2 * np.prod(cut.input_shape))} each) add about {human_bytes(n)} to the cache"
     )
+    free = _free_bytes(final.parent)
+    if free is not None and 2 * n > free:
+        raise CmmError(
+            f"{msg}, and writing it needs about {human_bytes(2 * n)} free beside {final} "
+            f"(the chunk files and the file being assembled); {human_bytes(free)} is free there.",
+            "Free space there, or pass --out to a disk with room (--cache-dir for the whole cache folder).",
+        )
     if n >= LARGE_CACHE_BYTES:
-        msg += "; make sure the cache folder has room"
-        if say is not None:
-            say(msg)
+        msg += f": a large file (writing it needs about {human_bytes(2 * n)} free for a moment)"
+    if say is not None:
+        say(msg)
     notes.append(msg)
 
 

@@ -167,5 +167,6 @@ METHOD = register_method(
         trained=True,
         budget="iterations",
         rank=33,
+        selection="few-shot val (lr, weight decay, best iteration), as theirs",
     )
 )

@@ -152,6 +152,7 @@ METHOD = register_method(
         trained=True,
         budget="iterations",
         rank=32,
+        selection="few-shot val (lr, weight decay, best iteration), as theirs",
         inputs="block_inputs",
     )
 )

@@ -83,6 +83,7 @@ METHOD = register_method(
         summary="Gaussian discriminant analysis (shared covariance), closed form, ensembled with zero-shot",
         source="Wang et al. ICLR 2024, mrflogs/ICLR24 main_few_shots.py @ c83409b",
         rank=50,
+        selection="few-shot val (alpha; theirs: the full val split, ImageNet: test)",
         views="rrc:10",
     )
 )

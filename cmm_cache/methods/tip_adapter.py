@@ -233,6 +233,7 @@ TIP = register_method(
         summary="Training-free cache model of the few-shot features fused with zero-shot (beta/alpha on val)",
         source=SOURCE,
         rank=40,
+        selection="few-shot val (beta, alpha; theirs: the full val split, ImageNet: test)",
         views="rrc:10",
     )
 )
@@ -254,7 +255,7 @@ TIP_F = register_method(
         trained=True,
         budget="max_iterations",
         rank=41,
-        selection="few-shot val (theirs: test)",
+        selection="few-shot val (epoch, beta, alpha; theirs: the epoch on test, beta/alpha on the full val split)",
         views="rrc:10",
     )
 )

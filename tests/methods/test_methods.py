@@ -209,3 +209,22 @@ def test_a_saved_run_of_any_method_loads_in_a_fresh_process(tmp_path, caches):
     out = subprocess.run([sys.executable, "-c", code, *[r["run"] for r in rows]], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['linear', 'linear-map', 'tip-adapter']"
+
+
+def test_the_readme_methods_table_lists_every_method_with_its_source_and_selection():
+    """The README's table says what `cmm-cache methods` prints: one row per registered method, with the
+    registry's summary, selection rule, train views and source."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 5:
+            rows[cells[0].strip("`")] = cells
+    assert set(rows) == set(METHODS), "README methods table and registry differ"
+    for name in METHODS:
+        m = get_method(name)
+        _, summary, selection, views, source = rows[name]
+        assert (summary, selection, source) == (m.summary, m.selection, m.source), name
+        assert views.startswith(f"`{m.views}`"), name
