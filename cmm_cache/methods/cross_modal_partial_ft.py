@@ -90,7 +90,7 @@ def block_samples(data: FitData) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return pool, y, torch.from_numpy(b.val()).to(data.device), list(b.train_views)
 
 
-@scoped(single_thread=True)
+@scoped  # one thread below d = 768 (small ops); a real tower's blocks are large matrix products
 def fit(data: FitData, options: dict, progress=None) -> MethodResult:
     t0 = time.perf_counter()
     pool, y, val, views = block_samples(data)

@@ -43,3 +43,24 @@ def test_a_disk_without_room_is_refused_before_any_image_is_read(tmp_path, monke
     assert chunks == [] and not (tmp_path / "c.h5").exists()
     # without block inputs nothing is estimated or refused
     extract(make_dataset(tmp_path / "imgs"), "tiny", out=tmp_path / "c.h5", **KW)
+
+
+def test_cache_verify_checks_the_block_nodes(tmp_path):
+    from support.text_cache import make_text_cache
+
+    from cmm_cache.cache.verify import verify_cache
+
+    path = make_text_cache(tmp_path / "c.h5", blocks=True)
+    assert verify_cache(path) == []
+    with h5py.File(path, "r+") as f:
+        d = f["splits/test/block_inputs"]
+        data = d[:-1]
+        del f["splits/test/block_inputs"]
+        f.create_dataset("splits/test/block_inputs", data=data, fletcher32=True).attrs["views"] = '["center"]'
+        f["splits/val/block_inputs"].attrs["views"] = '["center", "hflip"]'
+    problems = verify_cache(path)
+    assert any("splits/test/block_inputs: 119 rows for 120" in p for p in problems)
+    assert any("splits/val/block_inputs: 1 views" in p for p in problems)
+    with h5py.File(path, "r+") as f:
+        del f["blocks"].attrs["cut"]
+    assert any("attribute cut missing" in p for p in verify_cache(path))

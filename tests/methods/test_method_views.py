@@ -124,3 +124,30 @@ def test_tip_adapter_f_trains_epoch_e_on_view_e_mod_v(caches, monkeypatch):
     for e, x in enumerate(seen):  # one full batch per epoch: the rows of view e mod 4, shuffled
         rows = {tuple(r.tolist()) for r in x}
         assert rows == {tuple(r.tolist()) for r in per_view[e % 4]}
+
+
+def test_fit_views_on_the_command_line(caches, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+    from cmm_cache.cli.main import main
+
+    six = caches[0]
+    args = [
+        "fit",
+        "--cache",
+        str(six.path),
+        "--shots",
+        "4",
+        "--seed",
+        "1",
+        "--method",
+        "gda",
+        "--runs-dir",
+        str(tmp_path),
+    ]
+    r = CliRunner().invoke(main, [*args, "--views", "rrc:2", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["train_views"] == ["rrc-1", "rrc-2"] and out["config"]["train_views"] == ["rrc-1", "rrc-2"]
+    assert out["warnings"] == []
