@@ -43,6 +43,7 @@ from cmm_cache.methods.trainers.linear_grid import (
     grid_configs,
     lr_at,
 )
+from cmm_cache.methods.trainers.ops import AdamW
 
 LOGIT = 4.60517
 RATIO, REDUCTION = 0.2, 4
@@ -76,12 +77,12 @@ def train_adapters(pool, pool_y, n_image, W0, x_val, y_val, configs, iterations,
         torch.stack([w2 for _, w2 in inits]).to(dev).requires_grad_(True),
         W0.float()[None].repeat(K, 1, 1).contiguous().requires_grad_(True),
     ]
-    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
-    wd = torch.tensor([c.weight_decay for c in configs], device=dev)[:, None, None]
+    # One AdamW per config over its slices of the stacked tensors (the fused kernel where torch has one:
+    # cmm_cache.methods.trainers.ops), each with its own moments, lr and weight decay.
+    opts = [AdamW([p.detach()[k] for p in params], weight_decay=c.weight_decay) for k, c in enumerate(configs)]
     best = [p.detach().clone() for p in params]
     best_val = torch.full((K,), -1.0, dtype=torch.float64)
     best_iter = torch.zeros(K, dtype=torch.long)
-    b1, b2, eps = 0.9, 0.999, 1e-8
     for i in range(iterations):
         idx = batches[i]  # [K, bs]
         with torch.enable_grad():
@@ -89,15 +90,9 @@ def train_adapters(pool, pool_y, n_image, W0, x_val, y_val, configs, iterations,
             ce = F.cross_entropy(z.reshape(-1, z.shape[-1]), pool_y[idx].reshape(-1), reduction="none")
             loss = ce.view(K, -1).mean(1).sum()  # each config's own mean loss: independent gradients
             grads = torch.autograd.grad(loss, params)
-        lr = torch.tensor([lr_at(i, c.lr, iterations) for c in configs], device=dev)[:, None, None]
-        t = i + 1
-        with torch.no_grad():  # torch.optim.AdamW's update, per config
-            for p, g, (m, v) in zip(params, grads, moments):
-                p.mul_(1.0 - lr * wd)
-                m.mul_(b1).add_(g, alpha=1.0 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
-                denom = (v.sqrt() / math.sqrt(1.0 - b2**t)).add_(eps)
-                p.sub_((lr / (1.0 - b1**t)) * m / denom)
+        with torch.no_grad():
+            for k, (c, opt) in enumerate(zip(configs, opts)):
+                opt.step([g[k] for g in grads], lr_at(i, c.lr, iterations))
         if i % EVAL_EVERY == 0:
             with torch.no_grad():
                 pred = adapter_logits(x_val[None], *params, RATIO, scale).argmax(-1)  # [K, n_val]

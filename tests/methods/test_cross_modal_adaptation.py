@@ -246,3 +246,23 @@ def test_partial_ft_run_scores_its_blocks_on_the_cached_test_inputs(tiny_blocks)
     x = torch.from_numpy(tiny_blocks.block_inputs("test")[:, 0].astype(np.float32))
     acc = 100.0 * float((head.logits(x).argmax(1).numpy() == te.labels).mean())
     assert r["test_acc"] == pytest.approx(acc)
+
+
+def test_the_shared_adamw_takes_strided_gradients():
+    """Autograd hands back strided gradients (here of a transposed product); every AdamW kind must read them
+    as torch.optim.AdamW does."""
+    from cmm_cache.methods.trainers.ops import AdamW
+
+    for kind in ("private", "fused", "foreach"):
+        g = torch.Generator().manual_seed(0)
+        W = torch.randn(5, 3, generator=g)
+        grad = torch.randn(3, 5, generator=g).t()  # not contiguous
+        assert not grad.is_contiguous()
+        mine, ref = W.clone(), torch.nn.Parameter(W.clone())
+        try:
+            AdamW([mine], weight_decay=0.01, kind=kind).step([grad], 1e-3)
+        except (RuntimeError, TypeError, AttributeError):  # a kind this torch lacks
+            continue
+        ref.grad = grad.clone()
+        torch.optim.AdamW([ref], lr=1e-3, weight_decay=0.01).step()
+        torch.testing.assert_close(mine, ref.detach(), msg=kind)
