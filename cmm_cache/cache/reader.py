@@ -229,8 +229,15 @@ class Cache:
         if not self.has_blocks(split):
             raise CmmError(f"Cache {self.path} holds no block inputs for split '{split}'.", self.blocks_hint())
         key = block_inputs_node(split)
+        shape = [int(v) for v in self.block_cut()["input_shape"]]
         with open_h5(self.path) as f:
             d = f[key]
+            if d.dtype != np.float16 or list(d.shape[2:]) != shape or d.ndim != 2 + len(shape):
+                raise CmmError(
+                    f"Cache {self.path}: {key} is {d.dtype} {list(d.shape)}, expected float16 [n, views, "
+                    f"{', '.join(map(str, shape))}].",
+                    DAMAGED_HINT,
+                )
             try:
                 if rows is None:
                     return d[...]

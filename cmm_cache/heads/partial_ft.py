@@ -77,7 +77,11 @@ class PartialFTHead(Head):
         cut = dict(params["cut"])
         state = {k[len(SUFFIX_PREFIX) :]: v for k, v in arrays.items() if k.startswith(SUFFIX_PREFIX)}
         suffix = TowerSuffix(cut["config"], state)
-        return cls(suffix, arrays["weight"].float(), float(params["logit_scale"]), cut)
+        d = suffix.check(cut["input_shape"])  # a damaged or foreign run folder fails here, not at scoring time
+        weight = arrays["weight"].float()
+        if weight.ndim != 2 or weight.shape[1] != d:
+            raise ValueError(f"the linear head is {list(weight.shape)}, the blocks give {d}-d features")
+        return cls(suffix, weight, float(params["logit_scale"]), cut)
 
     def to(self, device):
         h = type(self)(self.suffix, self.weight, self.logit_scale, self.cut)

@@ -53,6 +53,21 @@ class TowerSuffix(torch.nn.Module):
             else:
                 self.register_buffer("buf__" + _safe(k), v)
 
+    def check(self, input_shape) -> int:
+        """Run one zero input of `input_shape` through: ValueError (saying what is wrong) when a tensor is missing
+        or of the wrong shape, or the output is not finite. Returns the output width."""
+        try:
+            with torch.no_grad():
+                out = self.forward(torch.zeros(1, *[int(v) for v in input_shape], device=self._device()))
+        except (KeyError, AttributeError, RuntimeError, IndexError) as e:
+            raise ValueError(f"the tower blocks' tensors do not fit their config ({type(e).__name__}: {e})") from e
+        if out.ndim != 2 or not bool(torch.isfinite(out).all()):
+            raise ValueError(f"the tower blocks give an output of shape {list(out.shape)} with non-finite values")
+        return int(out.shape[1])
+
+    def _device(self) -> torch.device:
+        return next(iter(self.params.values())).device if len(self.params) else torch.device("cpu")
+
     def p(self, key: str) -> torch.Tensor:
         if is_trainable(key):
             return self.params[_safe(key)]

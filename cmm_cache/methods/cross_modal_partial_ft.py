@@ -99,6 +99,13 @@ def fit(data: FitData, options: dict, progress=None) -> MethodResult:
     text_x, text_y = e.reshape(C * M, d), torch.arange(C, device=e.device).repeat_interleave(M)
     cut = data.blocks.cut
     weights = {k: torch.from_numpy(v) for k, v in data.blocks.weights().items()}
+    try:
+        d_out = TowerSuffix(cut["config"], weights).check(cut["input_shape"])
+    except ValueError as e:
+        raise CmmError(f"The cache's weights above the cut are unusable: {e}.", "Re-extract it with --force.") from e
+    if d_out != data.dim:
+        raise CmmError(f"The cache's blocks give {d_out}-d features, its text features are {data.dim}-d.",
+                       "Re-extract it with --force.")  # fmt: skip
     scale = math.exp(float(options["logit"]))
     grid = {"lr": options["lr"], "weight_decay": options["weight_decay"], "batch_size": options["batch_size"]}
     configs = grid_configs(len(pool), len(text_x), float(options["text_ratio"]), grid)

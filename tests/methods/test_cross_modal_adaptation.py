@@ -24,6 +24,7 @@ from cmm_cache.methods.cross_modal_partial_ft import PartialModel
 from cmm_cache.methods.registry import get_method
 from cmm_cache.methods.trainers.cross_modal_loop import cross_modal_loss, train_configs
 from cmm_cache.methods.trainers.linear_grid import Config, config_batches, grid_configs, lr_at
+from cmm_cache.runs.protocol import fit_run
 
 ITERS = 230  # three val checks (0, 100, 200)
 
@@ -266,3 +267,31 @@ def test_the_shared_adamw_takes_strided_gradients():
         ref.grad = grad.clone()
         torch.optim.AdamW([ref], lr=1e-3, weight_decay=0.01).step()
         torch.testing.assert_close(mine, ref.detach(), msg=kind)
+
+
+def test_damaged_blocks_are_refused_where_they_are_read(text_cache, tmp_path):
+    """A run folder whose fine-tuned blocks lack a tensor fails when loaded (not when scoring); a cache whose
+    weights above the cut do not fit their config stops the fit with a clear message."""
+    import json
+
+    import h5py
+
+    from cmm_cache.errors import CmmError
+    from cmm_cache.heads.run_folder import load_run
+    from cmm_cache.runs.store import write_run
+
+    r, arrays = fit_run(text_cache, 1, 1, method="cross-modal-partial-ft", options={"iterations": 5})
+    run = write_run(tmp_path / "run", r, arrays, text_cache)
+    assert load_run(run).head.kind == "partial-ft"
+    damaged = {k: v for k, v in arrays.items() if k != "suffix.proj"}
+    write_run(tmp_path / "bad", r, damaged, text_cache)
+    with pytest.raises(CmmError, match="incomplete or damaged"):
+        load_run(tmp_path / "bad")
+    assert json.loads((run / "result.json").read_text())["head"]["kind"] == "partial-ft"
+
+    path = tmp_path / "c.h5"
+    make_text_cache(path, blocks=True)
+    with h5py.File(path, "r+") as f:
+        del f["blocks/suffix/blocks.0.mlp.c_fc.weight"]
+    with pytest.raises(CmmError, match="weights above the cut are unusable"):
+        fit_run(open_cache(path), 1, 1, method="cross-modal-partial-ft", options={"iterations": 5})
