@@ -15,6 +15,7 @@ a CPU for RN50).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from cmm_cache.backbones.cut import cut_tower
 from cmm_cache.bench.fit import machine_line
-from cmm_cache.methods.base import BlockData, FitData
+from cmm_cache.methods.base import BlockData, FitData, fit_scope
 
 ARCHS = {
     "rn50": "RN50-quickgelu",
@@ -88,14 +89,16 @@ def bench_partial_ft(
     threads: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Seconds per training step and per val check of cross-modal-partial-ft, and the whole fit they make."""
+    """Seconds per training step and per val check of cross-modal-partial-ft, and the whole fit they make.
+
+    Timed under the method's own thread policy (:func:`cmm_cache.methods.base.fit_scope`) unless `threads`."""
+    import logging
+
     import open_clip
 
     from cmm_cache.backbones.registry import register_model_configs
-    from cmm_cache.methods.cross_modal_partial_ft import GRID, LOGIT, PartialModel
+    from cmm_cache.methods.cross_modal_partial_ft import GRID
     from cmm_cache.methods.registry import get_method
-    from cmm_cache.methods.trainers.cross_modal_loop import train_configs
-    from cmm_cache.methods.trainers.linear_grid import EVAL_EVERY, ITERATIONS, grid_configs
 
     old = torch.get_num_threads()
     if threads:
@@ -103,8 +106,6 @@ def bench_partial_ft(
     where = machine_line()
     dev = torch.device(device)
     try:
-        import logging
-
         register_model_configs()
         logging.disable(logging.WARNING)  # "initialized randomly": that is the point here
         try:
@@ -113,8 +114,6 @@ def bench_partial_ft(
             logging.disable(logging.NOTSET)
         cut = cut_tower(model.visual, blocks)
         data = synthetic_block_fit_data(cut, classes, shots, device=dev)
-        m = get_method("cross-modal-partial-ft")
-        n_configs = len(GRID["lr"]) * len(GRID["weight_decay"]) * len(GRID["batch_size"])
         out = {
             "arch": arch,
             "model": ARCHS.get(arch, arch),
@@ -127,62 +126,70 @@ def bench_partial_ft(
             "machine": where,
         }
         if full:
+            m = get_method("cross-modal-partial-ft")
             t0 = time.perf_counter()
-            r = m.fit(data, m.resolve({}))
+            r = m.fit(data, m.resolve({}))  # under its own thread policy
             _sync(dev)
             out.update(full_fit_seconds=round(time.perf_counter() - t0, 2), iterations=r.iterations)
             if log:
                 log(f"  whole fit ({r.iterations} steps): {out['full_fit_seconds']:.1f} s")
             return out
-        e = data.text_per_template().float()
-        C, M, d = e.shape
-        text_x, text_y = e.reshape(C * M, d), torch.arange(C, device=dev).repeat_interleave(M)
-        pool = torch.from_numpy(data.blocks.train()).to(dev).reshape(-1, *cut.input_shape)
-        y = data.y_train
-        val = torch.from_numpy(data.blocks.val()).to(dev)
-        weights = {k: torch.from_numpy(v) for k, v in data.blocks.weights().items()}
-        scale = math.exp(LOGIT)
-
-        def make():
-            return PartialModel(cut.config, weights, data.T0, pool)
-
-        def val_acc(mm):
-            return float((mm.scores(val, scale).argmax(1) == data.y_val).float().mean())
-
-        grid = {"lr": GRID["lr"][:1], "weight_decay": GRID["weight_decay"][:1], "batch_size": GRID["batch_size"]}
-        config = grid_configs(len(pool), len(text_x), 0.5, grid)  # their batch filter (a clear error if none fits)
-        with torch.no_grad():  # warm-up: allocator, kernels
-            make().scores(val[:8], scale)
-        train_configs(make, config, len(pool), y, text_x, text_y, val_acc, 2, 1, scale)
-        _sync(dev)
-        mm = make()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            val_acc(mm)
-        _sync(dev)
-        t_val = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        train_configs(make, config, len(pool), y, text_x, text_y, val_acc, iterations, 1, scale)
-        _sync(dev)
-        t_loop = time.perf_counter() - t0
-        checks = len(range(0, iterations, EVAL_EVERY))
-        t_step = max(0.0, t_loop - checks * t_val) / iterations
-        full_checks = len(range(0, ITERATIONS, EVAL_EVERY))
-        estimate = n_configs * (ITERATIONS * t_step + full_checks * t_val)
-        out.update(
-            measured_iterations=iterations,
-            seconds_per_step=round(t_step, 5),
-            seconds_per_val_check=round(t_val, 4),
-            val_images=int(len(val)),
-            configs=n_configs,
-            iterations_per_config=ITERATIONS,
-            estimated_fit_seconds=round(estimate, 1),
-        )
+        n_configs = len(GRID["lr"]) * len(GRID["weight_decay"]) * len(GRID["batch_size"])
+        with contextlib.nullcontext() if threads else fit_scope(data):
+            out.update(_measure(data, cut, iterations, n_configs, dev))
         if log:
             log(
-                f"  {t_step * 1e3:.2f} ms per step (batch 4 images + 4 texts), {t_val:.3f} s per val check "
-                f"({len(val)} images) -> whole fit ({n_configs} configs x {ITERATIONS} steps): ~{estimate:.0f} s"
+                f"  {out['seconds_per_step'] * 1e3:.2f} ms per step (4 images + 4 texts), "
+                f"{out['seconds_per_val_check']:.3f} s per val check ({out['val_images']} images) -> whole fit "
+                f"({n_configs} configs x {out['iterations_per_config']} steps): ~{out['estimated_fit_seconds']:.0f} s"
             )
         return out
     finally:
         torch.set_num_threads(old)
+
+
+def _measure(data: FitData, cut, iterations: int, n_configs: int, dev: torch.device) -> dict:
+    """Time the method's loop for one config and one val check on their own (see the module docstring)."""
+    from cmm_cache.methods.cross_modal_partial_ft import GRID, LOGIT, PartialModel
+    from cmm_cache.methods.trainers.cross_modal_loop import train_configs
+    from cmm_cache.methods.trainers.linear_grid import EVAL_EVERY, ITERATIONS, grid_configs
+
+    e = data.text_per_template().float()
+    C, M, d = e.shape
+    text_x, text_y = e.reshape(C * M, d), torch.arange(C, device=dev).repeat_interleave(M)
+    pool = torch.from_numpy(data.blocks.train()).to(dev).reshape(-1, *cut.input_shape)
+    val = torch.from_numpy(data.blocks.val()).to(dev)
+    weights = {k: torch.from_numpy(v) for k, v in data.blocks.weights().items()}
+    scale = math.exp(LOGIT)
+
+    def make():
+        return PartialModel(cut.config, weights, data.T0, pool)
+
+    def val_acc(model):
+        return float((model.scores(val, scale).argmax(1) == data.y_val).float().mean())
+
+    grid = {"lr": GRID["lr"][:1], "weight_decay": GRID["weight_decay"][:1], "batch_size": GRID["batch_size"]}
+    config = grid_configs(len(pool), len(text_x), 0.5, grid)  # their batch filter (a clear error if none fits)
+    train_configs(make, config, len(pool), data.y_train, text_x, text_y, val_acc, 2, 1, scale)  # warm-up
+    _sync(dev)
+    model = make()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        val_acc(model)
+    _sync(dev)
+    t_val = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    train_configs(make, config, len(pool), data.y_train, text_x, text_y, val_acc, iterations, 1, scale)
+    _sync(dev)
+    t_loop = time.perf_counter() - t0
+    t_step = max(0.0, t_loop - len(range(0, iterations, EVAL_EVERY)) * t_val) / iterations
+    estimate = n_configs * (ITERATIONS * t_step + len(range(0, ITERATIONS, EVAL_EVERY)) * t_val)
+    return {
+        "measured_iterations": iterations,
+        "seconds_per_step": round(t_step, 5),
+        "seconds_per_val_check": round(t_val, 4),
+        "val_images": int(len(val)),
+        "configs": n_configs,
+        "iterations_per_config": ITERATIONS,
+        "estimated_fit_seconds": round(estimate, 1),
+    }
