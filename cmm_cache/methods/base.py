@@ -74,9 +74,21 @@ def wanted_augmented(spec: str) -> int | None:
     return n
 
 
+def _check_spec(items: list[str], spec) -> None:
+    for item in items:
+        if item.startswith("rrc:") and not (item[4:].isdigit() and int(item[4:]) > 0):
+            raise CmmError(
+                f"Bad train views {spec!r}: {item!r} should be rrc:N with N a positive number.",
+                "Give view names (center,hflip,rrc-1,...), rrc:N (the first N augmented views) or rrc (all of them).",
+            )
+    if not items:
+        raise CmmError(f"Bad train views {spec!r}: no view named.", "E.g. center,hflip or rrc:10.")
+
+
 def resolve_views(spec: str, available: list[str], method: str = "this method") -> ViewChoice:
     """The views of `available` (a cache's train view names, in order) a view spec selects (see the module doc)."""
     items = [i.strip() for i in str(spec).split(",") if i.strip()]
+    _check_spec(items, spec)
     aug = [v for v in available if v.startswith(AUGMENTED)]
     names: list[str] = []
     warnings: list[str] = []

@@ -34,6 +34,11 @@ def test_resolve_views():
     assert resolve_views("center,hflip", ["center"]).names == ["center"]  # another tool's cache: no mirror
     assert resolve_views("rrc-2,center", NAMES6).names == ["rrc-2", "center"]
     assert (wanted_augmented("center,hflip"), wanted_augmented("rrc:10"), wanted_augmented("rrc")) == (0, 10, None)
+    from cmm_cache.errors import CmmError
+
+    for bad in ("rrc:x", "rrc:0", " , "):
+        with pytest.raises(CmmError, match="Bad train views"):
+            resolve_views(bad, NAMES6)
 
 
 @pytest.fixture(scope="module")
