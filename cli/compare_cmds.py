@@ -21,6 +21,7 @@ from cmm_cache.cli.common import (
     shots_seeds_options,
     templates_option,
 )
+from rich.markup import escape as rich_escape
 
 
 def _method_options(pairs) -> dict:
@@ -175,7 +176,7 @@ def compare_cmd(
 
         out = compare(
             cache,
-            names,
+            methods if methods.strip() == "all" else names,  # "all": compare leaves out what the cache lacks
             shots,
             seeds,
             options=opts,
@@ -202,6 +203,8 @@ def compare_cmd(
     if as_json:
         emit_json({**out, "table": json_table(out["table"]), **not_written_json(failed)})
     else:
+        for name, why in (out.get("not_run") or {}).items():
+            console.print(f"[yellow]not run[/]: {rich_escape(name)}: {rich_escape(why)}")
         for key, what in (("csv", "table"), ("plot", "plot")):
             if out.get(key):
                 console.print(f"wrote the {what}: {out[key]}", markup=False, soft_wrap=True)
@@ -246,6 +249,42 @@ def bench_methods_cmd(methods, classes, dim, shots, repeat, threads, as_json):
         console.print(f"machine: {out['machine']}", markup=False)
 
 
+@click.command("partial-ft")
+@click.option(
+    "--arch", default="rn50", show_default=True, help="rn50 | vit-b-16 | vit-b-32 | tiny | an open_clip model."
+)
+@click.option("--blocks", default=1, show_default=True, type=click.IntRange(1), help="As extract --finetune-blocks.")
+@click.option("--classes", default=47, show_default=True, type=click.IntRange(2))
+@click.option("--shots", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--iterations", default=20, show_default=True, type=click.IntRange(1), help="Steps measured.")
+@click.option("--full", is_flag=True, help="Time the whole fit (9 configs × 12,800 steps) instead of estimating it.")
+@click.option("--threads", default=None, type=click.IntRange(1), help="CPU threads [default: torch's].")
+@device_option
+@json_option
+@handle_errors
+def bench_partial_ft_cmd(arch, blocks, classes, shots, iterations, full, threads, device, as_json):
+    """Fit time of cross-modal-partial-ft at a real tower's size (random weights; DTD-sized by default).
+
+    \b
+    cmm-cache bench partial-ft                        # RN50's attention pool, on the CPU: estimate from 20 steps
+    cmm-cache bench partial-ft --arch vit-b-16 --device cuda --full
+    """
+    from cmm_cache.bench.partial_ft import bench_partial_ft
+    from cmm_cache.util.device import resolve_device
+
+    dev = resolve_device(device)
+    if not as_json:
+        console.print(
+            f"[bold]cross-modal-partial-ft fit time[/], {arch} K = {blocks}, {classes} classes × {shots} shots"
+        )
+    out = bench_partial_ft(arch, blocks, classes, shots, iterations, dev, full, threads,
+                           log=None if as_json else console.print)  # fmt: skip
+    if as_json:
+        emit_json(out)
+    else:
+        console.print(f"device: {out['device']}; machine: {out['machine']}", markup=False)
+
+
 @click.command("compare")
 @click.option("--methods", default="all", show_default=True)
 @click.option("--classes", default=47, show_default=True, type=click.IntRange(2))
@@ -276,4 +315,4 @@ def bench_compare_cmd(methods, classes, dim, shots, seeds, max_iterations, as_js
 
 
 COMMANDS = [compare_cmd]
-BENCH_COMMANDS = [bench_methods_cmd, bench_compare_cmd]
+BENCH_COMMANDS = [bench_methods_cmd, bench_compare_cmd, bench_partial_ft_cmd]

@@ -329,6 +329,8 @@ def methods_cmd(as_json):
                 "summary": m.summary,
                 "selection": m.selection,
                 "trained": m.trained,
+                "train_views": m.views,
+                "inputs": m.inputs,
                 "options": sorted(m.defaults),
                 "source": m.source,
             }
@@ -339,10 +341,11 @@ def methods_cmd(as_json):
     from rich.table import Table
 
     t = Table(title="methods (`fit --method NAME`, `compare --methods LIST`)")
-    for col in ("name", "what it is", "hyper-parameters chosen on", "source"):
+    for col in ("name", "what it is", "hyper-parameters chosen on", "train views", "source"):
         t.add_column(col, overflow="fold")
     for r in rows:
-        t.add_row(r["name"], r["summary"], r["selection"], r["source"])
+        views = r["train_views"] + (" (block inputs)" if r["inputs"] == "block_inputs" else "")
+        t.add_row(r["name"], r["summary"], r["selection"], views, r["source"])
     console.print(t)
 
 

@@ -87,6 +87,43 @@ def _backbone_help() -> str:
     ),
 )
 @max_image_pixels_option
+@click.option(
+    "--train-views",
+    default=2,
+    show_default=True,
+    type=click.IntRange(2),
+    help=(
+        "Views per train image: the centre view, its mirror and N-2 seeded random-resized-crop (+ flip) views, "
+        "the augmented views Tip-Adapter, GDA, ProLIP, LP++ and CLAP train on (e.g. 12; ProLIP uses up to 300)."
+    ),
+)
+@click.option(
+    "--add-views",
+    default=None,
+    type=click.IntRange(3),
+    help=(
+        "Give an existing cache N train views in all: encodes only the missing augmented views (image options "
+        "apply; everything else in the cache is kept)."
+    ),
+)
+@click.option("--views-seed", default=None, type=int, help="Seed of the augmented views [default: 0].")
+@click.option(
+    "--views-crop-scale",
+    default=None,
+    callback=lambda ctx, p, v: None if v is None else _scale(v),
+    help="RandomResizedCrop scale MIN,MAX of the augmented views [default: 0.5,1; CLAP's code uses 0.08,1].",
+)
+@click.option(
+    "--finetune-blocks",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help=(
+        "Also store, for train/val/test, the input of the image tower's last K blocks (float16), for "
+        "cross-modal-partial-ft. 1 = the last ViT block / the ResNet attention pool (Lin et al.). Large: "
+        "RN50 196 KiB, ViT-B/16 296 KiB per image and view."
+    ),
+)
 @data_root_option
 @cache_dir_option
 @device_option
@@ -106,6 +143,11 @@ def extract_cmd(
     download,
     add_text,
     max_image_pixels,
+    train_views,
+    add_views,
+    views_seed,
+    views_crop_scale,
+    finetune_blocks,
     data_root,
     cache_dir,
     device,
@@ -144,7 +186,31 @@ def extract_cmd(
                 stage=stage,
             )
             return _report(r, as_json)
+        if add_views is not None:
+            from cmm_cache.errors import CmmError
+            from cmm_cache.extract.add_views import add_views as run_add_views
+
+            if force or finetune_blocks or train_views != 2:
+                raise CmmError(
+                    "--add-views keeps the cache and adds train views to it; it takes no --force, --train-views or "
+                    "--finetune-blocks.",
+                    "Give the total number of train views to --add-views alone.",
+                )
+            with ImageProgress(f"add views {_short(dataset)} × {backbone}", enabled=show, sink=log) as prog:
+                r = run_add_views(
+                    dataset, backbone, add_views, pretrained=pretrained, data_root=data_root, cache_root=cache_dir,
+                    out=out_path, device=device, seed=views_seed, crop_scale=views_crop_scale, batch_size=batch_size,
+                    num_workers=workers, progress=prog, max_image_pixels=max_image_pixels,
+                )  # fmt: skip
+            return _report(r, as_json)
         from cmm_cache.extract.pipeline import extract
+
+        said: list[str] = []  # notes printed before encoding started (not printed again at the end)
+
+        def note(msg: str) -> None:
+            said.append(msg)
+            console.print(f"[yellow]note[/]: {escape(msg)}")
+            log.touch()
 
         with ImageProgress(label, enabled=show, sink=log) as prog:
             r = extract(
@@ -166,8 +232,13 @@ def extract_cmd(
                 stage=stage,
                 download=download,
                 max_image_pixels=max_image_pixels,
+                train_views=train_views,
+                views_seed=0 if views_seed is None else views_seed,
+                views_crop_scale=views_crop_scale or (0.5, 1.0),
+                finetune_blocks=finetune_blocks,
+                on_note=note,
             )
-    _report(r, as_json)
+    _report(r, as_json, said)
 
 
 def _short(dataset: str) -> str:
@@ -185,16 +256,29 @@ def _stage_printer(label: str, log):
     return stage
 
 
-def _report(r, as_json: bool) -> None:
+def _scale(value: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in str(value).split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected MIN,MAX (e.g. 0.5,1), got {value!r}") from None
+    if not 0.0 < lo <= hi <= 1.0:
+        raise click.BadParameter(f"expected 0 < MIN <= MAX <= 1, got {value!r}")
+    return lo, hi
+
+
+def _report(r, as_json: bool, said=()) -> None:
     if r.rank != 0:
         return
     for note in r.notes:
-        console.print(f"[yellow]note[/]: {escape(note)}")
+        if note not in said:
+            console.print(f"[yellow]note[/]: {escape(note)}")
     if as_json:
         emit_json(r.to_dict())
         return
     if r.status == "text-added":
         console.print(f"[green]added text embeddings[/] to {escape(r.path)}")
+    elif r.status == "views-added":
+        console.print(f"[green]added train views[/] to {escape(r.path)}")
     elif r.status == "up-to-date":
         console.print(f"[green]up to date[/]: {escape(r.path)} (use --force to re-extract)")
     else:

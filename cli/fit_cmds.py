@@ -212,6 +212,14 @@ def _run_line(cache, r: dict) -> str:
     help="Linear warm-up iterations, then cosine to 1e-5.",
 )
 @click.option("--templates", default=None, help="Text template set in the cache [default: the cache's default].")
+@click.option(
+    "--views",
+    default=None,
+    help=(
+        "Train views to use instead of the method's own (see `cmm-cache methods`): names (center,hflip), "
+        "rrc:N (the first N augmented views) or rrc (all of them)."
+    ),
+)
 @click.option("--no-map", is_flag=True, help="Ablation: no W (only the prototypes T are learned).")
 @click.option("--no-triplet", is_flag=True, help="Ablation: no triplet loss.")
 @click.option(
@@ -247,8 +255,8 @@ def _run_line(cache, r: dict) -> str:
 @json_option
 @click.pass_context
 @handle_errors
-def fit_cmd(ctx, cache_file, dataset, backbone, shots, seeds, method, set_pairs, templates, runs_dir, out, force,
-            cache_dir, device, as_json, **cmm_flags):  # fmt: skip
+def fit_cmd(ctx, cache_file, dataset, backbone, shots, seeds, method, set_pairs, templates, views, runs_dir, out,
+            force, cache_dir, device, as_json, **cmm_flags):  # fmt: skip
     """Fit a method (default: CMM, training W and T) on cached features; choose its
     hyper-parameters on val; evaluate on test. Each configuration gets its own run folder.
 
@@ -296,6 +304,7 @@ def fit_cmd(ctx, cache_file, dataset, backbone, shots, seeds, method, set_pairs,
             out=out,
             force=force,
             progress=progress,
+            views=views,
         ):
             results.append(r)
             console.print(_run_line(cache, r), markup=False, soft_wrap=True)

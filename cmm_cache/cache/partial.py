@@ -6,7 +6,8 @@
         request.json            fingerprint of the request (dataset manifest, backbone + weights,
                                 preprocessing, row lists) and the chunk size; another request refuses to mix
         text.npz                per-template text embeddings of every template set (written once)
-        <split>.<chunk>.npz     features [m, V, d] float16 + ok flags + errors of one chunk of rows,
+        <split>.<chunk>.npz     features [m, V, d] float16 + ok flags + errors of one chunk of rows (+ the
+                                block inputs [m, Vb, *shape] float16 with --finetune-blocks),
                                 written to a temp name and renamed: a chunk file is complete or absent
     <final>.tmp-<pid>           the HDF5 file being assembled from the chunks (streamed, flat memory)
     <final>                     renamed into place only when complete; the work folder is then removed
@@ -50,6 +51,7 @@ class SplitPlan:
     labels: np.ndarray
     views: list[str]
     chunk_rows: int
+    block_views: int = 0  # how many of the first views also store their block inputs (0: none)
 
     @property
     def n(self) -> int:
@@ -100,13 +102,30 @@ class PartialStore:
     def chunks_done(self) -> int:
         return len(list(self.dir.glob(CHUNK_GLOB)))
 
-    def save_chunk(self, split: str, chunk: int, features: np.ndarray, ok: np.ndarray, errors: Sequence[str]) -> None:
+    def save_chunk(
+        self, split: str, chunk: int, features: np.ndarray, ok: np.ndarray, errors: Sequence[str], blocks=None
+    ) -> None:
+        extra = {} if blocks is None else {"blocks": np.asarray(blocks, dtype=FEATURE_DTYPE)}
         _savez(
             self.chunk_path(split, chunk),
             features=np.asarray(features, dtype=FEATURE_DTYPE),
             ok=np.asarray(ok, dtype=bool),
             errors=np.asarray(json.dumps(list(errors))),
+            **extra,
         )
+
+    def load_blocks(self, split: str, chunk: int) -> np.ndarray:
+        """The block inputs [m, Vb, *shape] of a chunk (written with --finetune-blocks)."""
+        p = self.chunk_path(split, chunk)
+        try:
+            with np.load(p) as z:
+                return z["blocks"]
+        except Exception as e:
+            p.unlink(missing_ok=True)
+            raise CmmError(
+                f"Chunk {p.name} of the unfinished extraction has no readable block inputs ({e}); it was removed.",
+                "Run the same command again: the missing chunk is encoded again.",
+            ) from e
 
     def load_chunk(self, split: str, chunk: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
         p = self.chunk_path(split, chunk)

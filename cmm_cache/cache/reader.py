@@ -12,9 +12,12 @@ import numpy as np
 
 from cmm_cache.cache.lock import reader_lock, reader_unlock
 from cmm_cache.cache.schema import (
+    BLOCK_SUFFIX_GROUP,
+    BLOCKS_GROUP,
     DAMAGED_HINT,
     SCHEMA,
     as_str,
+    block_inputs_node,
     content_sha256,
     per_template_node,
     provenance_sha256,
@@ -277,6 +280,113 @@ class Cache:
         if bad:
             raise CmmError(f"Cache {self.path} is damaged: {bad}.", DAMAGED_HINT)
         return Split(features=feats, labels=labels, index=index, views=views)
+
+    def views(self, split: str = "train") -> list[str]:
+        """The view names of a split's features (its ``views`` attr; ``["center"]`` when absent), features unread."""
+        if split not in self.split_names:
+            self.split(split)  # raises its clear error
+        with open_h5(self.path) as f:
+            return json.loads(as_str(f[f"splits/{split}/features"].attrs.get("views", '["center"]')))
+
+    def view_recipe(self) -> dict | None:
+        """How the augmented train views were made (attr ``view_recipe`` of the train features), if any."""
+        with open_h5(self.path) as f:
+            node = f.get("splits/train/features")
+            raw = node.attrs.get("view_recipe") if node is not None else None
+            return json.loads(as_str(raw)) if raw is not None else None
+
+    # ---------------------------------------------------------------- block inputs (optional nodes)
+
+    def has_blocks(self, split: str | None = None) -> bool:
+        """Whether the cache holds the input of the image tower's last blocks (``extract --finetune-blocks``),
+        for `split` or at all."""
+        with open_h5(self.path) as f:
+            if BLOCKS_GROUP not in f or "cut" not in f[BLOCKS_GROUP].attrs:
+                return False
+            return split is None or block_inputs_node(split) in f
+
+    def blocks_hint(self) -> str:
+        return (
+            f"Extract the cache with block inputs: `cmm-cache extract --dataset {self.dataset} --backbone "
+            f"{self.backbone} --finetune-blocks 1 --force` (1: the last block, as Lin et al.'s partial finetuning)."
+        )
+
+    def block_cut(self) -> dict:
+        """The cut the block inputs come from: arch, blocks, input_shape, prefix/suffix sha256, config."""
+        if not self.has_blocks():
+            raise CmmError(f"Cache {self.path} holds no block inputs (blocks/, splits/<split>/block_inputs).",
+                           self.blocks_hint())  # fmt: skip
+        with open_h5(self.path) as f:
+            try:
+                cut = json.loads(as_str(f[BLOCKS_GROUP].attrs["cut"]))
+            except (KeyError, json.JSONDecodeError) as e:
+                msg = f"Cache {self.path}: blocks/ attribute cut is not valid JSON ({e})."
+                raise CmmError(msg, DAMAGED_HINT) from e
+        if not isinstance(cut, dict) or not isinstance(cut.get("config"), dict) or "input_shape" not in cut:
+            raise CmmError(f"Cache {self.path}: blocks/ attribute cut lacks config or input_shape.", DAMAGED_HINT)
+        return cut
+
+    def block_weights(self) -> dict[str, np.ndarray]:
+        """The weights above the cut, as extracted (float32, by name): where partial finetuning starts."""
+        self.block_cut()
+        with open_h5(self.path) as f:
+            out = {}
+            try:
+                f[BLOCK_SUFFIX_GROUP].visititems(
+                    lambda name, obj: (
+                        out.__setitem__(name, np.asarray(obj[...], dtype=np.float32))
+                        if isinstance(obj, h5py.Dataset)
+                        else None
+                    )
+                )
+            except (KeyError, OSError) as e:
+                raise CmmError(f"Cache {self.path} is damaged ({BLOCK_SUFFIX_GROUP}): {e}.", DAMAGED_HINT) from e
+        return out
+
+    def block_views(self, split: str) -> list[str]:
+        with open_h5(self.path) as f:
+            return json.loads(as_str(f[block_inputs_node(split)].attrs.get("views", '["center"]')))
+
+    def block_rows(self, split: str) -> int:
+        with open_h5(self.path) as f:
+            return int(f[block_inputs_node(split)].shape[0])
+
+    def block_inputs(self, split: str, rows=None) -> np.ndarray:
+        """float16 [m, Vb, *input_shape] block inputs of `split` (all rows, or `rows` in the order given)."""
+        if not self.has_blocks(split):
+            raise CmmError(f"Cache {self.path} holds no block inputs for split '{split}'.", self.blocks_hint())
+        key = block_inputs_node(split)
+        shape = [int(v) for v in self.block_cut()["input_shape"]]
+        with open_h5(self.path) as f:
+            d = f[key]
+            if d.dtype != np.float16 or list(d.shape[2:]) != shape or d.ndim != 2 + len(shape):
+                raise CmmError(
+                    f"Cache {self.path}: {key} is {d.dtype} {list(d.shape)}, expected float16 [n, views, "
+                    f"{', '.join(map(str, shape))}].",
+                    DAMAGED_HINT,
+                )
+            try:
+                if rows is None:
+                    return d[...]
+                rows = np.asarray(rows, dtype=np.int64)
+                if rows.size and (rows.min() < 0 or rows.max() >= d.shape[0]):
+                    raise CmmError(f"Cache {self.path}: rows outside {key} ({d.shape[0]} rows).", DAMAGED_HINT)
+                uniq, inv = np.unique(rows, return_inverse=True)  # h5py reads increasing indices only
+                return d[uniq][inv] if len(uniq) else np.zeros((0, *d.shape[1:]), d.dtype)
+            except OSError as e:
+                raise CmmError(f"Cache {self.path} is damaged ({key}): {e}.", DAMAGED_HINT) from e
+
+    def iter_block_inputs(self, split: str, chunk: int = 256):
+        """(start row, float16 [m, Vb, *shape]) chunks of a split's block inputs: memory stays flat."""
+        n = self.block_rows(split) if self.has_blocks(split) else self.block_inputs(split).shape[0]
+        key = block_inputs_node(split)
+        with open_h5(self.path) as f:
+            d = f[key]
+            for a in range(0, n, chunk):
+                try:
+                    yield a, d[a : a + chunk]
+                except OSError as e:
+                    raise CmmError(f"Cache {self.path} is damaged ({key}): {e}.", DAMAGED_HINT) from e
 
     def fewshot(self, shots: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Row positions (train, val) into splits/train and splits/val for (K, seed) (ranges checked on open)."""

@@ -8,10 +8,13 @@ Layout of one file (docs/cache-schema.md)::
     classes/imagenet_index   int64 [C]   shift sets only
     text/<set>/features      f32   [C, d]   attr templates (JSON list)
     text/<set>/per_template  f32   [C, M, d] optional: raw embedding of each of the M templates
-    splits/<split>/features  f16   [n, V, d] attr views (JSON list)
+    splits/<split>/features  f16   [n, V, d] attr views (JSON list); train may add attr view_recipe (JSON)
+    splits/<split>/block_inputs f16 [n, Vb, *shape] optional: input of the image tower's last K blocks
     splits/<split>/labels    int64 [n]
     splits/<split>/index     int64 [n]
     fewshot/shot_<K>-seed_<S>/train, /val   int64 row positions
+    blocks                   group, optional: attr cut (JSON: arch, blocks, input_shape, fingerprints, config)
+    blocks/suffix/<name>     f32   the weights above the cut (what partial finetuning starts from)
 """
 
 from __future__ import annotations
@@ -34,6 +37,22 @@ ROOT_ATTRS = ("schema", "dataset", "backbone", "provenance", "default_templates"
 DSET_KW = dict(fletcher32=True)
 
 DAMAGED_HINT = "Run `cmm-cache cache verify` to see what is wrong, and re-extract it with `cmm-cache extract --force`."
+
+
+BLOCKS_GROUP = "blocks"
+BLOCK_SUFFIX_GROUP = "blocks/suffix"
+# Rows of block inputs per HDF5 chunk aim at about this many bytes (one RN50 row is 196 KiB per view).
+BLOCK_CHUNK_BYTES = 1 << 20
+
+
+def block_inputs_node(split: str) -> str:
+    return f"splits/{split}/block_inputs"
+
+
+def block_chunk_rows(row_shape: Sequence[int]) -> int:
+    """Rows per HDF5 chunk of a block-inputs dataset whose rows have `row_shape` (float16)."""
+    per_row = 2 * int(np.prod([int(v) for v in row_shape]))
+    return max(1, BLOCK_CHUNK_BYTES // max(1, per_row))
 
 
 def text_node(name: str) -> str:

@@ -21,7 +21,15 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from cmm_cache.cache.schema import SCHEMA, as_str, per_template_node, text_node
+from cmm_cache.cache.schema import (
+    BLOCK_SUFFIX_GROUP,
+    BLOCKS_GROUP,
+    SCHEMA,
+    as_str,
+    block_inputs_node,
+    per_template_node,
+    text_node,
+)
 from cmm_cache.datasets.fewshot import GROUP_RE
 
 MAX_SHOWN = 8  # problems named in one error message (verify lists them all)
@@ -260,6 +268,51 @@ def check_splits(scan: Scan) -> None:
                 scan.add(f"{key}: negative manifest rows")
         if f"{base}/features" in scan.nonfinite:
             scan.add(f"{base}/features: non-finite values")
+        if "view_recipe" in fe.attrs:  # optional: how augmented views were made (extract --train-views)
+            try:
+                json.loads(as_str(fe.attrs["view_recipe"]))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                scan.add(f"{base}/features: attribute view_recipe is not JSON")
+
+
+def check_blocks(scan: Scan) -> None:
+    """The optional block inputs (extract --finetune-blocks): one cut (JSON attribute of blocks/), the weights above
+    the cut, and per split float16 [rows, Vb, *input_shape] with one row per feature row (shapes and attributes
+    only: the values are checked when read, and by verify)."""
+    f = scan.f
+    inputs = [s for s in scan.rows if block_inputs_node(s) in f]
+    if BLOCKS_GROUP not in f:
+        for s in inputs:
+            scan.add(f"{block_inputs_node(s)}: block inputs without a blocks/ group (attribute cut)")
+        return
+    try:
+        cut = json.loads(as_str(f[BLOCKS_GROUP].attrs["cut"]))
+        shape = tuple(int(v) for v in cut["input_shape"])
+        cut["config"]["arch"]
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+        scan.add(f"blocks: attribute cut missing or incomplete ({e})")
+        return
+    if BLOCK_SUFFIX_GROUP not in f or not len(f[BLOCK_SUFFIX_GROUP]):
+        scan.add(f"{BLOCK_SUFFIX_GROUP}: the weights above the cut are missing")
+    for s in inputs:
+        key = block_inputs_node(s)
+        d = f[key]
+        if (
+            not isinstance(d, h5py.Dataset)
+            or d.dtype != np.float16
+            or d.ndim != 2 + len(shape)
+            or tuple(d.shape[2:]) != shape
+        ):
+            got = f"{getattr(d, 'dtype', '?')} {getattr(d, 'shape', '?')}"
+            scan.add(f"{key}: expected float16 [n, Vb, {', '.join(map(str, shape))}], got {got}")
+            continue
+        if d.shape[0] != scan.rows[s]:
+            scan.add(f"{key}: {d.shape[0]} rows for {scan.rows[s]} in splits/{s}/features")
+        views = _json_list_of_str(d.attrs.get("views"))
+        if views is None or len(views) != d.shape[1]:
+            scan.add(f"{key}: {d.shape[1]} views but attribute views is missing or lists another number")
+        if key in scan.nonfinite:
+            scan.add(f"{key}: non-finite values")
 
 
 def check_fewshot(scan: Scan) -> None:
@@ -292,7 +345,7 @@ def check_fewshot(scan: Scan) -> None:
                 scan.add(f"{key}: row positions outside 0..{scan.rows[part] - 1}")
 
 
-CHECKS: list[Check] = [check_root, check_classes, check_text, check_splits, check_fewshot]
+CHECKS: list[Check] = [check_root, check_classes, check_text, check_splits, check_fewshot, check_blocks]
 
 
 def register_check(check: Check) -> Check:

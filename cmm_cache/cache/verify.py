@@ -45,8 +45,9 @@ def _check_data(scan: Scan) -> None:
         if not obj.fletcher32:
             scan.add(f"{name}: stored without a checksum")
         try:
-            if obj.ndim == 3:  # features: read in blocks, keep nothing
-                step = max(1, _BLOCK_BYTES // max(1, obj.dtype.itemsize * obj.shape[1] * obj.shape[2]))
+            if obj.ndim >= 3:  # features and block inputs: read in blocks, keep nothing
+                row = obj.dtype.itemsize * int(np.prod(obj.shape[1:]))
+                step = max(1, _BLOCK_BYTES // max(1, row))
                 for a in range(0, obj.shape[0], step):
                     block = obj[a : a + step]
                     if block.dtype.kind == "f" and not np.all(np.isfinite(block)):

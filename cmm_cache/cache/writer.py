@@ -22,11 +22,15 @@ from cmm_cache.cache.lock import no_readers
 from cmm_cache.cache.partial import PartialStore, SplitPlan
 from cmm_cache.cache.reader import Split
 from cmm_cache.cache.schema import (
+    BLOCK_SUFFIX_GROUP,
+    BLOCKS_GROUP,
     DSET_KW,
     FEATURE_DTYPE,
     INDEX_DTYPE,
     SCHEMA,
     TEXT_DTYPE,
+    block_chunk_rows,
+    block_inputs_node,
     per_template_node,
     string_array,
     text_node,
@@ -111,6 +115,26 @@ def write_cache(
     return path
 
 
+def write_block_nodes(
+    path: str | os.PathLike, inputs: Mapping[str, tuple], cut: Mapping, weights: Mapping[str, np.ndarray]
+) -> Path:
+    """Give a cache written from memory (:func:`write_cache`) block inputs, atomically: `inputs` maps split ->
+    (float16 [n, Vb, *shape], view names); `cut` and `weights` as ``extract --finetune-blocks`` records them."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
+            for k, v in src.attrs.items():
+                dst.attrs[k] = v
+            for name in src:
+                src.copy(src[name], dst, name=name)
+            for split, (arr, views) in inputs.items():
+                arr = np.asarray(arr, dtype=FEATURE_DTYPE)
+                d = _create_block_inputs(dst, split, len(arr), views, cut["input_shape"])
+                d[...] = arr
+            write_block_weights(dst, cut, weights)
+    return path
+
+
 # --------------------------------------------------------------------------- streaming from the work folder
 
 
@@ -139,8 +163,33 @@ def _kept_rows(store: PartialStore, sp: SplitPlan, paths: Sequence[str] | None) 
     return mask, skipped
 
 
-def _stream_split(f: h5py.File, store: PartialStore, sp: SplitPlan, mask: np.ndarray, embed_dim: int) -> None:
-    """splits/<name>/{features,labels,index} of the kept rows, one chunk file in memory at a time."""
+def _create_block_inputs(f: h5py.File, split: str, n: int, views: Sequence[str], shape: Sequence[int]) -> h5py.Dataset:
+    """An empty ``splits/<split>/block_inputs`` [n, Vb, *shape] float16, chunked by whole rows (about 1 MiB)."""
+    row = (len(views), *[int(v) for v in shape])
+    d = f.create_dataset(
+        block_inputs_node(split),
+        shape=(n, *row),
+        maxshape=(None, *row),
+        chunks=(max(1, min(max(n, 1), block_chunk_rows(row))), *row),
+        dtype=FEATURE_DTYPE,
+        **DSET_KW,
+    )
+    d.attrs["views"] = json.dumps(list(views))
+    return d
+
+
+def write_block_weights(f: h5py.File, cut: Mapping, weights: Mapping[str, np.ndarray]) -> None:
+    """The ``blocks`` group: attr ``cut`` (JSON) and the initial weights above the cut, float32 by name."""
+    g = f.require_group(BLOCKS_GROUP)
+    g.attrs["cut"] = json.dumps(dict(cut), sort_keys=True)
+    for k, v in weights.items():
+        f.create_dataset(f"{BLOCK_SUFFIX_GROUP}/{k}", data=np.asarray(v, dtype=np.float32), **DSET_KW)
+
+
+def _stream_split(
+    f: h5py.File, store: PartialStore, sp: SplitPlan, mask: np.ndarray, embed_dim: int, block_shape=None, attrs=None
+) -> None:
+    """splits/<name>/{features,labels,index} (and block_inputs) of the kept rows, one chunk file in memory at a time."""
     n_keep, V = int(mask.sum()), len(sp.views)
     d = f.create_dataset(
         f"splits/{sp.name}/features",
@@ -151,6 +200,11 @@ def _stream_split(f: h5py.File, store: PartialStore, sp: SplitPlan, mask: np.nda
         **DSET_KW,
     )
     d.attrs["views"] = json.dumps(list(sp.views))
+    for k, v in (attrs or {}).items():
+        d.attrs[k] = json.dumps(v, sort_keys=True)
+    blocks = None
+    if block_shape is not None and sp.block_views:
+        blocks = _create_block_inputs(f, sp.name, n_keep, sp.views[: sp.block_views], block_shape)
     o = 0
     for c in range(sp.num_chunks):
         feats, ok, _ = store.load_chunk(sp.name, c)
@@ -160,6 +214,14 @@ def _stream_split(f: h5py.File, store: PartialStore, sp: SplitPlan, mask: np.nda
             )
         feats = feats[ok]
         d[o : o + len(feats)] = feats
+        if blocks is not None:
+            b = store.load_blocks(sp.name, c)
+            if b.shape[1:] != blocks.shape[1:]:
+                raise CmmError(
+                    f"Chunk {sp.name}.{c} has block inputs {b.shape}, expected [*, {blocks.shape[1:]}].",
+                    "Re-run with --force.",
+                )
+            blocks[o : o + len(feats)] = b[ok]
         o += len(feats)
     _write_index(f, f"splits/{sp.name}/labels", sp.labels[mask])
     _write_index(f, f"splits/{sp.name}/index", sp.rows[mask])
@@ -197,12 +259,18 @@ def assemble_cache(
     wnids: Sequence[str] | None = None,
     imagenet_index: Sequence[int] | None = None,
     paths: Mapping[str, Sequence[str]] | None = None,
+    view_recipe: Mapping | None = None,
+    cut: Mapping | None = None,
+    block_weights: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[Path, list[dict]]:
     """Stream the chunk files of `store` into one schema-conformant HDF5 file, renamed into place at the end.
 
     Rows whose image failed (only present with --skip-bad) are dropped; the
     few-shot positions are remapped to the kept rows and the skipped files are
-    listed in the provenance. Returns (final path, skipped list).
+    listed in the provenance. `view_recipe` (augmented train views) becomes the
+    train features' attr ``view_recipe``; with `cut` (block inputs) each split's
+    ``block_inputs`` and the ``blocks`` group (`block_weights`) are written too.
+    Returns (final path, skipped list).
     """
     final = Path(final)
     keep: dict[str, np.ndarray] = {}
@@ -214,9 +282,13 @@ def assemble_cache(
     with atomic_path(final, replace_guard=lambda: no_readers(final)) as tmp:
         with h5py.File(tmp, "w") as f:
             _write_header(f, dataset, backbone, prov, default_templates, classnames, wnids, imagenet_index, text)
+            shape = None if cut is None else list(cut["input_shape"])
             for sp in splits:
-                _stream_split(f, store, sp, keep[sp.name], embed_dim)
+                attrs = {"view_recipe": dict(view_recipe)} if (view_recipe and sp.name == "train") else None
+                _stream_split(f, store, sp, keep[sp.name], embed_dim, shape, attrs)
             _write_fewshot(f, fewshot or {}, keep)
+            if cut is not None:
+                write_block_weights(f, cut, block_weights or {})
     return final, skipped
 
 

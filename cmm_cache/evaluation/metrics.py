@@ -70,3 +70,47 @@ def evaluate_head(
                 key = "acc" if name == "head" else f"{name}_acc"
                 hits[key] = hits.get(key, 0) + int((z.argmax(1) == yb).sum())
     return {k: percent(v, len(y)) for k, v in hits.items()}
+
+
+def block_input_chunks(cache, split: str, device="cpu", chunk: int = 256):
+    """Float32 chunks [m, *shape] of a split's cached block inputs (centre view), in row order, from disk."""
+    views = cache.block_views(split)
+    c = views.index("center") if "center" in views else 0
+    for _, blk in cache.iter_block_inputs(split, chunk):
+        yield torch.from_numpy(np.ascontiguousarray(blk[:, c], dtype=np.float32)).to(device)
+
+
+def score_test(
+    head: Head,
+    cache,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    zero_shot_T0: torch.Tensor | None = None,
+    device="cpu",
+    classes: torch.Tensor | None = None,
+    split: str = "test",
+) -> dict:
+    """:func:`evaluate_head` for any head on a cache split whose normalized features are `x` (labels `y`).
+
+    A head that consumes block inputs (``head.input == "block_inputs"``: partial finetuning) is scored on the
+    split's cached block inputs, read chunk by chunk; its zero-shot accuracy still comes from `x`."""
+    if getattr(head, "input", "features") == "features":
+        return evaluate_head(head, x, y, classes=classes, zero_shot_T0=zero_shot_T0)
+    hits, o = {}, 0
+    with torch.no_grad():
+        for xb in block_input_chunks(cache, split, device):
+            yb = y[o : o + len(xb)]
+            o += len(xb)
+            for name, z in head.all_logits(xb, classes).items():
+                key = "acc" if name == "head" else f"{name}_acc"
+                hits[key] = hits.get(key, 0) + int((z.argmax(1) == yb).sum())
+    if o != len(y):
+        from cmm_cache.errors import CmmError
+
+        raise CmmError(f"{cache.path}: {o} block-input rows in split '{split}' for {len(y)} feature rows.")
+    out = {k: percent(v, len(y)) for k, v in hits.items()}
+    if zero_shot_T0 is not None:
+        T0 = zero_shot_T0 if classes is None else zero_shot_T0[classes]
+        zs = sum(int(((x[i : i + 8192] @ T0.t()).argmax(1) == y[i : i + 8192]).sum()) for i in range(0, len(x), 8192))
+        out["zero_shot_acc"] = percent(zs, len(y))
+    return out

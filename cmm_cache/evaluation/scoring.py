@@ -11,7 +11,7 @@ from cmm_cache.backbones.identity import backbone_differences, describe_differen
 from cmm_cache.cache.reader import Cache
 from cmm_cache.cache.schema import content_sha256
 from cmm_cache.errors import CmmError
-from cmm_cache.evaluation.metrics import evaluate_head, split_features
+from cmm_cache.evaluation.metrics import score_test, split_features
 from cmm_cache.evaluation.shift import shift_classes
 from cmm_cache.heads.run_folder import Run
 from cmm_cache.util.atomic import write_json
@@ -59,7 +59,10 @@ def evaluate_run(run: Run, cache: Cache, device="cpu", *, shift: bool = False, o
         raise CmmError(f"{cache.path} has no test split to evaluate on.")
     x, y = split_features(cache.split("test"), None, dev)
     cls = torch.as_tensor(classes, device=dev) if classes is not None else None
-    acc = evaluate_head(run.head.to(dev), x, y, classes=cls, zero_shot_T0=run.T0.to(dev, torch.float32))
+    head = run.head.to(dev)
+    if getattr(head, "input", "features") == "block_inputs":
+        check_block_inputs(run, cache)
+    acc = score_test(head, cache, x, y, run.T0.to(dev, torch.float32), dev, classes=cls)
     return {
         "run": str(run.path),
         "dataset": cache.dataset_name,  # the short name (your own data: `dtd10`, not its path)
@@ -107,3 +110,24 @@ def check_same_backbone(run: Run, cache: Cache) -> None:
             f"({describe_differences(diff, 'run', 'cache')}).",
             f"Extract it with the run's backbone ({run.result.get('backbone')}).",
         )
+
+
+def check_block_inputs(run: Run, cache: Cache) -> None:
+    """A partial-finetuning run is scored on a cache's block inputs only when they come from the same frozen
+    prefix (same fingerprint) and have the run's shape; a cache without them says how to get them."""
+    want = run.head.cut
+    if not cache.has_blocks("test"):
+        raise CmmError(
+            f"The run at {run.path} fine-tuned the image tower's last blocks; {cache.path} holds no block inputs "
+            "to score it on.",
+            "Extract the cache with `--finetune-blocks "
+            f"{want.get('blocks', 1)}`, or classify images with `cmm-cache predict` (it runs the tower itself).",
+        )
+    have = cache.block_cut()
+    for key in ("prefix_sha256", "input_shape", "blocks"):
+        if have.get(key) != want.get(key):
+            raise CmmError(
+                f"{cache.path} holds block inputs of another cut or prefix than the run at {run.path} "
+                f"({key}: cache {have.get(key)!r} vs run {want.get(key)!r}).",
+                "Score the run on a cache extracted with its backbone and --finetune-blocks, or use `predict`.",
+            )

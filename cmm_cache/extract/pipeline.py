@@ -24,6 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from cmm_cache.backbones.cut import cut_tower
 from cmm_cache.backbones.load import load_backbone
 from cmm_cache.backbones.registry import resolve_backbone
 from cmm_cache.cache.info import cache_summary
@@ -36,10 +39,12 @@ from cmm_cache.datasets.registry import load_dataset
 from cmm_cache.errors import CmmError
 from cmm_cache.extract.distributed import DistContext, init_distributed
 from cmm_cache.extract.encode import (
+    ViewRecipe,
     class_text_features,
     configure_cpu_threads,
     default_num_workers,
     encode_text_templates,
+    views_for_split,
 )
 from cmm_cache.extract.plan import (
     DEFAULT_SEEDS,
@@ -99,10 +104,15 @@ class ExtractRequest:
     loaded_backbone: object = None  # reuse a Backbone already in memory (benchmarks)
     download: bool = False
     max_image_pixels: int | None = None  # larger images are unreadable [default: encode.DEFAULT_MAX_IMAGE_PIXELS]
+    train_views: int = 2  # centre, mirror and train_views - 2 seeded random-resized-crop (+ flip) views
+    views_seed: int = 0  # seeds the augmented views (with each image's manifest row and the view number)
+    views_crop_scale: tuple = (0.5, 1.0)  # RandomResizedCrop scale of the augmented views
+    finetune_blocks: int = 0  # K > 0: also store the input of the image tower's last K blocks
     progress: ProgressFn | None = field(default=None, repr=False)  # (images done, images total)
     text_progress: TextProgressFn | None = field(default=None, repr=False)  # (template set, prompts done, total)
     stage: StageFn | None = field(default=None, repr=False)  # called with what starts now ("loading the backbone")
     on_chunk: ChunkFn | None = field(default=None, repr=False)  # called after each chunk file is written
+    on_note: Callable[[str], None] | None = field(default=None, repr=False)  # what to know before encoding starts
 
 
 @dataclass
@@ -110,7 +120,7 @@ class ExtractResult:
     path: str
     dataset: str
     backbone: str
-    status: str  # "written" | "up-to-date" | "text-added"
+    status: str  # "written" | "up-to-date" | "text-added" | "views-added"
     splits: dict = field(default_factory=dict)  # split -> rows in the cache
     text_sets: list = field(default_factory=list)
     fewshot_groups: int = 0
@@ -149,6 +159,8 @@ class ExtractJob:
     fingerprint: dict
     store: PartialStore
     lock: CacheLock
+    recipe: ViewRecipe = field(default_factory=ViewRecipe)
+    cut: object = None  # cmm_cache.backbones.cut.TowerCut with --finetune-blocks
 
 
 @dataclass
@@ -218,14 +230,19 @@ def resolve(req: ExtractRequest, dist: DistContext, device: str) -> ExtractJob:
     spec = req.loaded_backbone.spec if req.loaded_backbone is not None else resolve_backbone(bb_name, req.pretrained)
     final = Path(req.out) if req.out else cache_path(ds_name, bb_name, req.cache_root)
     notes: list[str] = []
+    recipe = view_recipe(req)
     seeds = sorted({int(s) for s in req.seeds})
     shots = sorted({int(k) for k in (default_shots(ds, seeds, notes) if req.shots is None else req.shots)})
-    plans, fewshot = plan_splits(ds, shots, seeds, int(req.chunk_rows))
+    K = int(req.finetune_blocks or 0)
+    plans, fewshot = plan_splits(ds, shots, seeds, int(req.chunk_rows), recipe.count, K > 0)
     ds.verify({p.name: p.rows for p in plans})
     workers = _workers(req, dist, device)
     if req.loaded_backbone is None and req.stage is not None:
         req.stage(f"loading backbone {bb_name} on {device}")
     bb = req.loaded_backbone if req.loaded_backbone is not None else load_backbone(spec, device=device)
+    cut = cut_tower(bb.model.visual, K) if K > 0 else None
+    if cut is not None:
+        _size_note(plans, cut, final, notes, req.on_note if dist.is_main else None)
     return ExtractJob(
         request=req,
         dist=dist,
@@ -241,10 +258,77 @@ def resolve(req: ExtractRequest, dist: DistContext, device: str) -> ExtractJob:
         notes=notes,
         workers=workers,
         bb=bb,
-        fingerprint=request_fingerprint(ds, bb, plans, fewshot),
+        fingerprint=request_fingerprint(ds, bb, plans, fewshot, recipe, cut.describe() if cut is not None else None),
         store=PartialStore(final),
         lock=CacheLock(final),
+        recipe=recipe,
+        cut=cut,
     )
+
+
+def view_recipe(req: ExtractRequest) -> ViewRecipe:
+    """The train views a request asks for (one clear error for impossible ones)."""
+    n = int(req.train_views)
+    if n < 2:
+        raise CmmError(
+            f"--train-views must be at least 2 (the centre view and its mirror), got {n}.",
+            "Pass 2 for the centre and mirror views only, or more for augmented views as well.",
+        )
+    try:
+        lo, hi = (float(v) for v in req.views_crop_scale)
+        return ViewRecipe(count=n, crop_scale=(lo, hi), seed=int(req.views_seed))
+    except (TypeError, ValueError) as e:
+        raise CmmError(
+            f"--views-crop-scale must be two numbers 0 < MIN <= MAX <= 1, got {req.views_crop_scale}.",
+            "E.g. 0.5,1 (Tip-Adapter, GDA, ProLIP, LP++) or 0.08,1 (CLAP).",
+        ) from e
+
+
+LARGE_CACHE_BYTES = 1 << 30  # block inputs beyond this many bytes make a large file: said before encoding starts
+
+
+def block_input_bytes(plans: Sequence[SplitPlan], input_shape: Sequence[int]) -> int:
+    """Bytes of every split's block inputs: rows × stored views × the input's values × 2 (float16)."""
+    per = 2 * int(np.prod([int(v) for v in input_shape]))
+    return sum(p.n * p.block_views * per for p in plans)
+
+
+def _free_bytes(path: Path) -> int | None:
+    import shutil
+
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def _size_note(plans, cut, final: Path, notes: list[str], say: Callable[[str], None] | None) -> None:
+    """Say how much the block inputs add, before any image is encoded; refuse when the disk cannot hold them
+    twice (the work folder's chunk files and the assembled file exist together for a moment)."""
+    from cmm_cache.cache.info import human_bytes
+
+    n = block_input_bytes(plans, cut.input_shape)
+    rows = sum(p.n * p.block_views for p in plans)
+    shape = "×".join(str(v) for v in cut.input_shape)
+    msg = (
+        f"--finetune-blocks {cut.blocks}: the block inputs ({rows} rows of [{shape}] float16, "
+        f"{human_bytes(2 * np.prod(cut.input_shape))} each) add about {human_bytes(n)} to the cache"
+    )
+    free = _free_bytes(final.parent)
+    if free is not None and 2 * n > free:
+        raise CmmError(
+            f"{msg}, and writing it needs about {human_bytes(2 * n)} free beside {final} "
+            f"(the chunk files and the file being assembled); {human_bytes(free)} is free there.",
+            "Free space there, or pass --out to a disk with room (--cache-dir for the whole cache folder).",
+        )
+    if n >= LARGE_CACHE_BYTES:
+        msg += f": a large file (writing it needs about {human_bytes(2 * n)} free for a moment)"
+    if say is not None:
+        say(msg)
+    notes.append(msg)
 
 
 def decide(job: ExtractJob) -> str:
@@ -272,7 +356,7 @@ def _prepare(job: ExtractJob) -> dict:
         check_not_read(job.final)  # before any work: a cache another process reads is not replaced
         store.clear()
     elif job.final.exists():
-        _check_existing(job.final, request)
+        _check_existing(job.final, request, job)
         return {"action": "up-to-date"}
     old = store.request()
     if old is not None:
@@ -287,17 +371,58 @@ def _prepare(job: ExtractJob) -> dict:
     return {"action": "run", "chunk_rows": chunk_rows}
 
 
-def _check_existing(final: Path, request: dict) -> None:
+def _fingerprint_with_views(job: ExtractJob, count: int, recipe: dict | None) -> dict:
+    """The request's fingerprint had it asked for `count` train views (of `recipe`, the cache's own)."""
+    from dataclasses import replace
+
+    r = job.recipe
+    if recipe:
+        r = ViewRecipe(count, tuple(recipe["crop_scale"]), tuple(recipe["ratio"]), float(recipe["flip_p"]),
+                       int(recipe["seed"]))  # fmt: skip
+    else:
+        r = replace(r, count=count)
+    plans = [replace(p, views=views_for_split(p.name, count)) if p.name == "train" else p for p in job.plans]
+    cut = job.cut.describe() if job.cut is not None else None
+    return request_fingerprint(job.ds, job.bb, plans, job.fewshot, r, cut)
+
+
+def _views_cover(job: ExtractJob, cache, sha) -> bool:
+    """Whether the existing cache is this request apart from its train views, and holds every view asked for
+    (more views, or views added by --add-views, are fine). Refuses with the way out when it holds fewer."""
+    if "train" not in cache.split_names:
+        return False
+    have, recipe = cache.views("train"), cache.view_recipe()
+    first = (cache.provenance.get("train_views") or {}).get("count", 2)
+    if not same_request(sha, _fingerprint_with_views(job, int(first), recipe)):
+        return False
+    want = job.recipe
+    if want.augmented and recipe is not None:
+        if [float(v) for v in recipe["crop_scale"]] != [float(v) for v in want.crop_scale] or int(
+            recipe["seed"]
+        ) != int(want.seed):
+            return False
+    if len(have) >= want.count:
+        return True
+    req = job.request
+    raise CmmError(
+        f"The cache at {job.final} holds {len(have)} train views; this request asks for {want.count}.",
+        f"Add the others without re-encoding anything else: `cmm-cache extract --dataset {req.dataset} "
+        f"--backbone {req.backbone} --add-views {want.count}` (or --force to re-extract it all).",
+    )
+
+
+def _check_existing(final: Path, request: dict, job: ExtractJob | None = None) -> None:
     """Return when the cache at `final` was written for this very request; else say what it is."""
     try:
-        sha = open_cache(final).provenance.get("request_sha256")
+        cache = open_cache(final)
+        sha = cache.provenance.get("request_sha256")
     except CmmError as e:
         raise CmmError(
             f"The cache at {final} is damaged or unreadable: {e.message}",
             f"See what is wrong with `cmm-cache cache verify {final}`; pass --force to re-extract it "
             "(the damaged file stays in place until the new one is complete).",
         ) from e
-    if same_request(sha, request):
+    if same_request(sha, request) or (job is not None and sha is not None and _views_cover(job, cache, sha)):
         return
     if sha is None:
         raise CmmError(
@@ -350,6 +475,8 @@ def run(job: ExtractJob) -> _Encoded:
             progress=req.progress,
             on_chunk=req.on_chunk,
             max_image_pixels=req.max_image_pixels,
+            recipe=job.recipe,
+            cut=job.cut,
         )
         enc = _Encoded(text, done, resumed, time.perf_counter() - t)
     except Exception as e:  # every rank must hear of it, or the others wait for this one forever
@@ -387,6 +514,9 @@ def finish(job: ExtractJob, enc: _Encoded) -> list[dict]:
             wnids=ds.wnids,
             imagenet_index=ds.imagenet_index if ds.is_shift else None,
             paths={p.name: ds.splits[p.name].paths for p in job.plans},
+            view_recipe=_recipe_record(job),
+            cut=job.cut.describe() if job.cut is not None else None,
+            block_weights={k: v.numpy() for k, v in job.cut.suffix_state().items()} if job.cut is not None else None,
         )
         job.store.clear()
         remove_stale_tmp(job.final)  # a killed earlier run's half-assembled file
@@ -450,9 +580,21 @@ def _up_to_date_result(job: ExtractJob, t0: float) -> ExtractResult:
     return r
 
 
+def _recipe_record(job: ExtractJob) -> dict | None:
+    if not job.recipe.augmented:
+        return None
+    from cmm_cache.extract.encode import ViewMaker
+
+    return job.recipe.describe(ViewMaker(job.bb.preprocess).interpolation_name())
+
+
 def _provenance(job: ExtractJob) -> dict:
     req = job.request
+    blocks = None
+    if job.cut is not None:
+        blocks = {k: v for k, v in job.cut.describe().items() if k != "config"}
     return build_provenance(
         job.ds, job.ds_name, job.bb, job.bb_name, job.device, job.dist.world, job.shots, job.seeds,
-        job.fingerprint, skip_bad=req.skip_bad, batch_size=req.batch_size,
+        job.fingerprint, skip_bad=req.skip_bad, batch_size=req.batch_size, train_views=_recipe_record(job),
+        blocks=blocks,
     )  # fmt: skip

@@ -22,7 +22,7 @@ import numpy as np
 from cmm_cache.cache.partial import SplitPlan
 from cmm_cache.cache.schema import SCHEMA
 from cmm_cache.errors import CmmError
-from cmm_cache.extract.encode import views_for_split
+from cmm_cache.extract.encode import ViewRecipe, views_for_split
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
@@ -124,9 +124,18 @@ def _need_splits(ds: ExtractableDataset) -> None:
 
 
 def plan_splits(
-    ds: ExtractableDataset, shots: Sequence[int], seeds: Sequence[int], chunk_rows: int
+    ds: ExtractableDataset,
+    shots: Sequence[int],
+    seeds: Sequence[int],
+    chunk_rows: int,
+    train_views: int = 2,
+    blocks: bool = False,
 ) -> tuple[list[SplitPlan], FewshotRows]:
-    """(split plans, few-shot positions) for a dataset: unions of few-shot rows for train/val, all of test."""
+    """(split plans, few-shot positions) for a dataset: unions of few-shot rows for train/val, all of test.
+
+    Train holds `train_views` views per image (:func:`cmm_cache.extract.encode.views_for_split`); with
+    `blocks`, the block inputs of the centre and mirror views (train) or the centre view (val, test) too.
+    """
 
     _need_splits(ds)
     plans: list[SplitPlan] = []
@@ -144,7 +153,9 @@ def plan_splits(
             if len(rows) and (rows.min() < 0 or rows.max() >= n_all):
                 raise CmmError(f"Few-shot rows of {ds.name} point outside its {s} split ({n_all} images).")
             labels = np.asarray(ds.splits[s].labels, dtype=np.int64)[rows]
-            plans.append(SplitPlan(s, rows.astype(np.int64), labels, views_for_split(s), chunk_rows))
+            views = views_for_split(s, train_views)
+            bv = min(2, len(views)) if (blocks and s == "train") else int(blocks)
+            plans.append(SplitPlan(s, rows.astype(np.int64), labels, views, chunk_rows, bv))
         for key, (tr, va) in raw.items():
             fewshot[key] = (
                 np.searchsorted(plans[0].rows, tr).astype(np.int64),
@@ -153,7 +164,9 @@ def plan_splits(
     test = ds.splits["test"]
     n_test = len(test.paths)
     labels = np.asarray(test.labels, dtype=np.int64)
-    plans.append(SplitPlan("test", np.arange(n_test, dtype=np.int64), labels, views_for_split("test"), chunk_rows))
+    plans.append(
+        SplitPlan("test", np.arange(n_test, dtype=np.int64), labels, views_for_split("test"), chunk_rows, int(blocks))
+    )
     return plans, fewshot
 
 
@@ -165,13 +178,23 @@ def _sha(obj: dict) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def request_fingerprint(ds: ExtractableDataset, bb, plans: Sequence[SplitPlan], fewshot: FewshotRows) -> dict:
+def request_fingerprint(
+    ds: ExtractableDataset,
+    bb,
+    plans: Sequence[SplitPlan],
+    fewshot: FewshotRows,
+    recipe: ViewRecipe | None = None,
+    cut: dict | None = None,
+) -> dict:
     """Everything that decides the content of the cache; a partial run resumes only under the same request.
 
     The chunk size of the work folder is not part of it (it only decides how
     much work a killed run loses). ``legacy_sha256`` is the fingerprint as
     earlier versions computed it (chunk size included), so their caches and
-    unfinished runs are still recognized.
+    unfinished runs are still recognized. Augmented train views (their recipe
+    and seed) and block inputs (the cut: its blocks, shape and the weights'
+    fingerprints) enter it only when asked for, so a plain request keeps the
+    fingerprint it always had.
     """
     req = {
         "schema": SCHEMA,
@@ -186,6 +209,10 @@ def request_fingerprint(ds: ExtractableDataset, bb, plans: Sequence[SplitPlan], 
         "fewshot": {f"{k}-{s}": [_digest(a), _digest(b)] for (k, s), (a, b) in sorted(fewshot.items())},
         "templates": {k: list(v) for k, v in ds.templates.items()},
     }
+    if recipe is not None and recipe.augmented:
+        req["train_views"] = {k: v for k, v in recipe.describe().items() if k != "augmented"}
+    if cut is not None:
+        req["blocks"] = {k: cut[k] for k in ("arch", "blocks", "input_shape", "prefix_sha256", "suffix_sha256")}
     return {**req, "sha256": _sha(req), "legacy_sha256": _sha({**req, "chunk_rows": LEGACY_CHUNK_ROWS})}
 
 
@@ -195,9 +222,10 @@ def same_request(sha: str | None, request: dict) -> bool:
 
 def build_provenance(
     ds: ExtractableDataset, ds_name: str, bb, bb_name: str, device: str, world: int, shots, seeds,
-    fingerprint: dict, *, skip_bad: bool, batch_size: int,
+    fingerprint: dict, *, skip_bad: bool, batch_size: int, train_views: dict | None = None, blocks: dict | None = None,
 ) -> dict:  # fmt: skip
-    """The cache's ``provenance`` attribute: the backbone's identity, the dataset's, versions, how it was run."""
+    """The cache's ``provenance`` attribute: the backbone's identity, the dataset's, versions, how it was run
+    (and, when asked for, the augmented train views' recipe and seed and the block inputs' cut)."""
     import datetime as _dt
     import platform
 
@@ -237,4 +265,6 @@ def build_provenance(
         "skip_bad": bool(skip_bad),
         "batch_size": int(batch_size),
         "request_sha256": fingerprint["sha256"],
+        **({"train_views": train_views} if train_views else {}),
+        **({"blocks": blocks} if blocks else {}),
     }

@@ -18,7 +18,7 @@ import numpy as np
 from cmm_cache.cache.partial import PartialStore, SplitPlan
 from cmm_cache.errors import CmmError
 from cmm_cache.extract.distributed import DistContext
-from cmm_cache.extract.encode import ImageItem, iter_encoded
+from cmm_cache.extract.encode import ImageItem, ViewRecipe, iter_encoded
 
 ProgressFn = Callable[[int, int], None]  # (images done, images total) of this process's share
 
@@ -66,7 +66,11 @@ def _collect(ds, plans: Sequence[SplitPlan], store: PartialStore, dist: DistCont
             w.chunk_sizes[(pi, c)] = b - a
             start = len(w.items)
             for j, r in enumerate(range(a, b)):
-                w.items.append(ImageItem(key=len(w.items), path=str(paths[int(p.rows[r])]), views=V))
+                row = int(p.rows[r])
+                w.items.append(
+                    ImageItem(key=len(w.items), path=str(paths[row]), views=tuple(p.views), row=row,
+                              block_views=p.block_views)
+                )  # fmt: skip
                 w.where.append((pi, c, j))
             w.batches += [
                 list(range(s, min(len(w.items), s + per_batch))) for s in range(start, len(w.items), per_batch)
@@ -75,8 +79,9 @@ def _collect(ds, plans: Sequence[SplitPlan], store: PartialStore, dist: DistCont
 
 
 class _ChunkBuffer:
-    def __init__(self, rows: int, views: int, dim: int):
+    def __init__(self, rows: int, views: int, dim: int, block_views: int = 0, block_shape: tuple = ()):
         self.features = np.zeros((rows, views, dim), np.float16)
+        self.blocks = np.zeros((rows, block_views, *block_shape), np.float16) if block_views else None
         self.ok = np.zeros(rows, bool)
         self.errors: list[str | None] = [None] * rows
         self.filled = 0
@@ -103,30 +108,43 @@ def encode_share(
     progress: ProgressFn | None = None,
     on_chunk: ChunkFn | None = None,
     max_image_pixels: int | None = None,
+    recipe: ViewRecipe | None = None,
+    cut=None,
 ) -> tuple[int, int]:
-    """Encode this rank's chunks that are not on disk yet; returns (images encoded now, images resumed)."""
+    """Encode this rank's chunks that are not on disk yet; returns (images encoded now, images resumed).
+
+    `recipe` makes the augmented train views; with `cut` (a :class:`cmm_cache.backbones.cut.TowerCut`) the
+    block inputs of each plan's first ``block_views`` views are stored beside the features."""
     w = _collect(ds, plans, store, dist, batch_size)
+    block_shape = tuple(cut.input_shape) if cut is not None else ()
     if progress:
         progress(w.resumed, w.total)
     buffers: dict[tuple[int, int], _ChunkBuffer] = {}
     written = done = 0
-    for eb in iter_encoded(bb, w.items, w.batches, num_workers=num_workers, max_image_pixels=max_image_pixels):
-        for key, feat, err in zip(eb.keys, eb.features, eb.errors):
+    for eb in iter_encoded(
+        bb, w.items, w.batches, num_workers=num_workers, max_image_pixels=max_image_pixels, recipe=recipe, cut=cut
+    ):
+        blocks = eb.blocks if eb.blocks is not None else [None] * len(eb.keys)
+        for key, feat, err, blk in zip(eb.keys, eb.features, eb.errors, blocks):
             pi, c, j = w.where[key]
             p = plans[pi]
             if err is not None and not skip_bad:
                 raise _bad_image(w.items[key].path, err)
             buf = buffers.get((pi, c))
             if buf is None:
-                buf = buffers[(pi, c)] = _ChunkBuffer(w.chunk_sizes[(pi, c)], len(p.views), bb.embed_dim)
+                bv = p.block_views if cut is not None else 0
+                size = w.chunk_sizes[(pi, c)]
+                buf = buffers[(pi, c)] = _ChunkBuffer(size, len(p.views), bb.embed_dim, bv, block_shape)
             if feat is not None:
                 buf.features[j], buf.ok[j] = feat, True
+                if buf.blocks is not None:
+                    buf.blocks[j] = blk
             else:
                 buf.errors[j] = err
             buf.filled += 1
             done += 1
             if buf.filled == w.chunk_sizes[(pi, c)]:
-                store.save_chunk(p.name, c, buf.features, buf.ok, buf.errors)
+                store.save_chunk(p.name, c, buf.features, buf.ok, buf.errors, buf.blocks)
                 del buffers[(pi, c)]
                 written += 1
                 if on_chunk:

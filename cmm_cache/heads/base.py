@@ -17,6 +17,10 @@ scoring — uses only this interface, so every run kind is scored the same way:
                                    params (JSON) to result.json["head"]
     load_head(kind, arrays, params)   the inverse, through the registry
 
+``head.input`` says what a head consumes: ``"features"`` (every head but one: L2-normalized final image
+features, as above) or ``"block_inputs"`` (a partial-finetuning head: the raw inputs of the image tower's
+last blocks, ``[n, *head.input_shape]``; it normalizes its own output before the linear head).
+
 ``classes`` (an index tensor into the head's classes) restricts scoring to
 those classes *before* any softmax, as ImageNet-A/-R need (200 of 1000).
 
@@ -207,6 +211,7 @@ class Head:
     # params by name -> (allowed values, required).
     ARRAYS: ClassVar[dict[str, ArraySpec]] = {}
     PARAMS: ClassVar[dict[str, tuple[tuple, bool]]] = {}
+    input: ClassVar[str] = "features"  # or "block_inputs" (see the module docstring)
 
     def logits(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError

@@ -380,4 +380,7 @@ def run_head(result: dict, arrays: dict, classes: int | None = None, where=None)
             + (f" ({classes} class names)." if classes is not None else "."),
             DAMAGED_HINT,
         )
-    return load_head(kind, arrays, params)
+    try:
+        return load_head(kind, arrays, params)
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:  # what a kind's own checks refuse
+        raise CmmError(f"The run at {where} is incomplete or damaged ({e}).", DAMAGED_HINT) from None

@@ -16,6 +16,19 @@ by :mod:`cmm_cache.methods.registry`, no list to edit)::
     result = method.fit(data, method.resolve({"iterations": 2000}), progress=None)
 
 ``progress(done, total, loss_or_None)`` is an optional callback for trained methods.
+
+**Views.** A cache may hold more train views than the centre and its mirror (``extract --train-views N``:
+``rrc-1``, ``rrc-2``, … seeded random-resized-crop views). Each method declares in :attr:`Method.views` the
+views its paper trains on, as a spec :func:`resolve_views` reads against the cache's view names:
+
+* ``"center,hflip"`` — named views (CMM, the cross-modal family, linear probing: Lin et al. and the CMM
+  paper train on the centre crop and its mirror);
+* ``"rrc:N"`` — the first N augmented views (GDA 10, Tip-Adapter 10, LP++ 1, CLAP 20, ProLIP 300: their
+  codes' augmentation passes); ``"rrc"`` — all of them.
+
+With fewer augmented views than asked it uses those there are; with none, the centre and mirror; either
+way the run's ``warnings`` say so. The views used are recorded in ``result.json`` (``train_views``) and, when
+they include augmented views, in the run's config (so its identity follows them).
 """
 
 from __future__ import annotations
@@ -35,12 +48,84 @@ from cmm_cache.evaluation.metrics import split_features
 from cmm_cache.heads.base import Head, normalize_rows
 from cmm_cache.methods.trainers.ops import flush_denormals
 
+AUGMENTED = "rrc-"  # names of the augmented train views (cmm_cache.extract.encode.AUGMENTED_PREFIX)
+CENTRE_MIRROR = "center,hflip"
+
+
+@dataclass
+class ViewChoice:
+    """The train views a method uses on a cache (:func:`resolve_views`) and what the run should warn about."""
+
+    names: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def augmented(self) -> bool:
+        return any(n.startswith(AUGMENTED) for n in self.names)
+
+
+def wanted_augmented(spec: str) -> int | None:
+    """How many augmented views a spec asks for (None: all the cache has; 0: none)."""
+    n = 0
+    for item in str(spec).split(","):
+        item = item.strip()
+        if item == "rrc":
+            return None
+        if item.startswith("rrc:"):
+            n += int(item[4:])
+    return n
+
+
+def _check_spec(items: list[str], spec) -> None:
+    for item in items:
+        if item.startswith("rrc:") and not (item[4:].isdigit() and int(item[4:]) > 0):
+            raise CmmError(
+                f"Bad train views {spec!r}: {item!r} should be rrc:N with N a positive number.",
+                "Give view names (center,hflip,rrc-1,...), rrc:N (the first N augmented views) or rrc (all of them).",
+            )
+    if not items:
+        raise CmmError(f"Bad train views {spec!r}: no view named.", "E.g. center,hflip or rrc:10.")
+
+
+def resolve_views(spec: str, available: list[str], method: str = "this method") -> ViewChoice:
+    """The views of `available` (a cache's train view names, in order) a view spec selects (see the module doc)."""
+    items = [i.strip() for i in str(spec).split(",") if i.strip()]
+    _check_spec(items, spec)
+    aug = [v for v in available if v.startswith(AUGMENTED)]
+    names: list[str] = []
+    warnings: list[str] = []
+    for item in items:
+        if item == "rrc" or item.startswith("rrc:"):
+            want = len(aug) if item == "rrc" else int(item[4:])
+            got = aug[:want]
+            if item != "rrc" and len(got) < want:
+                more = f"`cmm-cache extract ... --add-views {want + 2}`"
+                if got:
+                    warnings.append(
+                        f"{method} trains on {want} augmented views in its official code; the cache holds "
+                        f"{len(aug)}, so it used those (add more with {more})"
+                    )
+                else:
+                    warnings.append(
+                        f"{method} trains on {want} augmented views in its official code; the cache holds none, so "
+                        f"it used the centre and mirror views instead (add them with {more})"
+                    )
+            if not got:
+                got = [v for v in ("center", "hflip") if v in available]
+            names += got
+        elif item in available:
+            names.append(item)
+        elif item not in ("center", "hflip"):  # a cache of another tool may lack the mirror: nothing to say
+            warnings.append(f"the cache has no train view '{item}'")
+    names = list(dict.fromkeys(names)) or list(available)
+    return ViewChoice(names, warnings)
+
 
 @dataclass
 class FitData:
     """What a method may learn from: one few-shot subset of one cache (never its test split)."""
 
-    x_train: torch.Tensor  # [N, d] L2-normalized; every view of every train image is its own sample
+    x_train: torch.Tensor  # [N, d] L2-normalized; every (selected) view of every train image is its own sample
     y_train: torch.Tensor  # [N] class ids
     train_image: torch.Tensor  # [N] which train image each sample is a view of (0..n_images-1)
     x_val: torch.Tensor  # [n_val, d] L2-normalized, center view
@@ -56,6 +141,9 @@ class FitData:
     _per_template: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     # Results several methods of this subset compute alike (owned by the runner; None: nothing is shared).
     _shared: SharedFits | None = field(default=None, repr=False)
+    view_names: list[str] | None = None  # the views each train image contributes, in sample order (None: unnamed)
+    train_norm: torch.Tensor | None = None  # [N] raw L2 norm of each train sample (raw = x_train · norm)
+    blocks: BlockData | None = None  # cached block inputs (caches extracted with --finetune-blocks)
 
     @property
     def num_classes(self) -> int:
@@ -64,6 +152,44 @@ class FitData:
     @property
     def dim(self) -> int:
         return int(self.T0.shape[1])
+
+    @property
+    def num_images(self) -> int:
+        return int(self.train_image.max()) + 1 if len(self.train_image) else 0
+
+    @property
+    def views_per_image(self) -> int:
+        return len(self.x_train) // max(1, self.num_images)
+
+    def by_view(self, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Train samples (or any [N, ...] tensor in sample order) as [V, n_images, ...]: view-major."""
+        x = self.x_train if x is None else x
+        return x.reshape(self.num_images, self.views_per_image, *x.shape[1:]).transpose(0, 1)
+
+    def select_views(self, names: list[str]) -> FitData:
+        """The same subset with only the named views (in that order) as train samples."""
+        have = self.view_names or []
+        if list(names) == list(have):
+            return self
+        missing = [n for n in names if n not in have]
+        if missing:
+            raise CmmError(f"The train features hold no view {', '.join(missing)} (they hold {', '.join(have)}).")
+        pos = torch.tensor([have.index(n) for n in names], device=self.x_train.device)
+        n, V = self.num_images, self.views_per_image
+
+        def pick(t):
+            return t.reshape(n, V, *t.shape[1:])[:, pos].reshape(n * len(names), *t.shape[1:])
+
+        from dataclasses import replace
+
+        return replace(
+            self,
+            x_train=pick(self.x_train),
+            y_train=pick(self.y_train),
+            train_image=pick(self.train_image),
+            train_norm=None if self.train_norm is None else pick(self.train_norm),
+            view_names=list(names),
+        )
 
     def text_per_template(self) -> torch.Tensor:
         """[C, M, d] raw embedding of each template (float32, on `device`); a clear error when the cache lacks them."""
@@ -162,6 +288,8 @@ class Method:
     # precheck(data, options) raises CmmError when the method cannot fit this subset with these options
     # (e.g. no batch size fits): called for every run before any run trains.
     precheck: Callable[[FitData, dict], None] | None = None
+    views: str = CENTRE_MIRROR  # the train views its paper uses (a spec for resolve_views; see the module doc)
+    inputs: str = "features"  # "block_inputs": it trains on cached block inputs (extract --finetune-blocks)
 
     def resolve(self, options: dict | None) -> dict:
         """Defaults overlaid with `options`; an unknown option is one clear error."""
@@ -282,16 +410,57 @@ def scoped(fit: Callable[..., MethodResult] | None = None, *, single_thread: boo
     return wrap(fit) if fit is not None else wrap
 
 
+@dataclass
+class BlockData:
+    """The cached block inputs of one few-shot subset (``extract --finetune-blocks``), read on demand.
+
+    ``cut``: the cache's ``blocks`` attr (arch, blocks, input_shape, fingerprints, config);
+    ``weights()``: the weights above the cut as extracted (where fine-tuning starts); ``train()``: float16
+    [n_images, Vb, *shape] with views ``train_views`` (centre, mirror); ``val()``: float16 [n_val, *shape]
+    (centre view)."""
+
+    cut: dict
+    train_views: list[str]
+    weights: Callable[[], dict]
+    train: Callable[[], np.ndarray]
+    val: Callable[[], np.ndarray]
+
+
+def block_data(cache, train_rows, val_rows) -> BlockData | None:
+    """The :class:`BlockData` of a subset, or None when the cache holds no block inputs."""
+    if not cache.has_blocks("train") or not cache.has_blocks("val"):
+        return None
+    val_views = cache.block_views("val")
+    c = val_views.index("center") if "center" in val_views else 0
+    return BlockData(
+        cut=cache.block_cut(),
+        train_views=cache.block_views("train"),
+        weights=cache.block_weights,
+        train=lambda: cache.block_inputs("train", train_rows),
+        val=lambda: cache.block_inputs("val", val_rows)[:, c],
+    )
+
+
 def fit_data(
-    cache, shots: int, seed: int, templates: str | None = None, device="cpu", shared: SharedFits | None = None
+    cache,
+    shots: int,
+    seed: int,
+    templates: str | None = None,
+    device="cpu",
+    shared: SharedFits | None = None,
+    views: list[str] | None = None,
 ) -> FitData:
     """The :class:`FitData` of one (shots, seed) subset of an open cache (train and val only); `shared` is the
-    runner's store of results the methods of this subset share (:class:`SharedFits`)."""
+    runner's store of results the methods of this subset share (:class:`SharedFits`); `views`: the train views
+    to hold (names; default: every view the cache has)."""
     dev = torch.device(device)
     train_rows, val_rows = cache.fewshot(shots, seed)
     train = cache.split("train")
-    feats = train.features[train_rows]
+    names = list(train.views) if views is None else list(views)
+    pos = [train.views.index(v) for v in names]
+    feats = train.features[train_rows][:, pos]
     x, y = train_samples(feats, train.labels[train_rows], dev)
+    norm = torch.from_numpy(np.linalg.norm(feats.astype(np.float32), axis=-1).reshape(-1)).to(dev)
     image = torch.arange(len(train_rows)).repeat_interleave(feats.shape[1]).to(dev)
     T0 = torch.from_numpy(cache.text(templates)).to(dev)
     if x.shape[1] != T0.shape[1]:
@@ -316,6 +485,9 @@ def fit_data(
         dataset=str(cache.dataset),
         _per_template=lambda: cache.text_per_template(name),
         _shared=shared,
+        view_names=names,
+        train_norm=norm,
+        blocks=block_data(cache, train_rows, val_rows),
     )
 
 

@@ -10,7 +10,11 @@ mrflogs/ICLR24 ``main_few_shots.py`` (commit c83409b5e3c29d2f49dc44fb8b361add2b4
     logits = 100 · x T0ᵀ + α (x Wᵀ + b),  α ∈ {1e-4, 1e-3, 1e-2, 0.1, 1, 10, 100}
 
 α is chosen on the val subset (strictly better wins; their start α = 0.1 at accuracy 0 is kept).
-Their ImageNet script uses the test set as "val"; here val is always the few-shot val subset.
+Their code reads the full val split (ImageNet: the test set as "val"); here val is always the few-shot
+val subset. Samples: their ``augment_epoch`` = 10 passes of RandomResizedCrop(scale (0.5, 1); ImageNet
+(0.08, 1)) + flip, each view normalized, all 10·N rows samples — the cache's first 10 augmented views
+(``extract --train-views 12``); without them the centre and mirror views stand in and the run says so
+(with 2 rows per class at 1 shot the covariance is nearly empty and α collapses to zero-shot).
 The matrix is symmetric positive definite whenever tr(Σ) > 0, so a Cholesky solve replaces the
 pseudo-inverse (same result, ~20× faster at d = 1024); with tr(Σ) = 0 (one sample per class)
 pinv(0) = 0, i.e. W = 0 and the head is zero-shot plus a constant, exactly as theirs.
@@ -80,5 +84,7 @@ METHOD = register_method(
         source="Wang et al. ICLR 2024, mrflogs/ICLR24 main_few_shots.py @ c83409b",
         rank=50,
         cost=0.4,
+        selection="few-shot val (alpha; theirs: the full val split, ImageNet: test)",
+        views="rrc:10",
     )
 )

@@ -8,7 +8,10 @@ new d×d layer after CLIP's projection, which is what a cache of projected featu
     logits = 100 · normalize(x Wᵀ) T0ᵀ,   W₀ = I
     L = CE(logits, y) + λ ‖W − I‖²_F    (``MSELoss(reduction="sum")``)
 
-Full batch (one step per epoch, epoch t uses the t-th view in their cycling order), Adam
+Full batch (one step per epoch, epoch t uses the t-th view in their cycling order: views 1, 2, …, V−1,
+0, … of the augmented views — theirs are ``aug_views`` = 300 passes of RandomResizedCrop(scale (0.5, 1)) +
+flip, here the cache's augmented views, as many as it holds up to 300 (``extract --train-views 302``);
+without any, the centre and mirror views stand in and the run says so), Adam
 (eps 1e-4, no weight decay), ``CosineAnnealingLR(T_max=epochs)``, 300 epochs. Their few-shot-val
 setting searches lr ∈ {1e-2, …, 1e-8} × λ ∈ {10, 1, 0.1, 0.01, 1e-3, 1e-4, 0} on val: 49 trainings
 of 300 full-batch d×d steps, ~5 minutes per 16-shot run at 47 classes × 1024-d on a 2-core CPU.
@@ -112,5 +115,6 @@ METHOD = register_method(
         budget="epochs",
         rank=60,
         cost=130.0,
+        views="rrc:300",
     )
 )

@@ -5,8 +5,10 @@ Source: gaopengcuhk/Tip-Adapter — ``main.py`` and ``utils.py`` (commit
 
     logits = 100 · x T0ᵀ + α · exp(−β (1 − x Kᵀ)) V
 
-* keys K: one per train image, the mean of its views' features, normalized (they average 10
-  augmented passes; the cache holds the centre and mirrored views); V: the keys' one-hot labels;
+* keys K: one per train image, the mean of the raw features of its 10 augmented views (their
+  ``build_cache_model``: ``augment_epoch`` = 10 passes of RandomResizedCrop(scale (0.5, 1)) + flip, mean
+  over passes, then normalized); V: the keys' one-hot labels. On a cache without augmented views
+  (``extract --train-views 12`` makes 10) the centre and mirror views stand in, and the run says so;
 * search (``search_hp``): β over ``[i·(s_β − 0.1)/n_β + 0.1 for i < n_β]``, α likewise, β outer,
   α inner, strictly better val accuracy wins (start: 0, so an all-wrong val keeps β = α = 0);
   n = (200, 20); the scales s and Tip-F's initial α and epochs are their per-dataset configs
@@ -16,7 +18,9 @@ Source: gaopengcuhk/Tip-Adapter — ``main.py`` and ``utils.py`` (commit
   implicit weight decay 0.01), batch 256 shuffled, cosine over epochs × batches; after each epoch
   the fused accuracy is measured and the best epoch's keys are kept, then β and α are searched.
   Their script measures that per-epoch accuracy on the *test* set; here it is the val subset, so
-  nothing is chosen on test. Train samples are every cached view (they re-augment each epoch).
+  nothing is chosen on test. They draw a fresh augmentation of every image each epoch: here epoch e
+  trains on augmented view (e mod V) of every image, the nearest a cache of V views comes; with the
+  centre and mirror only, every epoch trains on both.
 
 The zero-shot part is the cache's text classifier T0 (theirs averages normalized template
 embeddings; the cache averages raw ones, CMM's eq. 2).
@@ -33,17 +37,23 @@ import torch.nn.functional as F
 from cmm_cache.datasets.manifests import resolve_name
 from cmm_cache.evaluation.metrics import accuracy, percent
 from cmm_cache.heads.tip_adapter import TipHead, tip_logits
-from cmm_cache.methods.base import FitData, Method, MethodResult, scoped
+from cmm_cache.methods.base import AUGMENTED, FitData, Method, MethodResult, scoped
 from cmm_cache.methods.registry import register_method
 from cmm_cache.methods.search import improves, select_scored
 
-# Their configs/<dataset>.yaml: (search_scale, init_alpha, train_epoch); init_beta is 1 everywhere.
+# Their configs/<dataset>.yaml (commit 4e29134): (search_scale, init_alpha, train_epoch); init_beta is 1 everywhere.
 CONFIGS = {
+    "caltech101": ((12.0, 5.0), 3.0, 20),
     "dtd": ((13.0, 13.0), 2.0, 20),
     "eurosat": ((12.0, 10.0), 2.0, 100),
     "fgvc_aircraft": ((30.0, 30.0), 5.0, 20),
+    "food101": ((10.0, 10.0), 1.17, 20),
     "imagenet": ((7.0, 3.0), 1.17, 20),
+    "oxford_flowers": ((50.0, 50.0), 10.0, 20),
     "oxford_pets": ((7.0, 3.0), 1.17, 20),
+    "stanford_cars": ((20.0, 10.0), 3.0, 20),
+    "sun397": ((12.0, 10.0), 1.17, 20),
+    "ucf101": ((7.0, 3.0), 3.0, 20),
 }
 DEFAULT_CONFIG = CONFIGS["imagenet"]
 
@@ -58,10 +68,11 @@ def dataset_config(dataset: str) -> tuple:
 
 
 def cache_model(data: FitData) -> tuple[torch.Tensor, torch.Tensor]:
-    """(keys [n_images, d]: normalized mean of each image's views, their labels)."""
+    """(keys [n_images, d]: each image's views' raw features averaged, then normalized; their labels)."""
     n = int(data.train_image.max()) + 1
     keys = torch.zeros(n, data.dim, dtype=data.x_train.dtype, device=data.device)
-    keys.index_add_(0, data.train_image, data.x_train)
+    raw = data.x_train if data.train_norm is None else data.x_train * data.train_norm[:, None].to(data.x_train.dtype)
+    keys.index_add_(0, data.train_image, raw)
     labels = torch.zeros(n, dtype=torch.long, device=data.device)
     labels[data.train_image] = data.y_train
     return F.normalize(keys, dim=-1), labels
@@ -156,8 +167,13 @@ def fit_tip(data: FitData, options: dict, progress=None) -> MethodResult:
 def train_keys(data: FitData, keys, values, alpha, beta, epochs, lr, batch, max_steps=None, progress=None):
     """Tip-Adapter-F's training loop; returns (best keys, best epoch, per-epoch val accuracies, steps run)."""
     x, y, T0 = data.x_train, data.y_train, data.T0
+    augmented = any(str(v).startswith(AUGMENTED) for v in (data.view_names or []))
+    if augmented:  # epoch e: augmented view (e mod V) of every image (theirs: a fresh augmentation per epoch)
+        xs, ys = data.by_view(), data.by_view(data.y_train)
+    else:
+        xs, ys = x[None], y[None]
     W = torch.nn.Parameter(keys.clone())
-    per_epoch = math.ceil(len(x) / batch)
+    per_epoch = math.ceil(xs.shape[1] / batch)
     total = epochs * per_epoch if max_steps is None else min(epochs * per_epoch, int(max_steps))
     opt = torch.optim.AdamW([W], lr=lr, eps=1e-4)  # torch's default weight decay 0.01, as theirs
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
@@ -166,6 +182,7 @@ def train_keys(data: FitData, keys, values, alpha, beta, epochs, lr, batch, max_
     for epoch in range(epochs):
         if steps >= total:
             break
+        x, y = xs[epoch % len(xs)], ys[epoch % len(ys)]
         for b in torch.randperm(len(x), generator=g).to(x.device).split(batch):
             if steps >= total:
                 break
@@ -217,6 +234,8 @@ TIP = register_method(
         source=SOURCE,
         rank=40,
         cost=4.0,
+        selection="few-shot val (beta, alpha; theirs: the full val split, ImageNet: test)",
+        views="rrc:10",
     )
 )
 
@@ -238,6 +257,7 @@ TIP_F = register_method(
         budget="max_iterations",
         rank=41,
         cost=11.0,
-        selection="few-shot val (theirs: test)",
+        selection="few-shot val (epoch, beta, alpha; theirs: the epoch on test, beta/alpha on the full val split)",
+        views="rrc:10",
     )
 )

@@ -33,6 +33,7 @@ from cmm_cache.runs.protocol import (
     check_needs,
     finished_result,
     fit_run,
+    inputs_available,
     plan,
     planned_identity,
     precheck_errors,
@@ -77,6 +78,8 @@ RUN_KEYS = (
     "iterations",
     "shared_fits",
     "run_id",
+    "train_views",
+    "warnings",
 )
 
 
@@ -92,6 +95,7 @@ def fit_one(
     force: bool = False,
     shared: SharedFits | None = None,
     step: Callable[[str, int, int], StepFn | None] | None = None,
+    views: str | None = None,
 ) -> dict:
     """Fit one run, save its folder (unless `runs_root` is None) and return its summary row.
 
@@ -102,7 +106,7 @@ def fit_one(
     """
     if runs_root is not None:  # <runs>/<dataset>/<backbone>/<method>-<config key>/shot_K-seed_S
         m, opts = resolve_method(method, options)
-        ident = planned_identity(cache, m, opts, templates, shots, seed)
+        ident = planned_identity(cache, m, opts, templates, shots, seed, views)
         path = target_dir(cache, ident, runs_root)
         if check_target(path, ident, force) == "same" and not force:
             stored = finished_result(path)
@@ -118,6 +122,7 @@ def fit_one(
         device=device,
         shared=shared,
         step=on_step,
+        views=views,
     )
     row = {key: result.get(key) for key in RUN_KEYS}
     if runs_root is not None:
@@ -146,10 +151,23 @@ def compare(
     (:meth:`~cmm_cache.methods.base.Method.capped`); with `runs_root` each run is saved (:func:`fit_one`).
     `progress(done, total, run_summary)` is called after each run; `step(method, shots, seed)` may return a
     ``(done, total, loss)`` callback for that run's training. Runs already saved with the same identity are not
-    fitted again (``skipped`` in their row), so a compare stopped midway resumes; `force` refits them.
+    fitted again (``skipped`` in their row), so a compare stopped midway resumes; `force` refits them. With
+    'all', a method whose inputs the cache lacks (block inputs: ``extract --finetune-blocks``) is left out and
+    listed in ``not_run``; named explicitly, it is one clear error before anything trains.
     """
     names = resolve_methods(methods)
     cache = read_once(cache)  # every run of every method shares one read of the file
+    spec = [x.strip() for x in methods.split(",")] if isinstance(methods, str) else list(methods or [])
+    every = not [x for x in spec if x] or spec == ["all"]
+    lacking = [n for n in names if not inputs_available(cache, get_method(n))]
+    if lacking and not every:
+        raise CmmError(
+            f"{', '.join(lacking)} fine-tune(s) the image tower's last blocks on their cached inputs, and "
+            f"{cache.path} holds none.",
+            cache.blocks_hint(),
+        )
+    not_run = {n: "the cache holds no block inputs (extract --finetune-blocks 1)" for n in lacking}
+    names = [n for n in names if n not in lacking]
     jobs = plan(cache, sorted(set(shots)) if shots else None, sorted(set(seeds)) if seeds else None)
     shots, seeds = sorted({k for k, _ in jobs}), sorted({s for _, s in jobs})
     opts = {name: get_method(name).capped((options or {}).get(name), max_iterations) for name in names}
@@ -174,6 +192,7 @@ def compare(
         "max_iterations": max_iterations,
         "table": table(runs, names, shots),
         "runs": runs,
+        "not_run": not_run,
     }
 
 

@@ -26,9 +26,9 @@ import torch
 
 from cmm_cache.cache.reader import Cache, Split
 from cmm_cache.errors import CmmError
-from cmm_cache.evaluation.metrics import evaluate_head, split_features
+from cmm_cache.evaluation.metrics import score_test, split_features
 from cmm_cache.heads.run_folder import FINISHED_REQUIRED, read_result
-from cmm_cache.methods.base import Method, SharedFits, fit_data, unmet_needs
+from cmm_cache.methods.base import Method, SharedFits, ViewChoice, fit_data, resolve_views, unmet_needs
 from cmm_cache.methods.registry import get_method
 from cmm_cache.runs.identity import config_key, run_id, run_identity, typed_options
 from cmm_cache.runs.store import check_target, save_run, target_dir
@@ -141,6 +141,35 @@ def check_data(cache: Cache, shots: int, seed: int) -> tuple[list[int], list[int
 # One run
 
 
+def choose_views(cache: Cache, m: Method, views: str | None = None) -> ViewChoice:
+    """The train views `m` uses on `cache`: `views` (a spec, see :mod:`cmm_cache.methods.base`) or its own."""
+    if "train" not in cache.split_names:
+        return ViewChoice([])
+    return resolve_views(views or m.views, cache.views("train"), m.name)
+
+
+def view_config(choice: ViewChoice, views: str | None) -> dict:
+    """What the views add to a run's config: nothing for the centre and mirror a method uses by default (runs
+    of earlier versions keep their identity), the names when augmented views (or the user's choice) are used."""
+    return {"train_views": list(choice.names)} if (choice.augmented or views is not None) else {}
+
+
+def inputs_available(cache: Cache, m: Method) -> bool:
+    """Whether `cache` holds what `m` trains on (block inputs for the methods that fine-tune the tower's last
+    blocks; features for every other)."""
+    return m.inputs != "block_inputs" or all(cache.has_blocks(s) for s in ("train", "val", "test"))
+
+
+def check_inputs(cache: Cache, m: Method) -> None:
+    """A method that trains on block inputs needs a cache extracted with them: one clear error before training."""
+    if not inputs_available(cache, m):
+        raise CmmError(
+            f"Method '{m.name}' fine-tunes the image tower's last blocks on their cached inputs, and {cache.path} "
+            "holds none.",
+            cache.blocks_hint() if hasattr(cache, "blocks_hint") else "Re-extract with --finetune-blocks 1.",
+        )
+
+
 def resolve_method(method: str, options: dict | None) -> tuple[Method, dict]:
     """The method and its resolved options (defaults overlaid; an unknown option is one clear error)."""
     m = get_method(method)
@@ -159,9 +188,11 @@ def fit_run(
     device: str | torch.device | None = None,
     shared: SharedFits | None = None,
     step: StepFn | None = None,
+    views: str | None = None,
 ) -> tuple[dict, dict]:
     """Fit `method` on the (shots, seed) subset of `cache`, select its hyper-parameters
     on the val subset, evaluate on test. Returns (result dict, arrays for weights.npz).
+    `views`: the train views to use instead of the method's own (a spec, :mod:`cmm_cache.methods.base`).
 
     `options` are the method's (see :mod:`cmm_cache.methods`; CMM's are the fields of its
     ``TrainConfig`` plus ``alpha`` and ``threads``). `progress(done, loss)` follows a trained method's iterations;
@@ -172,7 +203,8 @@ def fit_run(
     m, opts = resolve_method(method, options)
     if step is None and progress is not None:
         step = lambda done, total, loss: progress(done, loss)  # noqa: E731
-    return _fit_one(read_once(cache), shots, seed, m, opts, templates, torch.device(device or "cpu"), step, shared)
+    dev = torch.device(device or "cpu")
+    return _fit_one(read_once(cache), shots, seed, m, opts, templates, dev, step, shared=shared, views=views)
 
 
 def check_needs(cache: Cache, methods: list[Method], templates: str | None = None) -> list:
@@ -208,9 +240,13 @@ def refuse_unmet(unmet: list) -> None:
     )
 
 
-def _fit_one(cache: ReadOnceCache, shots, seed, m, opts: dict, templates, dev, step: StepFn | None, shared=None):
+def _fit_one(
+    cache: ReadOnceCache, shots, seed, m, opts: dict, templates, dev, step: StepFn | None, *, shared=None, views=None
+):
+    check_inputs(cache, m)
     train_counts, val_counts, warnings = check_data(cache, shots, seed)
-    data = fit_data(cache, shots, seed, templates, dev, shared)
+    choice = choose_views(cache, m, views)
+    data = fit_data(cache, shots, seed, templates, dev, shared, choice.names)
     if shared is not None:
         shared.take_log()  # what earlier methods used is theirs
     fitted = m.fit(data, opts, progress=step)
@@ -219,10 +255,11 @@ def _fit_one(cache: ReadOnceCache, shots, seed, m, opts: dict, templates, dev, s
 
     # Test is read only now, after everything was chosen on val.
     x_te, y_te = cache.test_features(dev)
-    acc = evaluate_head(head, x_te, y_te, zero_shot_T0=data.T0)
+    acc = score_test(head, cache, x_te, y_te, data.T0, dev)
     hparams = dict(fitted.hparams)
     config = {"method": m.name, **opts, "seed": int(seed), "device": str(dev)}
     config["templates"] = templates or cache.default_templates
+    config.update(view_config(choice, views))
     result = {
         "dataset": cache.dataset_name,  # the short name: what tables show and --dataset accepts later
         "backbone": cache.backbone,
@@ -248,8 +285,9 @@ def _fit_one(cache: ReadOnceCache, shots, seed, m, opts: dict, templates, dev, s
         "num_train_samples": int(len(data.x_train)),
         "train_images_per_class": train_counts,
         "val_images_per_class": val_counts,
-        "warnings": warnings,
-        **{k: v for k, v in fitted.extra.items() if k not in ("head",)},
+        "train_views": list(choice.names),
+        "warnings": warnings + choice.warnings + list(fitted.extra.get("warnings", [])),
+        **{k: v for k, v in fitted.extra.items() if k not in ("head", "warnings")},
     }
     if used:  # results this fit shared with another method of the subset (reused: computed by that one)
         result["shared_fits"] = used
@@ -259,10 +297,13 @@ def _fit_one(cache: ReadOnceCache, shots, seed, m, opts: dict, templates, dev, s
     return result, arrays
 
 
-def planned_identity(cache: Cache, m: Method, opts: dict, templates: str | None, shots: int, seed: int) -> dict:
+def planned_identity(
+    cache: Cache, m: Method, opts: dict, templates: str | None, shots: int, seed: int, views: str | None = None
+) -> dict:
     """The identity the run of `m` with `opts` on the (shots, seed) subset of `cache` will have: known
     before it is fitted, so a finished run can be found (and skipped) without fitting anything."""
     config = {"method": m.name, **opts, "templates": templates or cache.default_templates}
+    config.update(view_config(choose_views(cache, m, views), views))
     return run_identity(
         {
             "dataset": cache.dataset_name,
@@ -332,6 +373,7 @@ def fit_protocol(
     force: bool = False,
     progress: Callable[[int, int], StepFn | None] | None = None,
     runner: Runner | None = None,
+    views: str | None = None,
 ) -> Iterator[dict]:
     """Fit `method` on every (shots, seed) of the protocol and yield each run's result, in order.
 
@@ -346,10 +388,12 @@ def fit_protocol(
     `force` refits it. `progress(shots, seed)` may return a
     ``(done, total, loss)`` callback for that run's training. `runner(fn, jobs)`
     maps the fit of each :class:`FitJob` (default: one after the other, in this
-    process) — the place for a parallel runner; it must yield in job order.
+    process) — the place for a parallel runner; it must yield in job order. `views` overrides the method's
+    own train views (a spec: ``center,hflip``, ``rrc:10``, ...; see :mod:`cmm_cache.methods.base`).
     """
     cache = read_once(cache)
     m, opts = resolve_method(method, options)
+    check_inputs(cache, m)
     dev = torch.device(resolve_device(str(device) if device is not None else "cpu"))
     if templates is not None:
         cache.text(templates)  # refuse an unknown set before training anything
@@ -364,14 +408,14 @@ def fit_protocol(
     found, where = {}, {}
     if save:  # every folder is checked before anything trains
         for j in jobs:
-            ident = planned_identity(cache, m, opts, templates, j.shots, j.seed)
+            ident = planned_identity(cache, m, opts, templates, j.shots, j.seed, views)
             where[j] = target_dir(cache, ident, runs_root, out, several)
             found[j] = check_target(where[j], ident, force)
     todo = [j for j in jobs if force or found.get(j) != "same"]
 
     def fit_job(job: FitJob) -> tuple[dict, dict]:
         step = progress(job.shots, job.seed) if progress else None
-        return _fit_one(cache, job.shots, job.seed, m, opts, templates, dev, step)
+        return _fit_one(cache, job.shots, job.seed, m, opts, templates, dev, step, views=views)
 
     fitted = iter((runner or _sequential)(fit_job, todo))
     for job in jobs:

@@ -9,6 +9,10 @@ features (the cache stores float16, so this is what `eval` and `predict`
 score), the L2 normalization and the run's head. With ``head_only`` the file
 takes raw CLIP image features [n, d] (any scale) instead of images.
 
+A partial-finetuning run (its head consumes block inputs) exports as the frozen tower up to the cut, the
+float16 rounding of the block inputs (as the cache stores them), then its fine-tuned blocks and linear
+head; with ``head_only`` the file takes the block inputs [n, *input_shape].
+
 Why `torch.export` (a ``.pt2`` ExportedProgram): it is PyTorch's supported
 path for a self-contained graph (``torch.jit.script``/``trace`` are deprecated
 and warn as of torch 2.14), it needs nothing beyond torch to load, and it keeps
@@ -46,11 +50,29 @@ class ImageClassifier(torch.nn.Module):
         return self.head(feats.to(torch.float16).to(torch.float32))
 
 
+class BlockImageClassifier(torch.nn.Module):
+    """Preprocessed images -> probabilities for a block-input head: the frozen tower up to the cut, float16
+    rounding (as the cache stores block inputs), the head's fine-tuned blocks and linear head."""
+
+    def __init__(self, prefix: torch.nn.Module, head: torch.nn.Module):
+        super().__init__()
+        self.prefix = prefix
+        self.head = head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        h = self.prefix(images).float()
+        return self.head(h.to(torch.float16).to(torch.float32))
+
+
 def _meta(clf, head_only: bool) -> dict:
     prov = clf.run.provenance
     pre = prov.get("preprocessing") or {}
+    inputs = "raw image features [n, d]"
+    if clf.blocks:
+        shape = ", ".join(str(v) for v in clf.head.input_shape)
+        inputs = f"block inputs [n, {shape}] (the input of the image tower's last {clf.head.cut['blocks']} block(s))"
     return {
-        "input": "raw image features [n, d]" if head_only else "preprocessed images [n, 3, H, W]",
+        "input": inputs if head_only else "preprocessed images [n, 3, H, W]",
         "output": "class probabilities [n, C]",
         "classes": clf.classes,
         "embed_dim": clf.run.embed_dim,
@@ -75,11 +97,16 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, head_only:
     head = clf.run.head.module().eval()
     batch = torch.export.Dim("batch", min=1)
     if head_only:
-        module, example = head, torch.randn(2, clf.run.embed_dim)
+        shape = tuple(clf.head.input_shape) if clf.blocks else (clf.run.embed_dim,)
+        module, example = head, torch.randn(2, *shape)
     else:
         bb = clf.backbone  # loads and checks the backbone against the run's provenance
         h, w = bb.image_size
-        module, example = ImageClassifier(bb.model.visual, head).eval(), torch.randn(2, 3, int(h), int(w))
+        if clf.blocks:  # the frozen part of the tower (checked against the run's fingerprint), then the head
+            module = BlockImageClassifier(clf.cut.prefix, head).eval()
+        else:
+            module = ImageClassifier(bb.model.visual, head).eval()
+        example = torch.randn(2, 3, int(h), int(w))
     try:
         with torch.no_grad():
             program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))

@@ -12,6 +12,12 @@ weights seed, feature size, preprocessing), the same encoder code as
 rounding of the raw features as the cache stores them), the same
 normalization, then the run's head (for CMM: W, T, T0 and the alpha/fusion
 chosen on val).
+
+A run whose head fine-tuned the image tower's last blocks (``cross-modal-partial-ft``; ``head.input ==
+"block_inputs"``) consumes block inputs instead: the backbone's tower is cut where the run's cache was
+cut (:mod:`cmm_cache.backbones.cut`; the frozen part's weight fingerprint must be the run's), the images
+go through that frozen part, are rounded to float16 as the cache stores block inputs, and the head runs
+its fine-tuned blocks on them.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from cmm_cache.extract.encode import (
     ImageItem,
     configure_cpu_threads,
     default_num_workers,
+    encode_block_inputs,
     encode_image_batch,
     iter_encoded,
 )
@@ -106,6 +113,23 @@ def load_run_backbone(run: Run, device: str = "cpu", pretrained: str | os.PathLi
     bb = load_backbone(spec, device=device, expect_sha256=want)
     check_backbone(run, bb.provenance())
     return bb
+
+
+def run_cut(run: Run, backbone):
+    """The backbone's tower cut where the run's block inputs were cut; refused unless its frozen part is the one
+    the run's cache was extracted with (same weight fingerprint, same input shape)."""
+    from cmm_cache.backbones.cut import cut_tower
+
+    want = run.head.cut
+    cut = cut_tower(backbone.model.visual, int(want["blocks"]))
+    if cut.prefix_sha256 != want.get("prefix_sha256") or list(cut.input_shape) != list(want["input_shape"]):
+        raise CmmError(
+            f"The backbone loaded for the run at {run.path} does not give the block inputs the run was fitted on "
+            f"(frozen part sha256 {cut.prefix_sha256[:12]}... vs {str(want.get('prefix_sha256'))[:12]}..., "
+            f"input {list(cut.input_shape)} vs {list(want['input_shape'])}).",
+            "Pass --pretrained with the weights file the cache was extracted with (same sha256).",
+        )
+    return cut
 
 
 # ----------------------------------------------------------------------------
@@ -187,6 +211,7 @@ class Classifier:
         self.head = run.head.to(self.device)
         self.classes: list[str] = list(run.classnames)
         self._backbone = None
+        self._cut = None
 
     @property
     def backbone(self):
@@ -196,13 +221,35 @@ class Classifier:
         return self._backbone
 
     @property
+    def blocks(self) -> bool:
+        """Whether the run's head consumes block inputs (a partial-finetuning run)."""
+        return getattr(self.head, "input", "features") == "block_inputs"
+
+    @property
+    def cut(self):
+        """The backbone's tower cut as the run's cache was (block-input heads only; checked on first use)."""
+        if self._cut is None:
+            self._cut = run_cut(self.run, self.backbone)
+        return self._cut
+
+    @property
     def transform(self):
         """The backbone's preprocessing: PIL image -> tensor [3, H, W] (what `predict` on tensors expects)."""
         return self.backbone.preprocess
 
     def predict_features(self, features) -> torch.Tensor:
-        """Probabilities [n, C] of raw CLIP image features [n, d] (as the cache stores them; any scale)."""
+        """Probabilities [n, C] of raw CLIP image features [n, d] (as the cache stores them; any scale); for a
+        block-input head, of block inputs [n, *input_shape] (as the cache stores them)."""
         f = torch.as_tensor(np.asarray(features, dtype=np.float32) if not torch.is_tensor(features) else features)
+        if self.blocks:
+            shape = tuple(self.head.input_shape)
+            if tuple(f.shape[1:]) != shape:
+                raise CmmError(
+                    f"Expected block inputs of shape [n, {', '.join(map(str, shape))}], got {list(f.shape)}.",
+                    "This run fine-tuned the image tower's last blocks: pass images, or the cached block inputs.",
+                )
+            with torch.no_grad():
+                return self.head.probs(f.detach().to(self.device, torch.float32)).cpu()
         if f.ndim != 2 or f.shape[1] != self.run.embed_dim:
             raise CmmError(
                 f"Expected features of shape [n, {self.run.embed_dim}], got {list(f.shape)}.",
@@ -216,6 +263,8 @@ class Classifier:
         """Raw features of preprocessed images [n, 3, H, W], rounded to float16 exactly as `extract` does."""
 
         x = images.to(self.device)
+        if self.blocks:  # the frozen tower up to the cut, as the cache stores block inputs
+            return encode_block_inputs(self.cut, x, self.device).cpu().numpy()
         return encode_image_batch(self.backbone.model, x, self.device).cpu().numpy().astype(np.float16)
 
     def predict(self, x, batch_size: int = 64) -> torch.Tensor:
@@ -232,7 +281,7 @@ class Classifier:
             else:
                 raise CmmError("predict() takes image paths, PIL images, an image tensor or a feature matrix.")
         t = torch.as_tensor(x) if not torch.is_tensor(x) else x
-        if t.ndim == 2:
+        if t.ndim == 2 or (self.blocks and tuple(t.shape[1:]) == tuple(self.head.input_shape)):
             return self.predict_features(t)
         if t.ndim == 3:
             t = t.unsqueeze(0)
@@ -284,7 +333,8 @@ class Classifier:
         """(path, probabilities [1, C] or None, error or None) per file, in order (an image above
         `max_image_pixels`, default :data:`~cmm_cache.extract.encode.DEFAULT_MAX_IMAGE_PIXELS`, is an error)."""
 
-        items = [ImageItem(key=i, path=str(p), views=1) for i, p in enumerate(paths)]
+        items = [ImageItem(key=i, path=str(p), views=1, block_views=int(self.blocks)) for i, p in enumerate(paths)]
+        cut = self.cut if self.blocks else None
         batches = [list(range(i, min(len(items), i + batch_size))) for i in range(0, len(items), batch_size)]
         workers = default_num_workers(self.device) if num_workers is None else int(num_workers)
         threads = torch.get_num_threads()
@@ -295,14 +345,11 @@ class Classifier:
             if progress:
                 progress(0, len(items))
             for eb in iter_encoded(
-                self.backbone, items, batches, num_workers=workers, max_image_pixels=max_image_pixels
+                self.backbone, items, batches, num_workers=workers, max_image_pixels=max_image_pixels, cut=cut
             ):
                 good = [i for i, f in enumerate(eb.features) if f is not None]
-                p = (
-                    self.predict_features(np.stack([eb.features[i][0] for i in good]).astype(np.float32))
-                    if good
-                    else None
-                )
+                rows = eb.blocks if cut is not None else eb.features  # block inputs for a block-input head
+                p = self.predict_features(np.stack([rows[i][0] for i in good]).astype(np.float32)) if good else None
                 rows = {i: p[j : j + 1] for j, i in enumerate(good)}
                 for i, key in enumerate(eb.keys):
                     yield items[key].path, rows.get(i), eb.errors[i]

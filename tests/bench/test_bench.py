@@ -65,3 +65,27 @@ def test_suite_has_every_figure_of_the_readme():
         assert set(out["threads"][cond]["seconds"]) == {"1 thread", "2 threads", "default"}
     assert is_figure(out["single_run_seconds"]) and is_figure(out["protocol"]["seconds"])
     assert out["machine"]["cpu"]
+
+
+def test_bench_partial_ft_reports_the_fit_time_of_partial_finetuning():
+    """`bench partial-ft` on the tiny ViT and ResNet towers: per-step and per-val-check seconds and the whole
+    fit they make (the method's 9 configs × 12,800 steps); `--full` times the whole fit itself."""
+    for arch, shape in (("tiny", [17, 64]), ("tiny-rn", [256, 2, 2])):
+        r = CliRunner().invoke(main, ["bench", "partial-ft", "--arch", arch, "--classes", "5", "--shots", "2",
+                                      "--iterations", "5", "--json"])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        out = json.loads(r.stdout)
+        assert out["input_shape"] == shape and out["configs"] == 9 and out["iterations_per_config"] == 12800
+        assert is_figure(out["seconds_per_step"]) and is_figure(out["seconds_per_val_check"])
+        assert out["estimated_fit_seconds"] >= 9 * 12800 * out["seconds_per_step"]
+        assert "cores, load average" in out["machine"]
+
+
+def test_bench_methods_points_block_input_methods_to_their_benchmark():
+    from cmm_cache.bench.methods import bench_methods
+
+    out = bench_methods(["cross-modal-partial-ft", "zero-shot"], classes=3, dim=8, shots=1)
+    rows = {r["method"]: r for r in out["methods"]}
+    assert rows["cross-modal-partial-ft"]["skipped"] == "cmm-cache bench partial-ft" and is_figure(
+        rows["zero-shot"]["seconds"]
+    )

@@ -29,6 +29,10 @@ REQUIRED = {
     "tip-adapter-f",
     "gda",
     "prolip-linear",
+    "cross-modal-partial-ft",
+    "cross-modal-adapter",
+    "lp++",
+    "clap",
     "cmm",
     "cmm-no-map",
     "cmm-no-triplet",
@@ -99,8 +103,8 @@ def test_cmm_ablations_are_cmm_with_one_option_changed():
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory):
     root = tmp_path_factory.mktemp("methods")
-    a = open_cache(make_text_cache(root / "a.h5"))
-    b = open_cache(make_text_cache(root / "b.h5", scramble_test=True))
+    a = open_cache(make_text_cache(root / "a.h5", blocks=True))  # block inputs too: every method runs on it
+    b = open_cache(make_text_cache(root / "b.h5", scramble_test=True, blocks=True))
     return a, b
 
 
@@ -118,7 +122,9 @@ def fitted(caches):
 @pytest.mark.parametrize("name", METHODS)
 def test_head_probs_state_export_and_class_restriction(name, fitted):
     head = fitted[name].head
-    x = normalize_rows(torch.randn(9, 16, generator=torch.Generator().manual_seed(3)))
+    g = torch.Generator().manual_seed(3)
+    blocks = head.input == "block_inputs"  # a head that runs the tower's last blocks takes their inputs
+    x = torch.randn(9, *head.input_shape, generator=g) if blocks else normalize_rows(torch.randn(9, 16, generator=g))
     p = head.probs(x)
     torch.testing.assert_close(p.sum(1), torch.ones(9))
     assert torch.equal(p.argmax(1), head.logits(x).argmax(1))
@@ -127,7 +133,10 @@ def test_head_probs_state_export_and_class_restriction(name, fitted):
     assert type(again) is type(head)
     torch.testing.assert_close(again.probs(x), p)
     exported = torch.export.export(head.module(), (x,)).module()
-    torch.testing.assert_close(exported(2.5 * x), p, rtol=1e-4, atol=1e-5)  # the module normalizes its input
+    if blocks:
+        torch.testing.assert_close(exported(x), p, rtol=1e-4, atol=1e-5)
+    else:
+        torch.testing.assert_close(exported(2.5 * x), p, rtol=1e-4, atol=1e-5)  # the module normalizes its input
     sub = torch.tensor([3, 0, 5])
     z = head.logits(x, sub)
     assert z.shape == (9, 3)
@@ -163,6 +172,19 @@ def test_methods_that_need_per_template_text_say_how_to_get_it(tmp_path):
         fit_run(c, 1, 1, method="cross-modal-lp", options={"iterations": 5})
 
 
+def test_methods_on_block_inputs_need_a_cache_with_them(tmp_path):
+    from cmm_cache.runs.compare import compare
+
+    c = open_cache(make_text_cache(tmp_path / "plain.h5"))
+    with pytest.raises(CmmError, match="--finetune-blocks"):
+        fit_run(c, 1, 1, method="cross-modal-partial-ft", options={"iterations": 5})
+    with pytest.raises(CmmError, match="--finetune-blocks"):
+        compare(c, "zero-shot,cross-modal-partial-ft", [1], [1])
+    out = compare(c, "all", [1], [1], max_iterations=5)
+    assert "cross-modal-partial-ft" in out["not_run"] and "cross-modal-partial-ft" not in out["methods"]
+    assert {"lp++", "clap", "cross-modal-adapter"} <= set(out["methods"])
+
+
 def test_capped_caps_each_kind_of_budget():
     assert get_method("cmm").capped({}, 100)["iterations"] == 100
     assert get_method("cmm").capped({"iterations": 50}, 100)["iterations"] == 50
@@ -187,3 +209,22 @@ def test_a_saved_run_of_any_method_loads_in_a_fresh_process(tmp_path, caches):
     out = subprocess.run([sys.executable, "-c", code, *[r["run"] for r in rows]], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['linear', 'linear-map', 'tip-adapter']"
+
+
+def test_the_readme_methods_table_lists_every_method_with_its_source_and_selection():
+    """The README's table says what `cmm-cache methods` prints: one row per registered method, with the
+    registry's summary, selection rule, train views and source."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 5:
+            rows[cells[0].strip("`")] = cells
+    assert set(rows) == set(METHODS), "README methods table and registry differ"
+    for name in METHODS:
+        m = get_method(name)
+        _, summary, selection, views, source = rows[name]
+        assert (summary, selection, source) == (m.summary, m.selection, m.source), name
+        assert views.startswith(f"`{m.views}`"), name

@@ -132,11 +132,16 @@ def test_compare_command_json_csv_plot(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_pipeline_end_to_end_all_methods(tmp_path):
-    """What CI runs: extract the tiny dataset, then compare every method (steps capped), table and plot."""
-    _run(["extract", "--dataset", "tiny", "--backbone", "tiny"])
+    """What CI runs: extract the tiny dataset (augmented views and block inputs too), then compare every method
+    (steps capped), table and plot."""
+    _run(["extract", "--dataset", "tiny", "--backbone", "tiny", "--train-views", "4", "--finetune-blocks", "1"])
     args = ["compare", "--methods", "all", "--shots", "1,16", "--seeds", "1", "--max-iterations", "20"]
     out = json.loads(_run(args + ["--plot", str(tmp_path / "tiny.png"), "--json"]).stdout)
     assert [r["method"] for r in out["table"]] == registered_methods() and len(out["runs"]) == 2 * len(out["table"])
+    assert {"cross-modal-partial-ft", "cross-modal-adapter", "lp++", "clap"} <= set(out["methods"])
+    assert out["not_run"] == {}
+    views = {r["method"]: r["train_views"] for r in out["runs"]}
+    assert views["gda"] == ["rrc-1", "rrc-2"] and views["cmm"] == ["center", "hflip"] and views["lp++"] == ["rrc-1"]
     assert out["dataset"] == "tiny" and all(c["mean"] is not None for r in out["table"] for c in r["cells"].values())
     assert (tmp_path / "tiny.png").is_file()
 

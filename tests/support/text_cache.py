@@ -21,6 +21,7 @@ import numpy as np
 
 from cmm_cache.cache.reader import Split
 from cmm_cache.cache.writer import write_cache
+from cmm_cache.extract.encode import augmented_names
 from support.synth import World
 
 # Real CLIP features are data the project may not ship (no licence): tests that need them read the folder
@@ -72,8 +73,22 @@ def _fewshot(ytr, yva, C, shots, seeds, base=1000):
     return out
 
 
-def make_text_cache(path, C=6, d=16, M=3, shots=(1, 4), seeds=(1, 2), test_per_class=20, scramble_test=False, seed=0):
-    """A synthetic cache with per-template text; scramble_test permutes the test labels only."""
+def make_text_cache(
+    path,
+    C=6,
+    d=16,
+    M=3,
+    shots=(1, 4),
+    seeds=(1, 2),
+    test_per_class=20,
+    scramble_test=False,
+    seed=0,
+    views=2,
+    blocks=False,
+):
+    """A synthetic cache with per-template text; scramble_test permutes the test labels only; `views` train
+    views (centre, mirror, then rrc-1.. named as `extract --train-views` names them); `blocks`: block inputs
+    too (:func:`add_synthetic_blocks`)."""
     w = World(C=C, d=d, seed=seed)
     rng = np.random.default_rng(seed + 1)
     per = (w.text[:, None, :] + 0.5 * rng.standard_normal((C, M, d)) / np.sqrt(d)) * 8.0
@@ -91,12 +106,56 @@ def make_text_cache(path, C=6, d=16, M=3, shots=(1, 4), seeds=(1, 2), test_per_c
         text={"synthetic": (T0, [f"template {j} {{}}" for j in range(M)], per.astype(np.float32))},
         default_templates="synthetic",
         splits={
-            "train": Split(w.images(ytr, 2, rng), ytr, np.arange(len(ytr)), ["center", "hflip"]),
+            "train": Split(w.images(ytr, views, rng), ytr, np.arange(len(ytr)), augmented_names(views)),
             "val": Split(w.images(yva, 1, rng), yva, np.arange(len(yva)), ["center"]),
             "test": Split(test_x, yte, np.arange(len(yte)), ["center"]),
         },
         fewshot=_fewshot(ytr, yva, C, shots, seeds),
     )
+    if blocks:
+        add_synthetic_blocks(path, seed)
+    return path
+
+
+BLOCK_CONFIG = {"arch": "vit", "blocks": 1, "width": 8, "heads": 2, "act": "quick_gelu", "ln_eps": 1e-5,
+                "pool_type": "tok", "final_ln_after_pool": False, "input_shape": [5, 8]}  # fmt: skip
+
+
+def add_synthetic_blocks(path, seed=0):
+    """Block inputs for a synthetic cache: a ViT block of width 8 over 5 tokens, random weights (its `proj`
+    maps to the cache's d). Each row's tokens are a fixed linear image of its feature (centre/mirror views for
+    train) plus token noise, so the class signal is in them; the features themselves are left as they are."""
+    from cmm_cache.cache.reader import open_cache
+    from cmm_cache.cache.writer import write_block_nodes
+
+    c = open_cache(path)
+    d, (L, W) = c.embed_dim, BLOCK_CONFIG["input_shape"]
+    g = np.random.default_rng(seed + 7)
+    A = g.standard_normal((W, d)) / np.sqrt(d)
+    weights = {
+        "blocks.0.ln_1.weight": np.ones(W), "blocks.0.ln_1.bias": np.zeros(W),
+        "blocks.0.attn.in_proj_weight": g.standard_normal((3 * W, W)) / np.sqrt(W),
+        "blocks.0.attn.in_proj_bias": np.zeros(3 * W),
+        "blocks.0.attn.out_proj.weight": g.standard_normal((W, W)) / np.sqrt(W),
+        "blocks.0.attn.out_proj.bias": np.zeros(W),
+        "blocks.0.ln_2.weight": np.ones(W), "blocks.0.ln_2.bias": np.zeros(W),
+        "blocks.0.mlp.c_fc.weight": g.standard_normal((4 * W, W)) / np.sqrt(W),
+        "blocks.0.mlp.c_fc.bias": np.zeros(4 * W),
+        "blocks.0.mlp.c_proj.weight": g.standard_normal((W, 4 * W)) / np.sqrt(4 * W),
+        "blocks.0.mlp.c_proj.bias": np.zeros(W),
+        "ln_post.weight": np.ones(W), "ln_post.bias": np.zeros(W),
+        "proj": g.standard_normal((W, d)) / np.sqrt(W),
+    }  # fmt: skip
+    inputs = {}
+    for split in ("train", "val", "test"):
+        s = c.split(split)
+        f = s.features[:, : min(2, len(s.views))].astype(np.float32)
+        f = f / np.linalg.norm(f, axis=-1, keepdims=True)
+        tok = np.einsum("nvd,wd->nvw", f, A)[:, :, None, :] + 0.2 * g.standard_normal((*f.shape[:2], L, W))
+        inputs[split] = (tok.astype(np.float16), s.views[: f.shape[1]])
+    cut = {"arch": "vit", "blocks": 1, "input_shape": [L, W], "dtype": "float16", "config": dict(BLOCK_CONFIG),
+           "prefix_sha256": "synthetic-prefix", "suffix_sha256": "synthetic-suffix"}  # fmt: skip
+    write_block_nodes(path, inputs, cut, {k: np.asarray(v, np.float32) for k, v in weights.items()})
     return path
 
 

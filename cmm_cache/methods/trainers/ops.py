@@ -181,6 +181,9 @@ class AdamW:
             self.opt = torch.optim.AdamW(params, lr=1e-3, betas=BETAS, eps=EPS, weight_decay=weight_decay, **kw)
 
     def step(self, grads: list[torch.Tensor], lr: float) -> None:
+        # The fused kernels walk memory densely: a strided gradient (e.g. autograd's of a transposed product,
+        # handed in directly rather than accumulated into .grad) would be read in the wrong order.
+        grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
         if self.kind == "private":
             self.step_t += 1
             _call_fused(
