@@ -38,6 +38,7 @@ from pathlib import Path
 
 from cmm_cache.analysis import published as pub
 from cmm_cache.datasets.manifests import resolve_name
+from cmm_cache.datasets.registry import PAPER_DATASETS
 from cmm_cache.errors import CmmError
 from cmm_cache.methods.registry import discover
 from cmm_cache.runs.discovery import iter_result_files
@@ -45,19 +46,6 @@ from cmm_cache.runs.results import scan_results
 from cmm_cache.util.atomic import atomic_path, write_text
 from cmm_cache.util.outputs import check_output_path
 
-PAPER_ORDER = (
-    "imagenet",
-    "caltech101",
-    "oxford_pets",
-    "stanford_cars",
-    "oxford_flowers",
-    "food101",
-    "fgvc_aircraft",
-    "sun397",
-    "dtd",
-    "eurosat",
-    "ucf101",
-)
 SHIFTS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")  # Table 3's columns, in the paper's order
 ABLATIONS = ("cmm", "cmm-no-map", "cmm-no-triplet", "cmm-logits-only")
 EVAL_SCHEMA = "cmm-eval/1"
@@ -216,7 +204,7 @@ def _std(xs):
 def dataset_order(names) -> list[str]:
     """The paper's order for its datasets, then the others alphabetically."""
     names = set(names)
-    return [d for d in PAPER_ORDER if d in names] + sorted(names - set(PAPER_ORDER))
+    return [d for d in PAPER_DATASETS if d in names] + sorted(names - set(PAPER_DATASETS))
 
 
 def _rank(method: str) -> int:

@@ -29,6 +29,22 @@ from cmm_cache.errors import CmmError
 from cmm_cache.util import paths as _paths
 from cmm_cache.util.paths import LIST_FILE_SUFFIXES, MANIFEST_SUFFIX
 
+# The 11 datasets of the paper's Table 1 (CoOp's few-shot benchmark), in the order papers list them:
+# `benchmark --datasets paper` runs them, `report` orders its tables by them.
+PAPER_DATASETS = (
+    "imagenet",
+    "caltech101",
+    "oxford_pets",
+    "stanford_cars",
+    "oxford_flowers",
+    "food101",
+    "fgvc_aircraft",
+    "sun397",
+    "dtd",
+    "eurosat",
+    "ucf101",
+)
+
 Loader = Callable[[dict, LoadOptions], Dataset]
 RootedReader = Callable[[dict, Path], tuple[RelLists, dict]]
 

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from cmm_cache.cache.locate import cache_path, dataset_caches, find_cache
 from cmm_cache.cache.reader import open_cache
+from cmm_cache.datasets.registry import PAPER_DATASETS
 from cmm_cache.errors import CmmError
 from cmm_cache.methods.base import SharedFits, Unmet, unmet_needs
 from cmm_cache.methods.registry import get_method
@@ -55,20 +56,6 @@ from cmm_cache.runs.store import check_target, target_dir
 from cmm_cache.util import paths
 from cmm_cache.util.paths import safe_name
 
-# The 11 datasets of the paper's Table 1 (CoOp's few-shot benchmark), in the order papers list them.
-PAPER_DATASETS = (
-    "imagenet",
-    "caltech101",
-    "oxford_pets",
-    "stanford_cars",
-    "oxford_flowers",
-    "food101",
-    "fgvc_aircraft",
-    "sun397",
-    "dtd",
-    "eurosat",
-    "ucf101",
-)
 PROTOCOL_SHOTS = (1, 2, 4, 8, 16)
 PROTOCOL_SEEDS = (1, 2, 3)
 

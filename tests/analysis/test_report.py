@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from cmm_cache.analysis import report as rp
+from cmm_cache.datasets.registry import PAPER_DATASETS
 from cmm_cache.errors import CmmError
 
-ELEVEN = rp.PAPER_ORDER
+ELEVEN = PAPER_DATASETS
 
 
 def run(root: Path, dataset, method, shots, seed, acc, backbone="rn50", key="k1", zs=50.0, fit=1.0, **extra):
