@@ -37,10 +37,10 @@ from cmm_cache.methods.registry import register_method
 from cmm_cache.methods.search import improves, select_scored
 from cmm_cache.methods.trainers.linear_grid import (
     EVAL_EVERY,
-    ITERATIONS,
     TEXT_RATIO,
     config_batches,
     grid_configs,
+    grid_defaults,
     lr_at,
 )
 from cmm_cache.methods.trainers.ops import AdamW
@@ -148,14 +148,7 @@ METHOD = register_method(
     Method(
         name="cross-modal-adapter",
         fit=fit,
-        defaults={
-            "lr": list(GRID["lr"]),
-            "weight_decay": list(GRID["weight_decay"]),
-            "batch_size": list(GRID["batch_size"]),
-            "iterations": ITERATIONS,
-            "text_ratio": TEXT_RATIO,
-            "logit": LOGIT,
-        },
+        defaults=grid_defaults(GRID, text_ratio=TEXT_RATIO, logit=LOGIT),
         summary="CLIP-Adapter residual MLP + linear head from text, trained on image features and each "
         "template's text embedding",
         source="Lin et al. CVPR 2023, linzhiqiu/cross_modal_adaptation adapter.sh + engine/model/head.py @ 39335d9",

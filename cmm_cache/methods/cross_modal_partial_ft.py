@@ -44,7 +44,7 @@ from cmm_cache.heads.tower import TowerSuffix
 from cmm_cache.methods.base import FitData, Method, MethodResult, scoped
 from cmm_cache.methods.registry import register_method
 from cmm_cache.methods.trainers.cross_modal_loop import CrossModalModel, train_configs
-from cmm_cache.methods.trainers.linear_grid import ITERATIONS, TEXT_RATIO, grid_configs
+from cmm_cache.methods.trainers.linear_grid import TEXT_RATIO, grid_configs, grid_defaults
 
 LOGIT = 4.0  # their --logit for partial finetuning: scale e^4
 GRID = {"lr": [1e-5, 1e-6, 1e-7], "weight_decay": [0.0, 1e-3, 1e-5], "batch_size": [8]}
@@ -145,14 +145,7 @@ METHOD = register_method(
     Method(
         name="cross-modal-partial-ft",
         fit=fit,
-        defaults={
-            "lr": list(GRID["lr"]),
-            "weight_decay": list(GRID["weight_decay"]),
-            "batch_size": list(GRID["batch_size"]),
-            "iterations": ITERATIONS,
-            "text_ratio": TEXT_RATIO,
-            "logit": LOGIT,
-        },
+        defaults=grid_defaults(GRID, text_ratio=TEXT_RATIO, logit=LOGIT),
         summary="Fine-tunes the image tower's last block(s) and a linear head from text, with each template's "
         "text embedding as a sample, on cached block inputs (extract --finetune-blocks)",
         source="Lin et al. CVPR 2023, linzhiqiu/cross_modal_adaptation partial_finetuning.sh + train.py @ 39335d9",

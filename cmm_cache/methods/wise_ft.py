@@ -21,7 +21,12 @@ from cmm_cache.heads.linear import LinearHead
 from cmm_cache.methods.base import FitData, Method, MethodResult, scoped
 from cmm_cache.methods.registry import register_method
 from cmm_cache.methods.search import select_on_val
-from cmm_cache.methods.trainers.linear_grid import GRID, ITERATIONS, LOGIT_SCALE, grid_configs, train_grid
+from cmm_cache.methods.trainers.linear_grid import (
+    LOGIT_SCALE,
+    grid_configs,
+    grid_defaults,
+    train_grid,
+)
 
 ALPHAS = [round(0.1 * i, 1) for i in range(11)]
 
@@ -89,12 +94,7 @@ def fit(data: FitData, options: dict, progress=None) -> MethodResult:
     )
 
 
-DEFAULTS = {
-    "lr": list(GRID["lr"]),
-    "weight_decay": list(GRID["weight_decay"]),
-    "batch_size": list(GRID["batch_size"]),
-    "iterations": ITERATIONS,
-}
+DEFAULTS = grid_defaults()
 
 METHOD = register_method(
     Method(

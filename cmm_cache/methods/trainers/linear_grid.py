@@ -63,6 +63,12 @@ def lr_at(i: int, base: float, iterations: int, warmup: int = WARMUP, warmup_min
     return base * 0.5 * (1.0 + math.cos(math.pi * (i - warmup) / iterations))
 
 
+def grid_defaults(grid: dict = GRID, **extra) -> dict:
+    """A method's default hyperparameters: its search grid (fresh lists, so a caller's edits stay its own), the
+    step budget and any method-specific settings."""
+    return {**{k: list(grid[k]) for k in ("lr", "weight_decay", "batch_size")}, "iterations": ITERATIONS, **extra}
+
+
 def grid_configs(n_image: int, n_text: int, text_ratio: float, grid: dict = GRID) -> list[Config]:
     """Their sweep in their loop order, without the batch sizes their valid-batch filter drops."""
     sizes = []
