@@ -35,7 +35,13 @@ def _print_report(written: dict) -> None:
 @click.option("--methods", default="all", show_default=True, help="'all' or a comma list, e.g. zero-shot,gda,cmm.")
 @click.option("--shots", default="1,2,4,8,16", show_default=True, callback=int_list, help="Few-shot K list.")
 @click.option("--seeds", default="1,2,3", show_default=True, callback=int_list, help="Seed list.")
-@click.option("--extract", "do_extract", is_flag=True, help="First extract missing caches (and add per-template text).")
+@click.option(
+    "--extract",
+    "do_extract",
+    is_flag=True,
+    help="First extract missing caches (with block inputs when cross-modal-partial-ft is named) and add "
+    "per-template text.",
+)
 @data_root_option
 @templates_option
 @click.option(
@@ -116,8 +122,9 @@ def benchmark_cmd(
 
         ex_shots, ex_seeds = extract_plan(shots, seeds)
 
-        def extract(dataset, backbone):
-            console.print(f"extracting {dataset} × {backbone} ...", markup=False)
+        def extract(dataset, backbone, finetune_blocks=0):
+            blocks = f" with the inputs of the last {finetune_blocks} block(s)" if finetune_blocks else ""
+            console.print(f"extracting {dataset} × {backbone}{blocks} ...", markup=False)
             r = run_extract(
                 dataset,
                 backbone,
@@ -126,6 +133,7 @@ def benchmark_cmd(
                 shots=ex_shots,
                 seeds=ex_seeds or list(PROTOCOL_SEEDS),
                 device=device,
+                finetune_blocks=finetune_blocks,
             )
             console.print(f"  {r.status}: {r.path}", markup=False)
 
@@ -162,6 +170,9 @@ def benchmark_cmd(
     with Heartbeat(log):
         out = _run(datasets, backbones, methods, shots, seeds, method_options, max_iterations, templates, cache_dir,
                    root, device, force, shard, jobs, extract, add_text, progress, started)  # fmt: skip
+    for where, methods in out["not_run"].items():  # 'all' left them out: say which and how to add them
+        for m, why in methods.items():
+            console.print(f"not run on {where}: {m} ({why})", markup=False)
     console.print(
         f"ran {out['ran']}, skipped {out['skipped']} (finished before); {out['finished']} of {out['jobs']} jobs "
         "of the whole benchmark are finished",

@@ -346,23 +346,42 @@ def _views(cache, templates: str | None, n: int) -> str | None:
     return None if len(views) >= n else f"{n} train views per image (it holds {len(views)}: {', '.join(views)})"
 
 
+BLOCK_SPLITS = ("train", "val", "test")  # a method on block inputs trains, selects and is scored on them
+
+
+def block_inputs_lacking(cache) -> str | None:
+    """What block inputs `cache` lacks, in words (None: it holds them for train, val and test)."""
+    lacking = [s for s in BLOCK_SPLITS if not cache.has_blocks(s)]
+    return f"block inputs for {', '.join(lacking)}" if lacking else None
+
+
+def method_needs(method: Method) -> tuple:
+    """Everything `method` needs from a cache: its :attr:`Method.needs` and, for a method that trains on block
+    inputs (:attr:`Method.inputs`), ``block_inputs``: one list, so every command checks the same things."""
+    return (*method.needs, *(("block_inputs",) if method.inputs == "block_inputs" else ()))
+
+
 def unmet_needs(method: Method, cache, templates: str | None = None) -> list[Unmet]:
-    """The :attr:`Method.needs` that `cache` does not meet, each with the command that adds it.
+    """The needs of `method` (:func:`method_needs`) that `cache` does not meet, each with the command that adds it.
 
     ``per_template_text``: the cache's ``text/<set>/per_template`` node (``extract --add-text`` adds it);
-    ``views:N``: at least N train views per image (a cache extracted with them). An unknown need is a programming
-    error in the method's declaration.
+    ``views:N``: at least N train views per image (``extract --add-views N`` adds them); ``block_inputs``: the
+    inputs of the image tower's last blocks for train, val and test (only a new extraction with
+    ``--finetune-blocks`` writes them). An unknown need is a programming error in the method's declaration.
     """
     out = []
     where = f"--dataset {cache.dataset} --backbone {cache.backbone}"
-    for need in method.needs:
+    for need in method_needs(method):
         kind, _, arg = str(need).partition(":")
         if kind == "per_template_text":
             miss = _per_template_text(cache, templates)
             cmd = f"cmm-cache extract {where} --out {cache.path} --add-text"
         elif kind == "views":
             miss = _views(cache, templates, int(arg))
-            cmd = ""  # no option of `extract` sets the number of views: the message says what the cache needs
+            cmd = f"cmm-cache extract {where} --out {cache.path} --add-views {int(arg)}"
+        elif kind == "block_inputs":
+            miss = block_inputs_lacking(cache)
+            cmd = f"cmm-cache extract {where} --out {cache.path} --finetune-blocks 1 --force"
         else:
             raise ValueError(f"method {method.name!r} declares an unknown need {need!r}")
         if miss:

@@ -8,9 +8,12 @@
   and run folders as ``fit`` and ``compare``): a job whose run folder already holds the same run (same identity)
   is skipped, so a killed benchmark resumes where it stopped; ``force`` refits.
 * **Checks first** (:func:`check_requirements`): every job's requirements — its cache, what its method needs
-  from that cache (:attr:`~cmm_cache.methods.base.Method.needs`), the few-shot subsets and their data, its run
-  folder — are checked before anything trains, for the whole job list (every shard checks every job, so a
-  sharded benchmark fails in every shard alike); one error lists all that is missing and the commands that add it.
+  from that cache (:func:`~cmm_cache.methods.base.method_needs`: per-template text, block inputs), the few-shot
+  subsets and their data, its run folder — are checked before anything trains, for the whole job list (every
+  shard checks every job, so a sharded benchmark fails in every shard alike); one error lists all that is missing
+  and the commands that add it. With methods 'all', as in ``compare``, a method whose inputs a cache lacks (block
+  inputs for ``cross-modal-partial-ft``) is left out on that cache and listed in ``not_run``
+  (:func:`leave_out_unservable`); named explicitly, it is one of the problems.
 * **Units** (:func:`units`): jobs that must run in one process — a job alone, or the jobs of one subset whose
   methods share a result (:attr:`~cmm_cache.methods.base.Method.shares`; the store is
   :class:`~cmm_cache.methods.base.SharedFits`), so the cross-modal grid is trained once per subset.
@@ -40,9 +43,9 @@ from cmm_cache.cache.locate import cache_path, dataset_caches, find_cache
 from cmm_cache.cache.reader import open_cache
 from cmm_cache.datasets.registry import PAPER_DATASETS
 from cmm_cache.errors import CmmError
-from cmm_cache.methods.base import SharedFits, Unmet, unmet_needs
+from cmm_cache.methods.base import SharedFits, Unmet, block_inputs_lacking, unmet_needs
 from cmm_cache.methods.registry import get_method
-from cmm_cache.runs.compare import fit_one, resolve_methods
+from cmm_cache.runs.compare import fit_one, means_all, resolve_methods
 from cmm_cache.runs.protocol import (
     ReadOnceCache,
     check_data,
@@ -327,7 +330,7 @@ class Problem:
 
     message: str
     command: str = ""
-    kind: str = "other"  # "cache" | "need" | "subset" | "data" | "folder" | "other"
+    kind: str = "other"  # "cache" | "need" | "input" | "subset" | "data" | "folder" | "other"
     dataset: str = ""
     backbone: str = ""
 
@@ -432,8 +435,9 @@ def check_requirements(
             m, opts = resolve_method(jobs[i].method, jobs[i].opts)
             if m.name not in seen:
                 seen.add(m.name)
-                for u in unmet_needs(m, cache, templates):
-                    out.problems.append(Problem(u.message, u.command, "need", **where))
+                for u in unmet_needs(m, cache, templates):  # --extract adds per-template text, nothing else
+                    kind = "need" if u.need == "per_template_text" else "input"
+                    out.problems.append(Problem(u.message, u.command, kind, **where))
             if (jobs[i].shots, jobs[i].seed) not in groups:
                 continue
             ident = planned_identity(cache, m, opts, templates, jobs[i].shots, jobs[i].seed)
@@ -544,7 +548,11 @@ def benchmark(
     sh = shard if isinstance(shard, Shard) else resolve_shard(shard)
     dev = shard_device(device, sh)
     root = Path(runs_root) if runs_root is not None else paths.runs_dir(cache_dir)
-    prepared = _prepare(all_jobs, sh, cache_dir, templates, extract, add_text)
+    every = means_all(methods)
+    prepared = _prepare(all_jobs, sh, cache_dir, templates, extract, add_text, blocks=not every)
+    not_run: dict = {}
+    if every:  # 'all': what a cache cannot serve is left out and listed, as compare does
+        all_jobs, not_run = leave_out_unservable(all_jobs, cache_dir)
     checked = check_requirements(all_jobs, cache_dir=cache_dir, runs_root=root, templates=templates, force=force)
     refuse(checked.problems, all_jobs, extract_hint=extract is None)
 
@@ -559,6 +567,7 @@ def benchmark(
         "shard_jobs": len(my_jobs),
         "already_finished": sum(1 for i in my_jobs if checked.finished.get(i) and not force),
         "prepared": prepared,
+        "not_run": not_run,
         "runs_root": str(root),
     }
     if before_training is not None:
@@ -625,14 +634,47 @@ def finished_runs(jobs: list[Job], checked: Checked, root, templates) -> dict[in
     return out
 
 
-def _prepare(jobs: list[Job], sh: Shard, cache_dir, templates, extract, add_text) -> list[dict]:
-    """``--extract``: extract missing caches and add per-template text where a method needs it (one process)."""
+def leave_out_unservable(jobs: list[Job], cache_dir=None) -> tuple[list[Job], dict]:
+    """The jobs of an 'all' benchmark less those of methods whose inputs a cache lacks (block inputs: a cache
+    extracted without ``--finetune-blocks``), and what was left out: {"dataset × backbone": {method: why}}.
+
+    Every shard reads the same caches (nothing is extracted in a sharded run), so every shard leaves out the same
+    jobs and the job list stays one list. A missing or unreadable cache is left to the checks to report."""
+    keep, not_run = [True] * len(jobs), {}
+    for (dataset, backbone), idx in _by_cache(jobs).items():
+        if cache_missing(dataset, backbone, cache_dir):
+            continue
+        try:
+            cache = open_cache(find_cache(dataset, backbone, cache_dir))
+            lacking = block_inputs_lacking(cache)
+        except CmmError:
+            continue
+        if lacking is None:
+            continue
+        for i in idx:
+            if get_method(jobs[i].method).inputs == "block_inputs":
+                keep[i] = False
+                why = (
+                    f"the cache lacks {lacking}; to include it, re-extract: cmm-cache extract --dataset {dataset} "
+                    f"--backbone {backbone} --out {cache.path} --finetune-blocks 1 --force"
+                )
+                not_run.setdefault(f"{dataset} × {backbone}", {})[jobs[i].method] = why
+    return [j for j, k in zip(jobs, keep) if k], not_run
+
+
+def _prepare(jobs: list[Job], sh: Shard, cache_dir, templates, extract, add_text, blocks: bool = True) -> list[dict]:
+    """``--extract``: extract missing caches and add per-template text where a method needs it (one process).
+
+    A missing cache is extracted with block inputs (``--finetune-blocks 1``) when `blocks` and one of its jobs'
+    methods trains on them: a method named explicitly, never 'all' (block inputs take gigabytes: the docs give
+    sizes). A cache that exists without them is not re-extracted: the checks give the command."""
     if extract is None and add_text is None:
         return []
     todo = []
     for (dataset, backbone), idx in _by_cache(jobs).items():
         if cache_missing(dataset, backbone, cache_dir):
-            todo.append(("extract", dataset, backbone, None))
+            k = 1 if blocks and any(get_method(jobs[i].method).inputs == "block_inputs" for i in idx) else 0
+            todo.append(("extract", dataset, backbone, k))
             continue
         try:
             cache = open_cache(find_cache(dataset, backbone, cache_dir))
@@ -649,17 +691,28 @@ def _prepare(jobs: list[Job], sh: Shard, cache_dir, templates, extract, add_text
             "several processes would write at once.",
             "Extract first, in one process (then start the shards):\n"
             + "\n".join(
-                f"  cmm-cache extract --dataset {d} --backbone {b}" + (" --add-text" if what == "add-text" else "")
-                for what, d, b, _ in todo
+                f"  cmm-cache extract --dataset {d} --backbone {b}"
+                + (" --add-text" if what == "add-text" else f" --finetune-blocks {x}" if x else "")
+                for what, d, b, x in todo
             ),
         )
     done = []
-    for what, dataset, backbone, path in todo:
+    for what, dataset, backbone, arg in todo:
         if what == "extract" and extract is not None:
-            extract(dataset, backbone)
-            done.append({"did": "extract", "dataset": dataset, "backbone": backbone})
+            if arg:
+                extract(dataset, backbone, finetune_blocks=arg)
+            else:
+                extract(dataset, backbone)
+            done.append(
+                {
+                    "did": "extract",
+                    "dataset": dataset,
+                    "backbone": backbone,
+                    **({"finetune_blocks": arg} if arg else {}),
+                }
+            )
         elif what == "add-text" and add_text is not None:
-            add_text(dataset, backbone, path)
+            add_text(dataset, backbone, arg)
             done.append({"did": "add-text", "dataset": dataset, "backbone": backbone})
     return done
 

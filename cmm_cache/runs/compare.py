@@ -49,13 +49,23 @@ from cmm_cache.util.atomic import atomic_path
 # What to run
 
 
+def _names(spec) -> list[str]:
+    if isinstance(spec, str):
+        spec = [s.strip() for s in spec.split(",")]
+    return [s for s in (spec or []) if s]
+
+
+def means_all(spec) -> bool:
+    """Whether a methods spec asks for 'all' (or nothing): then a method the cache cannot serve is left out and
+    listed, where a method named explicitly is an error before anything trains."""
+    return _names(spec) in ([], ["all"])
+
+
 def resolve_methods(spec) -> list[str]:
     """'all' (every registered method, registry order), a comma list or a list; unknown names: one clear error."""
-    if isinstance(spec, str):
-        spec = [s.strip() for s in spec.split(",") if s.strip()]
-    spec = list(spec or [])
-    if not spec or spec == ["all"]:
+    if means_all(spec):
         return registered_methods()
+    spec = _names(spec)
     out = []
     for name in spec:
         out.append(get_method(name).name)  # raises CmmError listing the methods
@@ -157,8 +167,7 @@ def compare(
     """
     names = resolve_methods(methods)
     cache = read_once(cache)  # every run of every method shares one read of the file
-    spec = [x.strip() for x in methods.split(",")] if isinstance(methods, str) else list(methods or [])
-    every = not [x for x in spec if x] or spec == ["all"]
+    every = means_all(methods)
     lacking = [n for n in names if not inputs_available(cache, get_method(n))]
     if lacking and not every:
         raise CmmError(

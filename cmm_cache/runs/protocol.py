@@ -28,7 +28,15 @@ from cmm_cache.cache.reader import Cache, Split
 from cmm_cache.errors import CmmError
 from cmm_cache.evaluation.metrics import score_test, split_features
 from cmm_cache.heads.run_folder import FINISHED_REQUIRED, read_result
-from cmm_cache.methods.base import Method, SharedFits, ViewChoice, fit_data, resolve_views, unmet_needs
+from cmm_cache.methods.base import (
+    Method,
+    SharedFits,
+    ViewChoice,
+    block_inputs_lacking,
+    fit_data,
+    resolve_views,
+    unmet_needs,
+)
 from cmm_cache.methods.registry import get_method
 from cmm_cache.runs.identity import config_key, run_id, run_identity, typed_options
 from cmm_cache.runs.store import check_target, save_run, target_dir
@@ -157,7 +165,7 @@ def view_config(choice: ViewChoice, views: str | None) -> dict:
 def inputs_available(cache: Cache, m: Method) -> bool:
     """Whether `cache` holds what `m` trains on (block inputs for the methods that fine-tune the tower's last
     blocks; features for every other)."""
-    return m.inputs != "block_inputs" or all(cache.has_blocks(s) for s in ("train", "val", "test"))
+    return m.inputs != "block_inputs" or block_inputs_lacking(cache) is None
 
 
 def check_inputs(cache: Cache, m: Method) -> None:

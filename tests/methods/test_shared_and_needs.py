@@ -47,6 +47,15 @@ def test_unmet_needs_name_what_is_missing_and_the_command(tmp_path):
         Method("v4", fit=None, defaults={}, summary="", source="", needs=("views:4",)), open_cache(plain)
     )
     assert "4 train views per image (it holds 2: center, hflip)" in u.message
+    assert u.command == f"cmm-cache extract --dataset synth --backbone synth-bb --out {plain} --add-views 4"
+    pft = get_method("cross-modal-partial-ft")  # its `inputs` is one of its needs: every runner checks it alike
+    blocks = make_text_cache(tmp_path / "blocks.h5", shots=(1,), seeds=(1,), blocks=True)
+    (u,) = unmet_needs(pft, open_cache(texts))
+    assert u.need == "block_inputs" and "lacks block inputs for train, val, test" in u.message
+    assert (
+        u.command == f"cmm-cache extract --dataset synth --backbone synth-bb --out {texts} --finetune-blocks 1 --force"
+    )
+    assert unmet_needs(pft, open_cache(blocks)) == []
     with pytest.raises(ValueError, match="unknown need"):
         unmet_needs(Method("bad", fit=None, defaults={}, summary="", source="", needs=("wings",)), open_cache(plain))
 

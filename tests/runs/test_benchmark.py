@@ -220,6 +220,56 @@ def test_extract_adds_per_template_text_where_a_method_needs_it(tmp_path):
     assert out["prepared"] == [{"did": "add-text", "dataset": "plain", "backbone": "bb"}]
 
 
+def _text(cd, name, **kw):
+    from support.text_cache import make_text_cache
+
+    return make_text_cache(
+        cache_path(name, "bb", cd), C=4, d=12, shots=(1, 2), seeds=(1,), dataset=name, backbone="bb", **kw
+    )
+
+
+def test_a_named_method_on_block_inputs_is_refused_before_anything_trains(tmp_path):
+    cd, runs = tmp_path / "cache", tmp_path / "runs"
+    path = _text(cd, "noblocks")
+    with pytest.raises(CmmError, match="Nothing was trained") as e:
+        bm.benchmark("noblocks", "bb", "zero-shot,cross-modal-partial-ft", [1], [1], cache_dir=cd, runs_root=runs)
+    assert "lacks block inputs for train, val, test, which cross-modal-partial-ft needs" in e.value.message
+    assert f"--out {path} --finetune-blocks 1 --force" in e.value.hint
+    assert "--extract" not in e.value.hint  # --extract does not re-extract an existing cache
+    assert not runs.exists()  # zero-shot, listed first, did not run either
+
+
+def test_all_leaves_out_what_a_cache_cannot_serve_and_says_so(tmp_path):
+    cd = tmp_path / "cache"
+    _text(cd, "noblocks")
+    _text(cd, "blocks", blocks=True)
+    out = bm.benchmark("noblocks,blocks", "bb", "all", [2], [1], cache_dir=cd, runs_root=tmp_path / "r",
+                       max_iterations=5)  # fmt: skip
+    ran = {(Path(f).parts[-2].rsplit("-", 1)[0], Path(f).parts[-4]) for f in out["run_folders"]}  # method, dataset
+    assert ("cross-modal-partial-ft", "blocks") in ran and ("cross-modal-partial-ft", "noblocks") not in ran
+    assert ("cmm", "noblocks") in ran and out["complete"]
+    assert list(out["not_run"]) == ["noblocks × bb"]
+    why = out["not_run"]["noblocks × bb"]["cross-modal-partial-ft"]
+    assert "block inputs" in why and "--finetune-blocks 1 --force" in why
+    assert out["jobs"] == 2 * len(bm.resolve_methods("all")) - 1
+
+
+def test_extract_writes_block_inputs_only_for_a_named_method_that_trains_on_them(tmp_path):
+    calls = []
+
+    def extract(dataset, backbone, finetune_blocks=0):
+        calls.append((dataset, finetune_blocks))
+        _text(tmp_path / "c", dataset, blocks=bool(finetune_blocks))
+
+    out = bm.benchmark("named", "bb", "cross-modal-partial-ft", [1], [1], cache_dir=tmp_path / "c",
+                       runs_root=tmp_path / "r", max_iterations=5, extract=extract)  # fmt: skip
+    assert out["prepared"] == [{"did": "extract", "dataset": "named", "backbone": "bb", "finetune_blocks": 1}]
+    assert out["ran"] == 1
+    out = bm.benchmark("every", "bb", "all", [2], [1], cache_dir=tmp_path / "c", runs_root=tmp_path / "r",
+                       max_iterations=5, extract=extract)  # fmt: skip
+    assert calls == [("named", 1), ("every", 0)] and "cross-modal-partial-ft" in out["not_run"]["every × bb"]
+
+
 # ------------------------------------------------------------------------------ whole benchmarks (tiny)
 
 

@@ -85,6 +85,8 @@ def make_text_cache(
     seed=0,
     views=2,
     blocks=False,
+    dataset="synth",
+    backbone="synth-bb",
 ):
     """A synthetic cache with per-template text; scramble_test permutes the test labels only; `views` train
     views (centre, mirror, then rrc-1.. named as `extract --train-views` names them); `blocks`: block inputs
@@ -99,8 +101,8 @@ def make_text_cache(
         yte = np.random.default_rng(99).permutation(yte)
     write_cache(
         path,
-        dataset="synth",
-        backbone="synth-bb",
+        dataset=dataset,
+        backbone=backbone,
         provenance={"model": "synthetic", "embed_dim": d},
         classnames=[f"class {i}" for i in range(C)],
         text={"synthetic": (T0, [f"template {j} {{}}" for j in range(M)], per.astype(np.float32))},
