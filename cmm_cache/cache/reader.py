@@ -19,6 +19,7 @@ from cmm_cache.cache.schema import (
     as_str,
     block_inputs_node,
     content_sha256,
+    features_content_sha256,
     per_template_node,
     provenance_sha256,
     text_node,
@@ -195,6 +196,12 @@ class Cache:
         """What the cache holds, not when it was written (:func:`~cmm_cache.cache.schema.content_sha256`)."""
         return content_sha256(self.provenance)
 
+    def content_sha256_for(self, inputs: str = "features") -> str:
+        """The content hash a run records (:attr:`~cmm_cache.heads.base.Head.input`): a run on block inputs
+        depends on them (:attr:`content_sha256`), a run on features only on the features
+        (:func:`~cmm_cache.cache.schema.features_content_sha256`)."""
+        return self.content_sha256 if inputs == "block_inputs" else features_content_sha256(self.provenance)
+
     @property
     def dataset_name(self) -> str:
         """The dataset's short name: the registered name, or your folder/CSV's name (``dtd10`` for
@@ -308,7 +315,8 @@ class Cache:
     def blocks_hint(self) -> str:
         return (
             f"Extract the cache with block inputs: `cmm-cache extract --dataset {self.dataset} --backbone "
-            f"{self.backbone} --finetune-blocks 1 --force` (1: the last block, as Lin et al.'s partial finetuning)."
+            f"{self.backbone} --finetune-blocks 1 --force` (1: the last block, as Lin et al.'s partial finetuning; "
+            "runs fitted on this cache's features stay valid)."
         )
 
     def block_cut(self) -> dict:

@@ -91,6 +91,20 @@ def content_sha256(provenance: dict) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def features_content_sha256(provenance: dict) -> str:
+    """The content hash of what a method on final features reads from the cache: :func:`content_sha256` as a
+    cache extracted without block inputs would have it. Block inputs (``extract --finetune-blocks``) change
+    nothing in the features (they are computed through the same cut), so runs fitted on features before the cache
+    was re-extracted with them still match it. Caches that record no ``features_request_sha256`` (written
+    without block inputs, or before it was recorded) hash as they always did."""
+    p = dict(provenance)
+    if "features_request_sha256" not in p:
+        return content_sha256(p)
+    p.pop("blocks", None)
+    p["request_sha256"] = p.pop("features_request_sha256")
+    return content_sha256(p)
+
+
 def as_str(value) -> str:
     """An HDF5 string attribute or element as str (h5py hands back bytes for fixed-length strings)."""
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)

@@ -26,7 +26,8 @@ def check_cache(run: Run, cache: Cache, *, own: bool) -> bool:
     otherwise another cache is accepted when it holds the same backbone's features of the same classes."""
     fitted_on = run.result.get("cache_content_sha256") or content_sha256(run.provenance)
     same_classes = list(cache.classnames) == list(run.classnames)
-    if cache.content_sha256 == fitted_on and same_classes:  # re-extracting the same inputs keeps runs valid
+    here = cache.content_sha256_for(run.head.input)  # a run on features ignores the cache's block inputs
+    if here == fitted_on and same_classes:  # re-extracting the same inputs keeps runs valid
         return True
     if own:
         raise CmmError(

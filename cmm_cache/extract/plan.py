@@ -216,6 +216,11 @@ def request_fingerprint(
     return {**req, "sha256": _sha(req), "legacy_sha256": _sha({**req, "chunk_rows": LEGACY_CHUNK_ROWS})}
 
 
+def features_request_sha256(fingerprint: dict) -> str:
+    """The fingerprint's sha256 had it asked for no block inputs: what the features of the cache depend on."""
+    return _sha({k: v for k, v in fingerprint.items() if k not in ("sha256", "legacy_sha256", "blocks")})
+
+
 def same_request(sha: str | None, request: dict) -> bool:
     return sha is not None and sha in (request["sha256"], request["legacy_sha256"])
 
@@ -266,5 +271,5 @@ def build_provenance(
         "batch_size": int(batch_size),
         "request_sha256": fingerprint["sha256"],
         **({"train_views": train_views} if train_views else {}),
-        **({"blocks": blocks} if blocks else {}),
+        **({"blocks": blocks, "features_request_sha256": features_request_sha256(fingerprint)} if blocks else {}),
     }

@@ -655,8 +655,9 @@ def leave_out_unservable(jobs: list[Job], cache_dir=None) -> tuple[list[Job], di
             if get_method(jobs[i].method).inputs == "block_inputs":
                 keep[i] = False
                 why = (
-                    f"the cache lacks {lacking}; to include it, re-extract: cmm-cache extract --dataset {dataset} "
-                    f"--backbone {backbone} --out {cache.path} --finetune-blocks 1 --force"
+                    f"the cache lacks {lacking}; to include it, re-extract (runs on features stay valid): "
+                    f"cmm-cache extract --dataset {dataset} --backbone {backbone} --out {cache.path} "
+                    "--finetune-blocks 1 --force"
                 )
                 not_run.setdefault(f"{dataset} × {backbone}", {})[jobs[i].method] = why
     return [j for j, k in zip(jobs, keep) if k], not_run

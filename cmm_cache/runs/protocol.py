@@ -286,7 +286,7 @@ def _fit_one(
         "config_key": config_key(config, m.runtime_options),
         "head": {"kind": head.kind, "params": head.state()[1]},
         "cache_provenance_sha256": cache.provenance_sha256,
-        "cache_content_sha256": cache.content_sha256,
+        "cache_content_sha256": cache.content_sha256_for(m.inputs),
         "versions": versions(),
         "cache": str(Path(cache.path).resolve()),
         "num_classes": cache.num_classes,
@@ -316,7 +316,7 @@ def planned_identity(
         {
             "dataset": cache.dataset_name,
             "backbone": cache.backbone,
-            "cache_content_sha256": cache.content_sha256,
+            "cache_content_sha256": cache.content_sha256_for(m.inputs),
             "method": m.name,
             "config_key": config_key(config, m.runtime_options),
             "shots": shots,

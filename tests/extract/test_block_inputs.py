@@ -64,3 +64,30 @@ def test_cache_verify_checks_the_block_nodes(tmp_path):
     with h5py.File(path, "r+") as f:
         del f["blocks"].attrs["cut"]
     assert any("attribute cut missing" in p for p in verify_cache(path))
+
+
+def test_re_extracting_with_block_inputs_keeps_the_runs_on_features(tmp_path):
+    """Block inputs leave the features as they were, so a run on features fitted before a re-extraction with
+    them still matches the cache (found again, not fitted twice); a run on block inputs depends on the cut."""
+    from cmm_cache.cache.reader import open_cache
+    from cmm_cache.cache.schema import content_sha256
+    from cmm_cache.runs.protocol import fit_protocol
+
+    images = make_dataset(tmp_path / "imgs")
+    hashes = {}
+    for k in (0, 1, 2):
+        out = tmp_path / f"k{k}.h5"
+        extract(images, "tiny", out=out, finetune_blocks=k, **KW)
+        c = open_cache(out)
+        hashes[k] = (c.content_sha256_for("features"), c.content_sha256_for("block_inputs"))
+        if k:
+            assert c.provenance["features_request_sha256"] != c.provenance["request_sha256"]
+            assert np.array_equal(c.split("test").features, open_cache(tmp_path / "k0.h5").split("test").features)
+    assert hashes[0][0] == hashes[0][1] == content_sha256(open_cache(tmp_path / "k0.h5").provenance)
+    assert hashes[0][0] == hashes[1][0] == hashes[2][0]  # what a method on features reads: unchanged
+    assert len({hashes[0][1], hashes[1][1], hashes[2][1]}) == 3  # what partial finetuning reads: the cut
+
+    runs = tmp_path / "runs"
+    first = list(fit_protocol(open_cache(tmp_path / "k0.h5"), [1], [1], method="zero-shot", runs_root=runs))
+    again = list(fit_protocol(open_cache(tmp_path / "k1.h5"), [1], [1], method="zero-shot", runs_root=runs))
+    assert again[0]["skipped"] and again[0]["run_id"] == first[0]["run_id"]
